@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Store read speed against the physical limit of this machine (issue: foundation).
+
+1. Logit gathers, batch 128, k = 6: N = 1.4M, C = 2 (float32), and N = 50,000, V = 162,
+   C = 10 (float16, 972 MB), beside a raw memmap gather of the same rows and h5py
+   fancy indexing (what the store avoids).
+2. Ragged primary states of 4,000 MRPC-like examples (lengths 20-128; 5 hidden layers
+   x L x 768 and 4 x 12 x L x L attention, float16, 4.7 GB), warm: the store's batch
+   read (inline and prefetched) beside raw ``os.preadv`` reads of the same byte ranges.
+
+Usage: python bench/store_read.py [--workdir DIR] [--quick]
+Prints medians and ratios; the goals: gathers <= 50 us, ragged >= 80% of raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mtd_cache.store import PrimarySpec, StoreSpec, StoreWriter, TeacherStore
+
+BATCH, K = 128, 6
+
+
+def median_us(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def build_logit_store(path: Path, n: int, views: int, classes: int, dtype: str) -> None:
+    if path.exists():
+        return
+    spec = StoreSpec(task="bench", metric="accuracy", label_names=tuple(map(str, range(classes))), num_examples=n,
+                     num_teachers=K, fingerprint="bench", num_views=views, logits_dtype=dtype)
+    w = StoreWriter.open(path, spec)
+    rng = np.random.default_rng(0)
+    step = 10_000 if views else 200_000
+    shape = (views, classes) if views else (classes,)
+    for t in range(K):
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            if not w.has_logits(t, a, b):
+                w.put_logits(t, a, rng.standard_normal((b - a, *shape), dtype=np.float32).astype(dtype))
+    w.put("examples/label", np.zeros(n, dtype=np.int64))
+    if views:
+        w.put("views", np.zeros((views, 3), dtype=np.int16))
+    w.finish()
+
+
+def bench_gather(path: Path, reps: int) -> None:
+    s = TeacherStore.open(path, check_finite=False)
+    rng = np.random.default_rng(1)
+    n, v = s.num_examples, s.num_views
+    batches = [(rng.integers(0, n, BATCH), rng.integers(0, max(v, 1), BATCH)) for _ in range(64)]
+    it = iter(range(10**9))
+
+    def store_gather():
+        idx, view = batches[next(it) % 64]
+        s.mean_logits(range(K), idx, view if v else None)
+
+    z = s.logits
+    def raw_gather():
+        idx, view = batches[next(it) % 64]
+        z[idx, view] if v else z[idx]
+
+    with h5py.File(path, "r") as f:
+        ds = f["logits"]
+        def h5_gather():
+            idx, _ = batches[next(it) % 64]
+            ds[np.unique(idx)]
+
+        h5 = median_us(h5_gather, max(20, reps // 50))
+    store, raw = median_us(store_gather, reps), median_us(raw_gather, reps)
+    label = f"N={n:,}" + (f", V={v}" if v else "") + f", C={s.num_classes}, {z.dtype}"
+    print(f"logit gather  {label:34s} store {store:7.1f} us ({BATCH / store * 1e6:,.0f} ex/s) | "
+          f"raw memmap rows {raw:6.1f} us | h5py fancy {h5:8.1f} us | store/raw {store / raw:.2f}x "
+          f"| goal <= 50 us: {'met' if store <= 50 else 'NOT met'}")
+
+
+def build_ragged_store(path: Path, n: int) -> None:
+    if path.exists():
+        return
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(20, 129, n).astype(np.int32)
+    spec = StoreSpec(task="bench", metric="accuracy", label_names=("0", "1"), num_examples=n, num_teachers=1,
+                     fingerprint="bench", primaries={0: PrimarySpec(768, (0, 3, 6, 9, 12), (3, 6, 9, 12), 12)})
+    w = StoreWriter.open(path, spec)
+    w.put_logits(0, 0, np.zeros((n, 2), dtype=np.float32))
+    w.put("examples/label", np.zeros(n, dtype=np.int64))
+    for a in range(0, n, 200):
+        ln = lengths[a:a + 200]
+        if not w.has_primary(0, a, a + len(ln)):
+            hidden = np.full((int(ln.sum()) * 5, 768), 0.5, dtype=np.float16)
+            attn = np.full(int((ln.astype(np.int64) ** 2).sum()) * 48, -1.0, dtype=np.float16)
+            w.put_primary(0, a, ln, hidden, attn)
+    w.finish()
+
+
+def raw_reader(path: Path, p) -> callable:
+    """The physical limit: one ``os.preadv`` per example range into preallocated buffers."""
+    fd = os.open(path, os.O_RDONLY)
+    h0, a0 = p._hidden.offset, p._attn.offset
+    hoff, aoff = p.hidden_offsets * 768 * 2, p.attn_offsets * 2
+    buf = np.empty(int(hoff[-1] // max(1, len(p.lengths)) * 64 + (aoff[-1] // len(p.lengths)) * 64) * 4, np.uint8)
+
+    def read(idx):
+        pos = 0
+        for off, base in ((hoff, h0), (aoff, a0)):
+            for i in idx:
+                nbytes = int(off[i + 1] - off[i])
+                os.preadv(fd, [buf[pos:pos + nbytes]], base + int(off[i]))
+                pos += nbytes
+        return pos
+    return read
+
+
+def bench_ragged(path: Path, reps: int, batch: int = 32) -> None:
+    s = TeacherStore.open(path, check_finite=False)
+    p = s.primary(0)
+    with open(path, "rb") as f:  # warm the page cache
+        while f.read(1 << 26):
+            pass
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, len(p.lengths), batch) for _ in range(reps)]
+    nbytes = [int((p.hidden_offsets[b + 1] - p.hidden_offsets[b]).sum()) * 1536
+              + int((p.attn_offsets[b + 1] - p.attn_offsets[b]).sum()) * 2 for b in batches]
+    raw = raw_reader(path, p)
+    t_raw = [_timed(raw, b) for b in batches]
+    t_store = [_timed(p.read, b) for b in batches]
+    step = 0.02  # a GIL-free 20 ms training step (GPU work releases the GIL)
+    t0 = time.perf_counter()
+    for _ in p.iter_batches(batches[:100], depth=3):
+        time.sleep(step)
+    t_pref = (time.perf_counter() - t0) / 100
+    mb = statistics.median(nbytes) / 1e6
+    r, st = statistics.median(t_raw), statistics.median(t_store)
+    print(f"ragged states 4,000 MRPC-like, batch {batch} ({mb:.1f} MB/batch, warm): "
+          f"raw preadv {r * 1e3:.2f} ms ({batch / r:,.0f} ex/s, {mb / r / 1e3:.2f} GB/s) | "
+          f"store read {st * 1e3:.2f} ms ({batch / st:,.0f} ex/s) | store/raw throughput {r / st:.2f} "
+          f"| prefetched under a 20 ms step: {t_pref * 1e3:.2f} ms/step (+{(t_pref / step - 1) * 100:.1f}%) | goal >= 0.80: {'met' if r / st >= 0.8 else 'NOT met'}")
+
+
+def _timed(fn, arg) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mtd-bench")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    reps = 300 if args.quick else 2000
+    t0 = time.perf_counter()
+    build_logit_store(args.workdir / "glue_like.h5", 1_400_000, 0, 2, "float32")
+    build_logit_store(args.workdir / "cifar_like.h5", 50_000, 162, 10, "float16")
+    build_ragged_store(args.workdir / "ragged.h5", 4_000)
+    print(f"(stores built or reused in {args.workdir} in {time.perf_counter() - t0:.0f} s)")
+    bench_gather(args.workdir / "glue_like.h5", reps)
+    bench_gather(args.workdir / "cifar_like.h5", reps)
+    bench_ragged(args.workdir / "ragged.h5", 100 if args.quick else 300)
+
+
+if __name__ == "__main__":
+    main()

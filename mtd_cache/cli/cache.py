@@ -1,0 +1,184 @@
+"""``mtd-cache``: teachers, dump, import and inspect the teacher store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ..errors import MtdError
+from .common import bad, run_command, setup_logging
+
+
+@click.group(help="Train seeded teachers once, cache their outputs in an HDF5 store, inspect stores.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    setup_logging(verbose)
+
+
+@cli.command("inspect", help="Print what a store holds (task, sizes, teachers, primaries, fingerprint).")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect_cmd(store: Path, as_json: bool) -> None:
+    from ..store import TeacherStore
+
+    with TeacherStore.open(store) as s:
+        info = s.summary()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        click.echo(format_summary(info))
+
+
+def format_summary(info: dict) -> str:
+    views = f", {info['num_views']} views" if info["num_views"] else ""
+    lines = [
+        f"store        {info['path']} ({info['size_bytes'] / 1e6:.1f} MB, {info['format']} v{info['version']})",
+        f"task         {info['task']} (metric {info['metric']}; labels {', '.join(info['label_names'])})",
+        f"examples     N={info['num_examples']}, C={info['num_classes']}{views}, dev M={info['num_dev']}",
+        f"logits       {info['logits_dtype']}, teacher precision {info['precision']}",
+        f"teachers     {len(info['teachers'])} x {info['teacher_model'] or '(unnamed)'}",
+    ]
+    for t in info["teachers"]:
+        metric = "n/a" if t["dev_metric"] is None else f"{t['dev_metric']:.4f}"
+        lines.append(f"  [{t['index']}] seed {t['seed']}  dev {info['metric']} {metric}  {t['path'] or ''}".rstrip())
+    for t, p in info["primaries"].items():
+        lines.append(f"primary {t}    hidden layers {p['hidden_layers']}, attention layers {p['attn_layers']} "
+                     f"({p['bytes'] / 1e6:.1f} MB, mean length {p['mean_length']:.1f})")
+    if not info["primaries"]:
+        lines.append("primaries    none")
+    energy = "unknown" if info["dump_energy_j"] is None else f"{info['dump_energy_j']:.0f} J"
+    lines.append(f"dump cost    {info['dump_wall_s']:.1f} s, energy {energy}")
+    lines.append(f"fingerprint  {info['fingerprint']}")
+    return "\n".join(lines)
+
+
+@cli.command("import", help="Build a store from teacher logits saved as .npy arrays (teachers from any framework).")
+@click.option("--task", required=True, help="Task name (a known task fills in its metric and labels).")
+@click.option("--logits", "logits_path", required=True, type=click.Path(path_type=Path),
+              help="Training logits, (N, T, C) or (N, V, T, C), raw (before any temperature).")
+@click.option("--labels", "labels_path", required=True, type=click.Path(path_type=Path), help="Gold labels (N,).")
+@click.option("--dev-logits", type=click.Path(path_type=Path), help="Dev/test logits (M, T, C).")
+@click.option("--dev-labels", type=click.Path(path_type=Path), help="Dev/test labels (M,).")
+@click.option("--views", "views_path", type=click.Path(path_type=Path), help="View table (V, 3): dy, dx, flip.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path),
+              help="The inputs the logits were computed from (.npy), hashed into the fingerprint.")
+@click.option("--label-names", help="Comma-separated class names (default: the task's, or 0..C-1).")
+@click.option("--metric", help="Metric name (default: the task's, or accuracy).")
+@click.option("--teacher-model", default="", help="What the teachers are (recorded).")
+@click.option("--teacher-seeds", help="Comma-separated seed of each teacher (recorded).")
+@click.option("--float16", is_flag=True, help="Store logits as float16 (for large view sets).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write.")
+def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path | None, dev_labels: Path | None,
+               views_path: Path | None, inputs_path: Path | None, label_names: str | None, metric: str | None,
+               teacher_model: str, teacher_seeds: str | None, float16: bool, out: Path) -> None:
+    from ..importer import import_arrays
+
+    arrays = {name: _load_npy(flag, path) for name, flag, path in [
+        ("logits", "--logits", logits_path), ("labels", "--labels", labels_path),
+        ("dev_logits", "--dev-logits", dev_logits), ("dev_labels", "--dev-labels", dev_labels),
+        ("views", "--views", views_path), ("inputs", "--inputs", inputs_path)] if path is not None}
+    seeds = None
+    if teacher_seeds:
+        try:
+            seeds = tuple(int(x) for x in teacher_seeds.split(","))
+        except ValueError:
+            raise bad("--teacher-seeds", teacher_seeds, "expected comma-separated integers") from None
+    path = import_arrays(out, task=task, label_names=label_names.split(",") if label_names else None,
+                         metric=metric, teacher_model=teacher_model, teacher_seeds=seeds,
+                         dtype="float16" if float16 else "float32", **arrays)
+    click.echo(f"wrote {path}")
+
+
+def _load_npy(flag: str, path: Path) -> np.ndarray:
+    if not path.exists():
+        raise bad(flag, str(path), "no such file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise bad(flag, str(path), f"not a readable .npy array ({' '.join(str(exc).split())[:80]})") from None
+
+
+def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; values are JSON when they parse (numbers, true, lists), else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise bad("--set", item, "expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    from ..plan import parse_index_set
+
+    return parse_index_set(text, option="--seeds")
+
+
+@cli.command("teachers", help="Train seeded teachers (skips seeds already done; resumes per epoch).")
+@click.option("--task", required=True, help="Task: cifar10, fashion-mnist, digits, mrpc, cola, sst-2, ...")
+@click.option("--model", help="Teacher model: resnet110 (images) or a Hugging Face name/path (GLUE).")
+@click.option("--seeds", default="0-5", show_default=True, help="Seeds, e.g. 0-5 or 0,3.")
+@click.option("--data-dir", help="Where the task's data lives (default: download when online / bundled).")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/teachers.")
+@click.option("--epochs", type=int, help="Training epochs (recipe default: 200 ResNet, 3 BERT).")
+@click.option("--lr", type=float, help="Peak learning rate (recipe default: 0.1 ResNet, 2e-5 BERT).")
+@click.option("--batch-size", type=int, help="Batch size (default: 128 ResNet, 32 BERT).")
+@click.option("--max-length", type=int, help="GLUE: maximum tokens (default 128).")
+@click.option("--legacy-warmup", is_flag=True,
+              help="ResNet-110: reproduce the reference code's warm-up that never restores lr 0.1.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe setting.")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
+@click.option("--force", is_flag=True, help="Keep teachers even at chance level.")
+def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_length, legacy_warmup, sets,
+                 device, force) -> None:
+    from ..teachers import train_teachers
+
+    options = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length,
+               **({"legacy_warmup": True} if legacy_warmup else {}), **parse_sets(sets)}
+    out = out or Path("cache") / task / "teachers"
+    done = train_teachers(task, _seeds(seeds), out, model, data_dir, options, device=device, force=force)
+    for t in done:
+        click.echo(f"seed {t.seed}: {t.info['metric_name']} {t.info['metric']:.4f}  {t.path}")
+
+
+@cli.command("dump", help="Run every teacher over the data once and write the store (resumable).")
+@click.option("--task", required=True)
+@click.option("--teachers-dir", type=click.Path(path_type=Path), help="Default: cache/<task>/teachers.")
+@click.option("--primary", "primaries", default="", help="Teacher indices whose states are stored (BERT).")
+@click.option("--augmented", type=click.Path(path_type=Path), help="TinyBERT augmented training file.")
+@click.option("--max-length", type=int, help="GLUE: maximum tokens (default 128).")
+@click.option("--batch-size", type=int, help="Inference batch size.")
+@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--train-subset", type=int, help="Cache only the first N training examples.")
+@click.option("--float16", is_flag=True, help="Store logits as float16 (large view sets).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other dump setting.")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/store.h5.")
+@click.option("--device")
+def dump_cmd(task, teachers_dir, primaries, augmented, max_length, batch_size, data_dir, train_subset, float16,
+             sets, out, device) -> None:
+    from ..dump import run_dump
+    from ..plan import parse_index_set
+
+    prim = parse_index_set(primaries, option="--primary") if primaries else ()
+    options = {"max_length": max_length, "batch_size": batch_size, "data_dir": data_dir,
+               "augmented": str(augmented) if augmented else None, "train_subset": train_subset,
+               "logits_dtype": "float16" if float16 else None, **parse_sets(sets)}
+    out = out or Path("cache") / task / "store.h5"
+    path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)
+    click.echo(f"wrote {path}")
+
+
+def main() -> None:
+    run_command(cli, prog="mtd-cache")
+
+
+if __name__ == "__main__":
+    main()

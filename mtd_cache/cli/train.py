@@ -1,0 +1,62 @@
+"""``mtd-train``: distil one student from the average of k cached teachers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..recipes import STUDENTS
+from .cache import parse_sets
+from .common import run_command, setup_logging
+
+
+@click.command(help="Distil one student from the averaged logits of the chosen teachers.")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Teacher store (mtd-cache dump).")
+@click.option("--student", required=True, type=click.Choice(list(STUDENTS)), help="Student recipe.")
+@click.option("--teachers", required=True,
+              help="Teacher indices: 0,2,5 or 0-5; 'none' for the CE-only baseline (k = 0).")
+@click.option("--primary", type=int, help="Primary teacher (BERT students): its states drive the extra losses.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--epochs", type=int, help="Training epochs (recipe default).")
+@click.option("--lr", type=float, help="Learning rate (recipe default).")
+@click.option("--batch-size", type=int, help="Batch size (recipe default).")
+@click.option("--temperature", type=float, help="KD temperature (recipe default).")
+@click.option("--alpha-kd", type=float, help="Weight of the KD term (recipe default).")
+@click.option("--kd-scale", type=click.Choice(["sum_t2", "sum", "mean"]), help="KD scale convention.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe setting.")
+@click.option("--online", is_flag=True, help="Run the teachers inside the loop instead of reading the store.")
+@click.option("--teachers-dir", type=click.Path(path_type=Path), help="Teachers for --online.")
+@click.option("--init-from-teacher", is_flag=True, help="BERT students: start from evenly spaced teacher layers.")
+@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
+@click.option("--force", is_flag=True, help="Train again even if the same run is done.")
+@click.option("-v", "--verbose", is_flag=True)
+def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
+        sets, online, teachers_dir, init_from_teacher, data_dir, device, force, verbose) -> None:
+    from ..plan import parse_index_set
+    from ..students import RunRequest, run_student
+
+    setup_logging(verbose)
+    chosen = () if teachers.strip().lower() == "none" else parse_index_set(teachers, option="--teachers")
+    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "temperature": temperature,
+                 "alpha_kd": alpha_kd, "kd_scale": kd_scale, **parse_sets(sets)}
+    if init_from_teacher:
+        overrides["init_from_teacher"] = True
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed, out=str(out),
+                     overrides=overrides, online=online, teachers_dir=str(teachers_dir) if teachers_dir else None,
+                     data_dir=data_dir, device=device, force=force)
+    rec = run_student(req)
+    click.echo(json.dumps({k: rec[k] for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
+                                                "metric", "wall_s")}))
+
+
+def main() -> None:
+    run_command(cli, prog="mtd-train")
+
+
+if __name__ == "__main__":
+    main()

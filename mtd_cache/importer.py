@@ -1,0 +1,85 @@
+"""Bring your own teachers: build a store from logits computed by any framework."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import MtdError
+from .store import Fingerprint, StoreSpec, write_store
+
+
+def import_fingerprint(task: str, labels: np.ndarray, inputs: np.ndarray | None,
+                       views: np.ndarray | None) -> str:
+    """Fingerprint of an imported store: the inputs when given, else the labels alone (weaker)."""
+    fp = Fingerprint().update("task", task).update("labels", labels.astype(np.int64))
+    fp.update("inputs", "labels-only" if inputs is None else inputs)
+    if views is not None:
+        fp.update("views", views.astype(np.int16))
+    return fp.hexdigest()
+
+
+def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.ndarray,
+                  dev_logits: np.ndarray | None = None, dev_labels: np.ndarray | None = None,
+                  views: np.ndarray | None = None, inputs: np.ndarray | None = None,
+                  label_names: Sequence[str] | None = None, metric: str | None = None,
+                  teacher_model: str = "", teacher_seeds: Sequence[int] | None = None,
+                  dtype: str = "float32") -> Path:
+    """Validate the arrays, then write the store (nothing is written when anything is wrong)."""
+    _check_arrays(logits, labels, dev_logits, dev_labels, views)
+    num_classes, num_teachers = logits.shape[-1], logits.shape[-2]
+    task_metric, task_labels = _task_defaults(task, num_classes)
+    names = tuple(label_names) if label_names else task_labels
+    if len(names) != num_classes:
+        raise MtdError(f"{len(names)} label names ({', '.join(names)}) for {num_classes} classes in the logits")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise MtdError(f"label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
+                       f"is outside 0..{num_classes - 1}")
+    seeds = tuple(teacher_seeds) if teacher_seeds else tuple(range(num_teachers))
+    if len(seeds) != num_teachers:
+        raise MtdError(f"{len(seeds)} teacher seeds for {num_teachers} teachers in the logits")
+    metric = metric or task_metric
+    dev_metric = None
+    if dev_logits is not None and dev_labels is not None and metric == "accuracy":
+        dev_metric = (dev_logits.argmax(-1) == dev_labels[:, None]).mean(0)
+    spec = StoreSpec(task=task, metric=metric, label_names=names, num_examples=len(labels),
+                     num_teachers=num_teachers, num_dev=0 if dev_logits is None else len(dev_logits),
+                     num_views=logits.shape[1] if logits.ndim == 4 else 0, logits_dtype=dtype,
+                     fingerprint=import_fingerprint(task, labels, inputs, views), teacher_model=teacher_model,
+                     teacher_seeds=tuple(int(s) for s in seeds), precision="imported",
+                     extra={"imported": True, "fingerprint_of": "labels" if inputs is None else "inputs"})
+    return write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
+                       dev_metric=dev_metric, views=views)
+
+
+def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
+    if logits.ndim not in (3, 4):
+        raise MtdError(f"logits have shape {logits.shape}: expected (N, T, C) or (N, V, T, C)")
+    if labels.shape != (logits.shape[0],):
+        raise MtdError(f"labels have shape {labels.shape}: expected ({logits.shape[0]},) to match the logits")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise MtdError(f"labels have dtype {labels.dtype}: expected integers")
+    if (dev_logits is None) != (dev_labels is None):
+        raise MtdError("--dev-logits and --dev-labels go together")
+    if dev_logits is not None:
+        want = (len(dev_labels), logits.shape[-2], logits.shape[-1])
+        if dev_logits.shape != want:
+            raise MtdError(f"dev logits have shape {dev_logits.shape}: expected {want}")
+    if logits.ndim == 4 and (views is None or views.shape != (logits.shape[1], 3)):
+        got = None if views is None else views.shape
+        raise MtdError(f"logits have {logits.shape[1]} views: --views must be a ({logits.shape[1]}, 3) table, got {got}")
+
+
+def _task_defaults(task: str, num_classes: int) -> tuple[str, tuple[str, ...]]:
+    """Metric and label names of a known task; accuracy and 0..C-1 otherwise."""
+    from .tasks.registry import describe_task
+
+    known = describe_task(task)
+    if known is None:
+        return "accuracy", tuple(str(c) for c in range(num_classes))
+    metric, names = known
+    if len(names) != num_classes:
+        raise MtdError(f"task {task} has {len(names)} classes but the logits have {num_classes}")
+    return metric, tuple(names)

@@ -1,0 +1,1 @@
+"""Model definitions: CIFAR ResNets, BERT loading and layer maps."""

@@ -1,0 +1,66 @@
+"""The run record: one JSON file per student run, named by a hash of what determines the run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .utils import atomic_write_json, canonical_json, sha256_text
+
+# Fields of DESIGN.md's run record, in order.
+RECORD_FIELDS = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
+                 "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256", "config",
+                 "started_utc", "finished_utc", "status")
+
+
+def make_run_id(config: dict[str, Any], store_fingerprint: str, teachers_sha256: Sequence[str]) -> str:
+    """sha256 of the canonical JSON of the resolved configuration, the store and the teachers.
+
+    ``config`` must hold only what determines the result (not output folders,
+    devices or verbosity): the same configuration always gets the same id, and
+    retrained teachers (new hashes) get new ids, never silently reused results.
+    """
+    return sha256_text(canonical_json({"config": config, "store_fingerprint": store_fingerprint,
+                                       "teachers_sha256": list(teachers_sha256)}))
+
+
+def record_path(out_dir: str | Path, task: str, student: str, run_id: str) -> Path:
+    return Path(out_dir) / task / student / f"{run_id}.json"
+
+
+def load_done(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` if it is a finished run, else None (a torn or failed one is redone)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("status") == "done" else None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> Path:
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"run record lacks {missing}")
+    atomic_write_json(path, record)
+    return path
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads@{socket.gethostname()}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, str]:
+    return {"package_version": __version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,152 @@
+"""Store format constants, the dump spec and the input fingerprint.
+
+The teacher store: one HDF5 file of raw teacher outputs (format in ``docs/FORMAT.md``).
+
+The ``mtd_cache.store`` package is the only code that imports h5py, and this
+module names every dataset and attribute once. Design facts measured in ``shared/STORAGE.md``:
+
+* Writing: HDF5 writes metadata only at flush/close, so a killed writer leaves
+  an unreadable file. The writer therefore puts each finished piece of work in
+  a *shard* (``.npz`` written to a temporary name, fsynced, renamed) inside
+  ``NAME.h5.partial/``; ``finish()`` merges the shards into contiguous datasets
+  of ``NAME.h5.partial/merge.tmp`` and renames it to ``NAME.h5``. A killed dump
+  resumes by skipping the shards that exist, and merging is deterministic, so
+  the result equals an uninterrupted dump.
+* Reading: every large dataset is contiguous and uncompressed, so the reader
+  maps it straight from the file (``np.memmap`` at the dataset's byte offset):
+  gathers are numpy gathers (h5py fancy indexing is 50-100x slower) and all
+  processes on a machine share one copy through the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+
+FORMAT = "mtd-cache"
+VERSION = 1
+
+# Datasets.
+LABEL = "examples/label"
+SOURCE = "examples/source"
+LOGITS = "logits"
+VIEWS = "views"
+DEV_METRIC = "teachers/dev_metric"
+DEV_LOGITS = "dev/logits"
+DEV_LABEL = "dev/label"
+PRIMARY = "primary"  # primary/<t>/{lengths,hidden,hidden_offsets,attn,attn_offsets}
+
+# Root attributes (the spec's fields are written under these names).
+ATTR_FORMAT, ATTR_VERSION, ATTR_FINGERPRINT = "format", "version", "fingerprint"
+ATTR_WALL, ATTR_ENERGY = "dump_wall_s", "dump_energy_j"
+COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc")  # excluded from store equality
+
+PARTIAL_SUFFIX = ".partial"
+MERGE_ROWS = 8192  # examples per merge step: bounded memory whatever N is
+
+
+@dataclass(frozen=True)
+class PrimarySpec:
+    """What the store keeps of one primary teacher's intermediate states.
+
+    ``hidden_layers`` are teacher layer indices (0 = embedding output);
+    ``attn_layers`` are 1-based transformer layers whose attention is kept
+    (pre-softmax scores when ``attn_pre_softmax``).
+    """
+
+    hidden_size: int
+    hidden_layers: tuple[int, ...]
+    attn_layers: tuple[int, ...] = ()
+    num_heads: int = 0
+    attn_pre_softmax: bool = True
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything fixed before a dump starts; a resumed dump must present the same spec."""
+
+    task: str
+    metric: str
+    label_names: tuple[str, ...]
+    num_examples: int
+    num_teachers: int
+    fingerprint: str
+    num_dev: int = 0
+    num_views: int = 0  # 0: no view axis (text); V > 0: logits are (N, V, T, C)
+    logits_dtype: str = "float32"
+    teacher_model: str = ""
+    teacher_seeds: tuple[int, ...] = ()
+    teacher_paths: tuple[str, ...] = ()
+    teachers_sha256: tuple[str, ...] = ()
+    precision: str = "fp32"
+    primaries: dict[int, PrimarySpec] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific attrs (tokenizer, max_length…)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def logits_shape(self) -> tuple[int, ...]:
+        view = (self.num_views,) if self.num_views else ()
+        return (self.num_examples, *view, self.num_teachers, self.num_labels)
+
+    def validate(self) -> None:
+        t = self.num_teachers
+        if self.logits_dtype not in ("float32", "float16"):
+            raise StoreError(f"logits dtype {self.logits_dtype!r} is not float32 or float16")
+        for name in ("teacher_seeds", "teacher_paths", "teachers_sha256"):
+            value = getattr(self, name)
+            if value and len(value) != t:
+                raise StoreError(f"{name} has {len(value)} entries for {t} teachers")
+        for p in self.primaries:
+            if not 0 <= p < t:
+                raise StoreError(f"primary teacher {p} is outside 0..{t - 1}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["primaries"] = {str(k): asdict(v) for k, v in self.primaries.items()}
+        return json.loads(json.dumps(d))  # tuples -> lists, for comparison with a loaded spec
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StoreSpec":
+        d = dict(d)
+        prims = {int(k): PrimarySpec(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items()})
+                 for k, v in d.pop("primaries", {}).items()}
+        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        return cls(**{**d, **tup, "primaries": prims})
+
+
+class Fingerprint:
+    """sha256 over the cached inputs in order: name, dtype, shape and bytes of each part.
+
+    The dump and the student compute it the same way from their own inputs
+    (pixels or token ids, labels, augmentation ids, tokenizer, max length), so a
+    student reading a store made from other inputs is refused.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, name: str, value: Any) -> "Fingerprint":
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            payload = json.dumps(value).encode()
+            header = f"{name}|json|"
+        else:
+            arr = np.ascontiguousarray(np.asarray(value))
+            payload = arr.tobytes()
+            header = f"{name}|{arr.dtype.str}|{arr.shape}|"
+        self._h.update(header.encode())
+        self._h.update(len(payload).to_bytes(8, "little"))
+        self._h.update(payload)
+        return self
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+

@@ -1,0 +1,194 @@
+"""The one training loop, shared by teachers and every student recipe.
+
+A recipe hands ``fit`` its model, optimizer, per-step scheduler, a function
+that yields an epoch's batches and a step function returning a dict of loss
+terms (``loss`` plus whatever it likes: ``ce``, ``kd``, ``cos``, ``att``, ``rep``…);
+the loop logs every key it gets. It checkpoints every epoch (model, optimizer,
+scheduler, scaler, epoch, RNG states, config, store fingerprint) so a killed
+run resumes exactly, fails fast on a NaN or Inf loss naming the step, and
+writes per-epoch metrics to a CSV that pandas reads back.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import MtdError
+from .losses import check_finite
+from .utils import atomic_path, canonical_json
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[Any], dict[str, torch.Tensor]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA); data order is seeded separately per epoch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A generator for one epoch's data order and augmentation draws.
+
+    Derived from (seed, epoch, stream) alone, so a run resumed at an epoch
+    boundary draws exactly what an uninterrupted one would, and the data order
+    is independent of the initialisation seed's use elsewhere.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream + 7)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MtdError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MtdError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+@dataclass
+class Fit:
+    """What ``fit`` needs from a recipe. ``scheduler`` steps once per optimizer step."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    batches: Callable[[int], Iterable[Any]]  # epoch -> that epoch's batches
+    step: StepFn
+    scheduler: Any = None
+    evaluate: Callable[[], dict[str, float]] | None = None  # called after each epoch when eval_every divides it
+    eval_every: int = 0  # 0: evaluate after the last epoch only
+    checkpoint: Path | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # config + fingerprint a checkpoint must match
+    metrics_csv: Path | None = None
+    desc: str = "train"
+    autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision on GPU
+    grad_clip: float | None = None
+
+
+def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
+    """Train ``job.model``; returns one row of metrics per epoch (also written to ``metrics_csv``)."""
+    scaler = torch.amp.GradScaler(device.type, enabled=job.autocast_dtype == torch.float16)
+    start, history = _resume(job, scaler)
+    for epoch in range(start, job.epochs):
+        t0 = time.perf_counter()
+        row = _train_epoch(job, epoch, device, scaler)
+        last = epoch == job.epochs - 1
+        if job.evaluate is not None and (last or (job.eval_every and (epoch + 1) % job.eval_every == 0)):
+            row.update(job.evaluate())
+        row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0,
+                   lr=job.optimizer.param_groups[0]["lr"])
+        history.append(row)
+        log.info("%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
+        _save_checkpoint(job, scaler, epoch + 1, history)
+        _write_csv(job.metrics_csv, history)
+    return history
+
+
+def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.GradScaler) -> dict[str, float]:
+    job.model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    batches = job.batches(epoch)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = tqdm(batches, total=total, desc=f"{job.desc} {epoch + 1}/{job.epochs}", leave=False,
+               disable=None if sys.stderr.isatty() else True)
+    for batch in bar:
+        with torch.autocast(device.type, dtype=job.autocast_dtype or torch.float32,
+                            enabled=job.autocast_dtype is not None):
+            terms = job.step(batch)
+        loss = terms["loss"]
+        step_no = epoch * (total or 0) + count
+        check_finite(loss, step_no)
+        job.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if job.grad_clip:
+            scaler.unscale_(job.optimizer)
+            torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
+        scaler.step(job.optimizer)
+        scaler.update()
+        if job.scheduler is not None:
+            job.scheduler.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        count += 1
+        if count % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _identity_key(job: Fit) -> str:
+    return canonical_json(job.identity)
+
+
+def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history: list[dict]) -> None:
+    if job.checkpoint is None:
+        return
+    state = {
+        "identity": _identity_key(job), "epoch": epoch, "history": history,
+        "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+        "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    with atomic_path(job.checkpoint) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(job: Fit, scaler: torch.amp.GradScaler) -> tuple[int, list[dict]]:
+    if job.checkpoint is None or not job.checkpoint.exists():
+        return 0, []
+    state = torch.load(job.checkpoint, map_location="cpu", weights_only=False)
+    if state.get("identity") != _identity_key(job):
+        log.warning("ignoring checkpoint %s: it belongs to another configuration", job.checkpoint)
+        return 0, []
+    job.model.load_state_dict(state["model"])
+    job.optimizer.load_state_dict(state["optimizer"])
+    if job.scheduler is not None and state["scheduler"] is not None:
+        job.scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    log.info("%s: resumed from %s after epoch %d", job.desc, job.checkpoint, state["epoch"])
+    return state["epoch"], list(state["history"])
+
+
+def _write_csv(path: Path | None, history: list[dict]) -> None:
+    if path is None or not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+
+
+def remove_checkpoint(job: Fit) -> None:
+    """Drop the resume checkpoint once the run's result is safely written."""
+    if job.checkpoint is not None and job.checkpoint.exists():
+        os.remove(job.checkpoint)

@@ -1,0 +1,132 @@
+"""Small shared helpers: atomic files, canonical JSON, hashing, background prefetch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX needs the directory fsynced too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``.
+
+    On any exception the temporary file is removed, so ``target`` either keeps its
+    old content or gets the complete new one: never a half-written file.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        fsync_dir(target.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal objects give equal strings (and hashes)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=_json_default) + "\n"
+    atomic_write_bytes(target, text.encode())
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 3, fn: Callable[[Any], T] | None = None) -> Iterator[T]:
+    """Iterate ``fn(item)`` computed ``depth`` items ahead in a background thread.
+
+    Used for store reads (``os.preadv`` releases the GIL, so the read overlaps the
+    training step). Exceptions in the thread are re-raised in the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(fn(item) if fn is not None else item)
+        except BaseException as exc:  # handed to the consumer
+            q.put(_Raised(exc))
+        q.put(_DONE)
+
+    thread = threading.Thread(target=work, daemon=True, name="mtd-prefetch")
+    thread.start()
+    try:
+        while (got := q.get()) is not _DONE:
+            if isinstance(got, _Raised):
+                raise got.exc
+            yield got
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc

@@ -54,7 +54,10 @@ def prepare(req: RunRequest) -> tuple[Any, TeacherStore, dict[str, Any], str, Pa
     """Every check that can fail, before anything is trained or written."""
     recipe = get_recipe(req.student)
     store = TeacherStore.open(req.store)
-    validate_selection(req.teachers, req.primary, store.num_teachers, recipe.NEEDS_PRIMARY and bool(req.teachers))
+    if req.teachers:
+        validate_selection(req.teachers, req.primary, store.num_teachers, recipe.NEEDS_PRIMARY)
+    elif req.primary is not None:
+        raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
     if req.online and not req.teachers_dir:
         raise MtdError("--online needs --teachers-dir (the teachers to run inside the loop)")
     config = resolve_config(recipe, store, req.overrides)

@@ -97,7 +97,7 @@ def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
         row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0,
                    lr=job.optimizer.param_groups[0]["lr"])
         history.append(row)
-        log.info("%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
+        log.log(logging.INFO if last else logging.DEBUG, "%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
         _save_checkpoint(job, scaler, epoch + 1, history)
         _write_csv(job.metrics_csv, history)

@@ -1,0 +1,325 @@
+"""BERT-family models: loading, tokenizer identity, inputs, layer maps, DistilBERT from BERT, attention scores.
+
+Everything here works on Hugging Face ``transformers`` (v5) models: a BERT
+teacher is an ``AutoModelForSequenceClassification`` of a BERT checkpoint, a
+DistilBERT student a ``DistilBertForSequenceClassification``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import MtdError
+from ..ragged import unpad_attention, unpad_hidden
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEACHER = "bert-base-uncased"  # the paper's teachers; HF run_glue's README uses bert-base-cased
+MASKED_SCORE = -10000.0  # TinyBERT modeling.py: ``(1.0 - mask) * -10000.0`` added to masked keys
+
+# BERT layer -> DistilBERT layer, as HF examples/research_projects/distillation/scripts/extract_distilbert.py
+LAYER_MAP = {
+    "attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
+    "attention.self.value": "attention.v_lin", "attention.output.dense": "attention.out_lin",
+    "attention.output.LayerNorm": "sa_layer_norm", "intermediate.dense": "ffn.lin1",
+    "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm",
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a Hub name or a local folder (MtdError, not a traceback, when it cannot load)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    except Exception as exc:  # hub offline, missing files: one line for the user
+        raise MtdError(f"could not load the tokenizer of {str(name_or_path)!r}: {_short(exc)}") from None
+
+
+def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[str] | None = None,
+                    **kwargs: Any) -> torch.nn.Module:
+    """A sequence classifier from a Hub name or folder; a missing head is initialised (teachers from MiniLM)."""
+    from transformers import AutoModelForSequenceClassification
+
+    labels = {}
+    if label_names is not None:
+        labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=num_labels,
+                                                                  **labels, **kwargs)
+    except Exception as exc:
+        raise MtdError(f"could not load the model {str(name_or_path)!r}: {_short(exc)}") from None
+
+
+def load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path))
+    except Exception as exc:
+        raise MtdError(f"could not load the config of {str(name_or_path)!r}: {_short(exc)}") from None
+
+
+def tokenizer_identity(tokenizer) -> dict[str, str]:
+    """``{"name", "sha256"}`` of a tokenizer; the hash is of what it does, not of where it lives.
+
+    For a fast tokenizer: sha256 of its ``tokenizer.json`` serialisation (vocabulary,
+    normaliser, pre-tokeniser, special-token template) with the call-time
+    ``truncation`` and ``padding`` settings removed (the library writes them into
+    the JSON after a call). The same tokenizer saved into six teacher folders has
+    six names and one hash; a name alone would call them different.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:  # a slow (pure Python) tokenizer: its vocabulary and casing
+        state = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items()),
+                 "lower": getattr(tokenizer, "do_lower_case", None)}
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return {"name": str(tokenizer.name_or_path), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+# ----------------------------------------------------------------------------- shape facts
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder under a task head (``model.bert``, ``model.distilbert``…)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model)
+
+
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    base = backbone(model)
+    if hasattr(base, "encoder"):  # BERT
+        return base.encoder.layer
+    if hasattr(base, "transformer"):  # DistilBERT
+        return base.transformer.layer
+    raise MtdError(f"{type(model).__name__} is neither a BERT nor a DistilBERT model")
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    return len(encoder_layers(model))
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "hidden_size", None) or cfg.dim)
+
+
+def num_heads(model: torch.nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "num_attention_heads", None) or cfg.n_heads)
+
+
+def accepts_token_types(model: torch.nn.Module) -> bool:
+    """BERT takes segment ids; DistilBERT has no segment embedding and refuses them."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of a collated batch that ``model`` takes."""
+    keys = ("input_ids", "attention_mask", "token_type_ids") if accepts_token_types(model) else \
+        ("input_ids", "attention_mask")
+    return {k: batch[k] for k in keys}
+
+
+def forward_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidden_layers: Sequence[int] = (),
+                   attn_layers: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One forward pass: logits, and the chosen states unpadded in the store's layout.
+
+    ``hidden_layers`` index HF ``hidden_states`` (0 = embedding output): flat rows
+    (sum layers * L_i, H), example by example, layer-major. ``attn_layers`` are
+    1-based: pre-softmax scores, flat (sum layers * heads * L_i^2,).
+    """
+    lengths = batch["attention_mask"].sum(1)
+    with AttentionScores(model, attn_layers) as cap:
+        out = model(**model_inputs(model, batch), output_hidden_states=bool(hidden_layers))
+        scores = cap.scores() if attn_layers else None
+    hidden = attn = None
+    if hidden_layers:
+        hidden = unpad_hidden(torch.stack([out.hidden_states[g] for g in hidden_layers], dim=1), lengths)
+    if scores is not None:
+        attn = unpad_attention(torch.stack(scores, dim=1), lengths)
+    return out.logits, hidden, attn
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+
+
+def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
+                           total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0.
+
+    Weight decay spares biases and LayerNorm weights (TinyBERT task_distill.py's
+    groups: 0.01 / 0.0 on ``bias``, ``LayerNorm``; HF distiller.py's ``no_decay``).
+    Warm-up as a fraction of all steps: BERT's and TinyBERT's ``warmup_proportion``;
+    the schedule is ``transformers.get_linear_schedule_with_warmup``.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=float(lr))
+    warmup_steps = math.ceil(float(warmup) * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
+
+
+# ----------------------------------------------------------------------------- layer maps
+
+
+def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """0-based teacher layers for a shallower student: evenly spaced, first and last included.
+
+    Layer i of the student takes teacher layer ``round_half_up(i * (L_T - 1) / (L_S - 1))``.
+    12 -> 6 gives [0, 2, 4, 7, 9, 11], the layers of extract_distilbert.py; 6 -> 3 gives
+    [0, 3, 5] (2.5 rounds up); 12 -> 4 gives [0, 4, 7, 11]; 6 -> 1 gives [5] (the last).
+    """
+    if not 1 <= student_layers <= teacher_layers:
+        raise MtdError(f"student_layers {student_layers} must be between 1 and the teacher's {teacher_layers}")
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    step = (teacher_layers - 1) / (student_layers - 1)
+    return [int(math.floor(i * step + 0.5)) for i in range(student_layers)]
+
+
+# ----------------------------------------------------------------------------- DistilBERT from BERT
+
+
+def distilbert_config(bert_config, n_layers: int, num_labels: int):
+    """A DistilBERT config of the teacher's width, heads and FFN size, ``n_layers`` deep."""
+    from transformers import DistilBertConfig
+
+    if bert_config.model_type != "bert":
+        raise MtdError(f"init_from_teacher maps BERT weights; the teacher is a {bert_config.model_type!r} model")
+    return DistilBertConfig(
+        vocab_size=bert_config.vocab_size, max_position_embeddings=bert_config.max_position_embeddings,
+        dim=bert_config.hidden_size, n_layers=n_layers, n_heads=bert_config.num_attention_heads,
+        hidden_dim=bert_config.intermediate_size, dropout=bert_config.hidden_dropout_prob,
+        attention_dropout=bert_config.attention_probs_dropout_prob, activation=bert_config.hidden_act,
+        initializer_range=bert_config.initializer_range, pad_token_id=bert_config.pad_token_id,
+        num_labels=num_labels, id2label=dict(bert_config.id2label), label2id=dict(bert_config.label2id))
+
+
+def distilbert_from_bert(teacher: torch.nn.Module, layers: Sequence[int], fold_token_type: bool = True):
+    """A DistilBERT classifier whose encoder is the teacher's embeddings and ``layers`` (0-based).
+
+    The mapping is extract_distilbert.py's: word and position embeddings, the
+    embedding LayerNorm, and per chosen layer q/k/v/out, both LayerNorms and the
+    two FFN linears. DistilBERT has no segment embedding; with ``fold_token_type``
+    the teacher's segment-0 vector is added into the position table, so a
+    single-segment input embeds exactly as in the teacher (extract_distilbert.py
+    drops it, then pre-trains the student; here task distillation starts at once).
+    The head (pre_classifier, classifier) is newly initialised: BERT's pooler
+    (tanh) does not map onto DistilBERT's pre_classifier (ReLU).
+    """
+    from transformers import DistilBertForSequenceClassification
+
+    cfg = distilbert_config(teacher.config, len(layers), teacher.config.num_labels)
+    student = DistilBertForSequenceClassification(cfg)
+    src, dst = teacher.state_dict(), {}
+    emb = f"{teacher.base_model_prefix}.embeddings"
+    dst["distilbert.embeddings.word_embeddings.weight"] = src[f"{emb}.word_embeddings.weight"]
+    position = src[f"{emb}.position_embeddings.weight"].clone()
+    if fold_token_type:
+        position += src[f"{emb}.token_type_embeddings.weight"][0]
+    dst["distilbert.embeddings.position_embeddings.weight"] = position
+    for w in ("weight", "bias"):
+        dst[f"distilbert.embeddings.LayerNorm.{w}"] = src[f"{emb}.LayerNorm.{w}"]
+    for s, t in enumerate(layers):
+        for bert_name, distil_name in LAYER_MAP.items():
+            for w in ("weight", "bias"):
+                dst[f"distilbert.transformer.layer.{s}.{distil_name}.{w}"] = \
+                    src[f"{teacher.base_model_prefix}.encoder.layer.{t}.{bert_name}.{w}"]
+    missing, unexpected = student.load_state_dict(dst, strict=False)
+    left = sorted(set(missing) - {n for n, _ in student.named_parameters() if "classifier" in n})
+    if unexpected or left:
+        raise MtdError(f"BERT -> DistilBERT mapping incomplete: missing {left}, unexpected {unexpected}")
+    return student
+
+
+# ----------------------------------------------------------------------------- attention scores
+
+
+def _qk_modules(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    att = layer.attention
+    if hasattr(att, "self"):  # BERT
+        return att.self.query, att.self.key
+    return att.q_lin, att.k_lin  # DistilBERT
+
+
+class AttentionScores:
+    """Capture pre-softmax attention scores of some layers during a forward pass.
+
+    ``layers`` are 1-based transformer layers (the store's ``attn_layers``). The
+    query and key projections' outputs are caught by forward hooks, so any
+    attention implementation (sdpa, eager) works; ``scores`` returns, per layer,
+    ``q k^T / sqrt(d_head)`` (B, heads, L, L) in float32 — TinyBERT's
+    ``BertSelfAttention`` scores (transformer/modeling.py). With ``attention_mask``
+    the masked keys get -10000 added as there; without it the raw scores.
+
+    >>> with AttentionScores(model, [2, 4]) as cap:
+    ...     model(**inputs)
+    >>> s2, s4 = cap.scores()
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int]):
+        self.model, self.layers, self.heads = model, list(layers), num_heads(model)
+        all_layers = encoder_layers(model)
+        bad = [g for g in self.layers if not 1 <= g <= len(all_layers)]
+        if bad:
+            raise MtdError(f"attention layer {bad[0]} is outside 1..{len(all_layers)}")
+        self._modules = [_qk_modules(all_layers[g - 1]) for g in self.layers]
+        self._out: dict[tuple[int, int], torch.Tensor] = {}
+        self._hooks: list = []
+
+    def __enter__(self) -> "AttentionScores":
+        for i, pair in enumerate(self._modules):
+            for j, module in enumerate(pair):
+                self._hooks.append(module.register_forward_hook(self._hook(i, j)))
+        return self
+
+    def _hook(self, i: int, j: int):
+        def catch(_module, _inputs, output):
+            self._out[(i, j)] = output
+        return catch
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def scores(self, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        out = []
+        for i in range(len(self.layers)):
+            q, k = (self._split(self._out[(i, j)]) for j in (0, 1))
+            s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            if attention_mask is not None:
+                s = s + (1.0 - attention_mask[:, None, None, :].float()) * MASKED_SCORE
+            out.append(s)
+        return out
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, width = x.shape
+        return x.float().view(b, length, self.heads, width // self.heads).transpose(1, 2)
+
+
+def _short(exc: Exception) -> str:
+    lines = [s for s in str(exc).splitlines() if s.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]

@@ -6,15 +6,24 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mtd-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-TASK ?= digits
-STUDENT ?= resnet8
-CACHE ?= cache
-RUNS ?= runs
+# Workflow targets: make teachers TASK=mrpc DATA_DIR=glue_data; make cache TASK=mrpc PRIMARY=0-5;
+# make sweep TASK=mrpc STUDENT=distilbert; make report; make paper DRY_RUN=1.
+TASK ?= cifar10
+STUDENT ?= resnet20
+MODEL ?=
+SEEDS ?= 0-5
+PRIMARY ?=
+DATA_DIR ?=
+REPEATS ?= 3
+WORKERS ?= 1
+DRY_RUN ?=
+STORE = cache/$(TASK)/store.h5
+opt = $(if $(2),$(1) $(2))
 
-.PHONY: demo test bench teachers cache sweep report paper clean help
+.PHONY: demo test bench venv teachers cache sweep report paper clean help
 
 help:
-	@echo "make demo | test | bench | teachers TASK=.. | cache TASK=.. | sweep TASK=.. STUDENT=.. | report"
+	@echo "make demo | test | bench | teachers TASK=.. | cache TASK=.. | sweep TASK=.. STUDENT=.. | report | paper"
 
 # The virtual environment is rebuilt only when the project's dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -32,7 +41,26 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/store_read.py
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+teachers: $(STAMP)
+	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) $(call opt,--data-dir,$(DATA_DIR))
+
+cache: $(STAMP)
+	$(BIN)/mtd-cache dump --task $(TASK) $(call opt,--primary,$(PRIMARY)) $(call opt,--data-dir,$(DATA_DIR))
+
+sweep: $(STAMP)
+	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --repeats $(REPEATS) --workers $(WORKERS) \
+		$(call opt,--data-dir,$(DATA_DIR)) $(if $(DRY_RUN),--dry-run)
+
+report: $(STAMP)
+	$(BIN)/mtd-report runs --out runs/report
+
+# Every task and student of the paper (GPU work); DRY_RUN=1 prints each plan and its estimated cost.
+paper: $(STAMP)
+	$(MAKE) sweep TASK=cifar10 STUDENT=resnet20
+	@for task in mrpc cola sst-2; do for student in distilbert tinybert; do \
+		$(MAKE) --no-print-directory sweep TASK=$$task STUDENT=$$student || exit 1; done; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

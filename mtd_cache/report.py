@@ -341,3 +341,55 @@ def _save(fig: Any, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats: int | None = None) -> list[Path]:
+    """``mtd-report``: the records under ``runs_dir``, with reference lines and costs from their stores.
+
+    The teacher ensemble's dev score (all teachers' dev logits averaged) is a
+    reference line; the teachers' training cost and the dump's are shared costs.
+    """
+    from .errors import MtdError
+
+    df = load_records(runs_dir)
+    if df.empty:
+        raise MtdError(f"no finished run records under {runs_dir}")
+    lines: dict[str, float] = {}
+    shared: dict[str, dict[str, float | None]] = {}
+    for store_path in sorted(set(df["store"].dropna())) if "store" in df else []:
+        ref, costs = _store_reference(Path(store_path))
+        lines.update(ref)
+        for name, c in costs.items():
+            acc = shared.setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
+            acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
+            acc["energy_j"] = None if acc["energy_j"] is None or c["energy_j"] is None else acc["energy_j"] + c["energy_j"]
+    return write_report(df, out_dir, lines, repeats=repeats, shared_costs=shared)
+
+
+def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+    from .store import TeacherStore
+    from .tasks.registry import score
+
+    if not path.exists():
+        log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
+        return {}, {}
+    with TeacherStore.open(path, check_finite=False) as s:
+        lines = {}
+        if s.dev_logits is not None and len(s.dev_logits):
+            lines[f"teacher ensemble ({s.num_teachers}, dev)"] = score(s.task, s.dev_logits.mean(axis=1), s.dev_labels)
+        energy = s.attrs.get("dump_energy_j")
+        costs = {"dump": {"wall_s": s.attrs.get("dump_wall_s"),
+                          "energy_j": None if energy is None or math.isnan(energy) else energy}}
+        teachers = [_teacher_info(Path(p)) for p in s.attrs.get("teacher_paths", [])]
+    if teachers and all(t is not None for t in teachers):
+        known = all(t.get("energy_j") is not None for t in teachers)
+        costs["teachers"] = {"wall_s": math.fsum(t.get("wall_s") or 0.0 for t in teachers),
+                             "energy_j": math.fsum(t["energy_j"] for t in teachers) if known else None}
+    return lines, costs
+
+
+def _teacher_info(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "teacher.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -205,49 +205,17 @@ def autocast_dtype(precision: str, device: torch.device) -> tuple[torch.dtype | 
 # ----------------------------------------------------------------------------- inference
 
 
-@dataclass
-class Outputs:
-    """What one pass over examples gave, in the order asked for."""
-
-    logits: np.ndarray  # (n, C) float32
-    hidden: np.ndarray | None = None  # flat rows (sum layers * L_i, H) float16, the store's order
-    attn: np.ndarray | None = None  # flat (sum layers * heads * L_i^2,) float16
-
-
 def run_model(model: torch.nn.Module, enc: Encoded, index: np.ndarray, batch_size: int, device: torch.device,
               dtype: torch.dtype | None = None, hidden_layers: Sequence[int] = (),
               attn_layers: Sequence[int] = (), pad_to: int | None = None,
-              progress: Callable[[int], Any] | None = None) -> Outputs:
+              progress: Callable[[int], Any] | None = None) -> bert.Outputs:
     """Forward the examples ``index`` in length-sorted batches; logits (and states) in ``index`` order.
 
     ``pad_to`` pads every batch to a fixed length instead (the benchmark's baseline).
     """
     index = np.asarray(index, dtype=np.int64)
-    logits = np.empty((len(index), model.config.num_labels), dtype=np.float32)
-    hidden: list[Any] = [None] * len(index)
-    attn: list[Any] = [None] * len(index)
-    model.eval()
-    for pos in sorted_batches(enc.lengths[index], batch_size):
-        b = to_device(collate(enc, index[pos], pad_to=pad_to), device)
-        lens = enc.lengths[index[pos]]
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            z, h, a = bert.forward_states(model, b, hidden_layers, attn_layers)
-        logits[pos] = z.float().cpu().numpy()
-        if h is not None:
-            _scatter(hidden, pos, h, lens * len(hidden_layers))
-        if a is not None:
-            _scatter(attn, pos, a, lens ** 2 * len(attn_layers) * bert.num_heads(model))
-        if progress is not None:
-            progress(len(pos))
-    return Outputs(logits, np.concatenate(hidden) if hidden_layers else None,
-                   np.concatenate(attn) if attn_layers else None)
-
-
-def _scatter(parts: list, pos: np.ndarray, flat: torch.Tensor, counts: np.ndarray) -> None:
-    """Split a batch's flat states per example (fp16, on the host) into ``parts`` at ``pos``."""
-    pieces = np.split(flat.to(torch.float16).cpu().numpy(), np.cumsum(counts)[:-1])
-    for p, piece in zip(pos.tolist(), pieces):
-        parts[p] = piece
+    batches = ((pos, collate(enc, index[pos], pad_to=pad_to)) for pos in sorted_batches(enc.lengths[index], batch_size))
+    return bert.run_batches(model, batches, len(index), device, dtype, hidden_layers, attn_layers, progress)
 
 
 def evaluate_split(task: str, model: torch.nn.Module, enc: Encoded, batch_size: int, device: torch.device,
@@ -365,7 +333,7 @@ def dump(task: str, teachers: list, out: Path, primaries: list[int], options: di
         raise MtdError(f"--augmented {cfg['augmented']!r}: augmented GLUE dumps are not supported yet")
     gt, dev = get_glue_task(task), resolve_device(device)
     dtype, precision = autocast_dtype(cfg["precision"], dev)
-    tok, tok_id = _shared_tokenizer(teachers)
+    tok, tok_id = bert.shared_tokenizer([t.path for t in teachers])
     data_dir = cfg["data_dir"] or teachers[0].info.get("data_dir")
     train, dev_set = (encode(tok, load_split(gt.name, s, data_dir), cfg["max_length"]) for s in SPLITS)
     if cfg["train_subset"]:
@@ -378,7 +346,8 @@ def dump(task: str, teachers: list, out: Path, primaries: list[int], options: di
         primaries={p: _primary_spec(configs[p], cfg) for p in primaries}, **teacher_fields(teachers),
         extra={"tokenizer": tok_id, "max_length": int(cfg["max_length"]), "train_subset": cfg["train_subset"],
                "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-               "num_layers": int(configs[0].num_hidden_layers)})
+               "num_layers": int(configs[0].num_hidden_layers),  # a resume must batch alike: same bits
+               "batch_size": int(cfg["batch_size"]), "chunk": int(cfg["chunk"])})
     w = StoreWriter.open(out, spec)
     for name, values in ((LABEL, train.labels), (DEV_LABEL, dev_set.labels)):
         if not w.has(name):
@@ -388,18 +357,6 @@ def dump(task: str, teachers: list, out: Path, primaries: list[int], options: di
             _dump_teacher(w, t, teacher, train, dev_set, cfg, dev, dtype)
     w.add_cost(meter.reading.wall_s, meter.reading.energy_j)
     return w.finish()
-
-
-def _shared_tokenizer(teachers: list) -> tuple[Any, dict[str, str]]:
-    """The teachers' one tokenizer (refused when two differ) and its identity."""
-    tok = bert.load_tokenizer(teachers[0].path)
-    ident = bert.tokenizer_identity(tok)
-    for t in teachers[1:]:
-        other = bert.tokenizer_identity(bert.load_tokenizer(t.path))
-        if other["sha256"] != ident["sha256"]:
-            raise MtdError(f"teachers must share one tokenizer: {t.path} (sha256 {other['sha256'][:12]}) differs "
-                           f"from {teachers[0].path} (sha256 {ident['sha256'][:12]})")
-    return tok, ident
 
 
 def _layers(value: Any, default: Sequence[int]) -> tuple[int, ...]:
@@ -413,7 +370,7 @@ def _layers(value: Any, default: Sequence[int]) -> tuple[int, ...]:
 
 def _primary_spec(config, cfg: dict[str, Any]) -> PrimarySpec:
     depth = int(config.num_hidden_layers)
-    hidden = tuple(g % (depth + 1) for g in _layers(cfg["hidden_layers"], [depth]))  # -1 = last
+    hidden = tuple(g + depth + 1 if g < 0 else g for g in _layers(cfg["hidden_layers"], [depth]))  # -1 = last
     attn = _layers(cfg["attn_layers"], ())
     bad = [g for g in hidden if not 0 <= g <= depth] + [g for g in attn if not 1 <= g <= depth]
     if bad:

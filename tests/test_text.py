@@ -171,12 +171,12 @@ def test_train_teacher_tiny(tmp_path):
     base = make_bert(tmp_path / "base", sst2_words())
     out = tmp_path / "seed0"
     res = text.train_teacher("sst-2", 0, str(base), str(data), out,
-                             {"lr": 3e-3, "epochs": 4, "batch_size": 16, "max_length": None}, "cpu")
+                             {"lr": 5e-3, "epochs": 10, "batch_size": 16, "max_length": None}, "cpu")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not (out / "checkpoint.pt").exists() and (out / "metrics.csv").exists()
     assert res["metric_name"] == "accuracy" and res["metric"] == res["metrics"]["accuracy"]
     assert res["metric"] >= 0.8 and res["chance_reason"] is None
-    assert res["config"]["lr"] == 3e-3 and res["config"]["max_length"] == 128 and res["config"]["warmup"] == 0.1
+    assert res["config"]["lr"] == 5e-3 and res["config"]["max_length"] == 128 and res["config"]["warmup"] == 0.1
     assert (res["num_layers"], res["hidden_size"], res["precision"]) == (2, 32, "fp32")
     assert res["model"] == str(base) and res["wall_s"] > 0
     reloaded = bert.load_classifier(out, 2)
@@ -301,6 +301,7 @@ def test_store_check_names_both_values(mrpc_teachers, tmp_path):
         text.check_text_store(s, ident, 32, fp(tok, 32))  # the same inputs pass
         with pytest.raises(MtdError, match="max_length mismatch: the student's 64 is not the store's 32"):
             text.check_text_store(s, ident, 64, fp(tok, 64))
-        other = make_tokenizer(tmp_path / "other", mrpc_texts(data), extra=("zzzz",))
+        make_tokenizer(tmp_path / "other", mrpc_texts(data), extra=("zzzz",))
+        other = bert.load_tokenizer(tmp_path / "other")
         with pytest.raises(MtdError, match=f"tokenizer mismatch.*{tmp_path / 'other'}.*store's.*seed0"):
             text.check_text_store(s, bert.tokenizer_identity(other), 32, fp(other, 32))

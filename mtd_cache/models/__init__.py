@@ -1,1 +1,1 @@
-"""Model definitions: CIFAR ResNets, BERT loading and layer maps."""
+"""Model definitions: CIFAR ResNets (``resnet_cifar``), BERT loading and layer maps (``bert``)."""

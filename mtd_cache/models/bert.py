@@ -7,13 +7,16 @@ DistilBERT student a ``DistilBertForSequenceClassification``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import logging
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import MtdError
@@ -68,6 +71,18 @@ def load_config(name_or_path: str):
         return AutoConfig.from_pretrained(str(name_or_path))
     except Exception as exc:
         raise MtdError(f"could not load the config of {str(name_or_path)!r}: {_short(exc)}") from None
+
+
+def shared_tokenizer(folders: Sequence[Any]) -> tuple[Any, dict[str, str]]:
+    """The one tokenizer saved in every folder (refused when two differ) and its identity."""
+    tok = load_tokenizer(folders[0])
+    ident = tokenizer_identity(tok)
+    for folder in folders[1:]:
+        other = tokenizer_identity(load_tokenizer(folder))
+        if other["sha256"] != ident["sha256"]:
+            raise MtdError(f"teachers must share one tokenizer: {folder} (sha256 {other['sha256'][:12]}) differs "
+                           f"from {folders[0]} (sha256 {ident['sha256'][:12]})")
+    return tok, ident
 
 
 def tokenizer_identity(tokenizer) -> dict[str, str]:
@@ -125,7 +140,12 @@ def num_heads(model: torch.nn.Module) -> int:
 
 def accepts_token_types(model: torch.nn.Module) -> bool:
     """BERT takes segment ids; DistilBERT has no segment embedding and refuses them."""
-    return "token_type_ids" in inspect.signature(model.forward).parameters
+    return _takes_types(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_types(cls: type) -> bool:  # inspect.signature costs ~50 us: once per class, not per step
+    return "token_type_ids" in inspect.signature(cls.forward).parameters
 
 
 def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -153,6 +173,46 @@ def forward_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], hidde
     if scores is not None:
         attn = unpad_attention(torch.stack(scores, dim=1), lengths)
     return out.logits, hidden, attn
+
+
+@dataclass
+class Outputs:
+    """What a pass over examples gave, in the order asked for."""
+
+    logits: np.ndarray  # (n, C) float32
+    hidden: np.ndarray | None = None  # flat rows (sum layers * L_i, H) float16, the store's order
+    attn: np.ndarray | None = None  # flat (sum layers * heads * L_i^2,) float16
+
+
+def run_batches(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, dict[str, torch.Tensor]]], n: int,
+                device: torch.device, dtype: torch.dtype | None = None, hidden_layers: Sequence[int] = (),
+                attn_layers: Sequence[int] = (), progress: Callable[[int], Any] | None = None) -> Outputs:
+    """Inference over collated batches; ``pos`` of each says where its examples go among the ``n`` outputs."""
+    logits = np.empty((n, model.config.num_labels), dtype=np.float32)
+    hidden: list[Any] = [None] * n
+    attn: list[Any] = [None] * n
+    model.eval()
+    for pos, batch in batches:
+        lens = batch["attention_mask"].sum(1).numpy()
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            z, h, a = forward_states(model, b, hidden_layers, attn_layers)
+        logits[pos] = z.float().cpu().numpy()
+        if h is not None:
+            _scatter(hidden, pos, h, lens * len(hidden_layers))
+        if a is not None:
+            _scatter(attn, pos, a, lens ** 2 * len(attn_layers) * num_heads(model))
+        if progress is not None:
+            progress(len(pos))
+    return Outputs(logits, np.concatenate(hidden) if hidden_layers else None,
+                   np.concatenate(attn) if attn_layers else None)
+
+
+def _scatter(parts: list, pos: np.ndarray, flat: torch.Tensor, counts: np.ndarray) -> None:
+    """Split a batch's flat states per example (fp16, on the host) into ``parts`` at ``pos``."""
+    pieces = np.split(flat.to(torch.float16).cpu().numpy(), np.cumsum(counts)[:-1])
+    for p, piece in zip(pos.tolist(), pieces):
+        parts[p] = piece
 
 
 # ----------------------------------------------------------------------------- optimisation

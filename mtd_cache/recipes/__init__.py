@@ -36,6 +36,17 @@ STUDENTS = {
 }
 
 
+# student name -> (needs a primary teacher, two-stage with a shared stage 1): what a sweep plan needs to know
+TRAITS = {"distilbert": (True, False), "tinybert": (True, True)}
+
+
+def student_traits(student: str) -> tuple[bool, bool]:
+    """(needs_primary, two_stage) of a student, without importing its recipe."""
+    if student not in STUDENTS:
+        raise MtdError(f"unknown student {student!r}; choose one of {', '.join(STUDENTS)}")
+    return TRAITS.get(student, (False, False))
+
+
 def get_recipe(student: str) -> ModuleType:
     if student not in STUDENTS:
         raise MtdError(f"unknown student {student!r}; choose one of {', '.join(STUDENTS)}")

@@ -1,14 +1,22 @@
-"""Image tasks: one table, split loaders, and the discrete augmentation views.
+"""Image tasks: one table, whole-split loaders, and the discrete augmentation *views*.
 
-The training augmentation of the CIFAR recipe (pad 4 with black pixels, random
-32x32 crop, random horizontal flip; He et al. 2016, torchvision's
-``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``) takes finitely many
-values: 9 x 9 crop offsets x 2 flips = 162 *views*. A view is a row
-(dy, dx, flip) of ``view_table``: the crop's top-left corner in the padded image
-and whether it is mirrored. ``apply_views`` applies one view per image, batched,
-on whatever device the batch lives: pad with zeros on the [0, 1] pixel scale,
-crop, flip; ``normalize`` comes after, as ToTensor -> Normalize does in the
-torchvision pipeline.
+The CIFAR training augmentation (He et al. 2016, section 4.2; torchvision's
+``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` on the PIL image,
+then ``ToTensor`` and ``Normalize``) takes finitely many values: a crop offset
+(dy, dx) in 0..2*pad of the image zero-padded by ``pad`` on every side, and a
+flip bit. CIFAR-10: 9 x 9 x 2 = 162 views. A teacher's logits are cached for
+every view, so a student's KD target is the teacher's output on exactly the
+image the student sees.
+
+Order of operations, as torchvision's pipeline: pad with **black pixels**
+(value 0 on the raw 0..255 scale, which ToTensor maps to 0.0), crop, flip,
+*then* normalise. So padded pixels are 0 before normalisation and
+``-mean/std`` after it. ``apply_views`` works on raw pixels, uint8 or [0, 1]
+floats (zero is zero on both scales); ``normalize`` comes last.
+
+akamaster's ``trainer.py`` flips *before* cropping; flipping then cropping at
+dx equals cropping at 2*pad - dx then flipping, so both draw the same
+distribution over these 162 images. A view here is always crop, then flip.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import gzip
 import logging
 import pickle
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,41 +36,56 @@ from ..errors import MtdError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("cache") / "data"
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DATA = Path("cache") / "data"  # where downloads go when no data_dir is given
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_FILES = CIFAR_TRAIN + ("test_batch", "batches.meta")
 
 
 @dataclass(frozen=True)
 class ImageTask:
+    """One image classification task: shapes, labels, augmentation and normalisation."""
+
     name: str
     channels: int
-    size: int
+    size: int  # images are size x size
+    num_classes: int
     label_names: tuple[str, ...]
-    pad: int  # zero padding before the random crop
+    pad: int  # zero padding on each side before the random size x size crop
     flip: bool  # random horizontal flip
-    mean: tuple[float, ...]  # normalisation, per channel, on the [0, 1] scale
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale (ToTensor's)
     std: tuple[float, ...]
     metric: str = "accuracy"
+    test_split: str = "test"  # the held-out split teachers and students are scored on
 
     @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
+    def num_views(self) -> int:
+        return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
 
 
-IMAGE_TASKS = {
-    # akamaster's trainer normalises CIFAR-10 with the ImageNet statistics; we follow the reference.
-    "cifar10": ImageTask("cifar10", 3, 32, ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                            "ship", "truck"), 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Pad 2 + flip: 5 x 5 x 2 = 50 views, a small set so a CPU dump stays affordable (N x V x T forwards).
-    "fashion-mnist": ImageTask("fashion-mnist", 1, 28, ("t-shirt/top", "trouser", "pullover", "dress", "coat",
-                                                        "sandal", "shirt", "sneaker", "bag", "ankle boot"),
-                               2, True, (0.2860,), (0.3530,)),
-    # 8x8 digits: pad 1, no flip (a mirrored digit is another symbol): 9 views. Train statistics.
-    "digits": ImageTask("digits", 1, 8, tuple(str(d) for d in range(10)), 1, False, (0.3053,), (0.3759,)),
-}
+IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
+    # He et al.'s CIFAR recipe: pad 4 + flip, 162 views. Mean/std as the reference trainer (akamaster's
+    # trainer.py normalises with ImageNet's statistics, not CIFAR-10's (0.4914, 0.4822, 0.4465) /
+    # (0.2470, 0.2435, 0.2616)); a constant affine map the first BN absorbs, kept for reproducibility.
+    ImageTask("cifar10", 3, 32, 10, ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                     "ship", "truck"), 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Pad 2 + flip: 5 x 5 x 2 = 50 views. Pad 4 would be 162 views, 3.2x the dump (60,000 x V x T forwards)
+    # and the store (60,000 x 162 x 6 x 10 float32 = 2.3 GB); pad 2 on 28 px shifts by up to 7%, close to
+    # CIFAR's 4/32, on centred objects. Flip keeps every class (clothes and shoes face both ways).
+    # Mean/std of the 60,000 training images (computed from the files).
+    ImageTask("fashion-mnist", 1, 28, 10, ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                           "Shirt", "Sneaker", "Bag", "Ankle boot"), 2, True, (0.2860,), (0.3530,)),
+    # scikit-learn's 8x8 digits, needs nothing: pad 1, no flip (a mirrored digit is another symbol), 9 views.
+    # Mean/std of all 1,797 images after scaling 0..16 to 0..255: a fixed constant, not refitted to the
+    # split (the training split's are 0.3054 / 0.3760); changing it would change every digits model.
+    ImageTask("digits", 1, 8, 10, tuple(str(d) for d in range(10)), 1, False, (0.3053,), (0.3759,)),
+)}
 
 
 def get_image_task(name: str) -> ImageTask:
+    """The task named ``name``; an MtdError lists the valid names."""
     if name not in IMAGE_TASKS:
         raise MtdError(f"unknown image task {name!r}; choose one of {', '.join(IMAGE_TASKS)}")
     return IMAGE_TASKS[name]
@@ -71,160 +95,267 @@ def get_image_task(name: str) -> ImageTask:
 
 
 def view_table(task: ImageTask) -> np.ndarray:
-    """(V, 3) int16 rows (dy, dx, flip), dy-major, then dx, then flip; (pad, pad, 0) is the identity."""
-    flips = (0, 1) if task.flip else (0,)
-    rows = [(dy, dx, f) for dy in range(2 * task.pad + 1) for dx in range(2 * task.pad + 1) for f in flips]
-    return np.asarray(rows, dtype=np.int16)
+    """(V, 3) int16 rows (dy, dx, flip): dy slowest, then dx, then flip (0 before 1).
 
-
-def apply_views(x: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
-    """Each image of ``x`` (B, C, H, W) under its own view (B, 3): zero-pad, crop at (dy, dx), flip.
-
-    One gather for the whole batch: row index dy + i, column index dx + j, or
-    dx + W - 1 - j when flipped.
+    (dy, dx) is the crop's top-left corner in the image padded by ``task.pad``,
+    0..2*pad; (pad, pad, 0) is the unaugmented image. Stores save this table,
+    so the order is part of the store format: never reorder it.
     """
-    b, _, h, w = x.shape
-    views = views.to(device=x.device, dtype=torch.long)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    i = torch.arange(h, device=x.device)
-    j = torch.arange(w, device=x.device)
-    rows = views[:, 0:1] + i  # (B, H)
-    flip = views[:, 2:3].bool()
-    cols = views[:, 1:2] + torch.where(flip, w - 1 - j, j)  # (B, W)
-    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()  # advanced indexing put the channel axis last
+    offsets = range(2 * task.pad + 1)
+    flips = (0, 1) if task.flip else (0,)
+    return np.array([(dy, dx, f) for dy in offsets for dx in offsets for f in flips], dtype=np.int16).reshape(-1, 3)
 
 
-def normalize(x: torch.Tensor, task: ImageTask) -> torch.Tensor:
-    """[0, 1] images -> (x - mean) / std per channel."""
-    mean = torch.tensor(task.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(task.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
+def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int | ImageTask) -> torch.Tensor:
+    """Image b of (B, C, H, W) under view ``views[b]`` = (dy, dx, flip): zero-pad, crop H x W at (dy, dx), mirror.
+
+    Equal to torchvision's ``pad(img, pad)``, ``crop(img, dy, dx, H, W)`` and,
+    if flagged, ``hflip`` on each image (tests check it). One ``gather`` for the
+    whole batch on the batch's device: output pixel (i, j) reads padded pixel
+    (dy + i, dx + j), or (dy + i, dx + W - 1 - j) when flipped. Any dtype; give
+    raw pixels (uint8, or floats on [0, 1]) and normalise afterwards.
+    """
+    pad = pad.pad if isinstance(pad, ImageTask) else int(pad)
+    b, c, h, w = images.shape
+    if views.shape != (b, 3):
+        raise ValueError(f"views must be ({b}, 3), got {tuple(views.shape)}")
+    v = views.to(device=images.device, dtype=torch.long)
+    padded = F.pad(images, (pad, pad, pad, pad))  # zeros: black pixels
+    i = torch.arange(h, device=images.device)
+    j = torch.arange(w, device=images.device)
+    rows = v[:, 0:1] + i  # (B, H)
+    cols = v[:, 1:2] + torch.where(v[:, 2:3].bool(), w - 1 - j, j)  # (B, W)
+    flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]  # (B, H, W) into the flattened padded image
+    out = padded.flatten(2).gather(2, flat.view(b, 1, h * w).expand(b, c, h * w))
+    return out.view(b, c, h, w)
+
+
+def normalize(images: torch.Tensor, task: ImageTask) -> torch.Tensor:
+    """(x - mean) / std per channel, as float32 (or the input's float dtype).
+
+    uint8 pixels are first divided by 255 (torchvision's ``ToTensor``); float
+    input is taken to be on [0, 1] already.
+    """
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    elif not images.is_floating_point():
+        raise TypeError(f"normalize takes uint8 pixels or [0, 1] floats, got {images.dtype}")
+    mean = torch.tensor(task.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(task.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std
 
 
 # ------------------------------------------------------------------------------------------ loaders
 
 
-def load_split(task: ImageTask | str, split: str, data_dir: str | None = None,
+def load_split(task: ImageTask | str, split: str, data_dir: str | Path | None = None,
                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split in RAM: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """A whole split in RAM: uint8 images (N, C, H, W) and int64 labels (N,), in the source's order.
+
+    ``split`` is "train" or the task's test split. ``data_dir``: where to look
+    (and download to); None means ``cache/data`` (and, for Fashion-MNIST,
+    Debian's package). ``download=False`` never touches the network.
+    """
     task = get_image_task(task) if isinstance(task, str) else task
-    if split not in ("train", "test"):
-        raise MtdError(f"unknown split {split!r} for {task.name}: train or test")
-    loader = {"cifar10": _cifar10, "fashion-mnist": _fashion_mnist, "digits": _digits}[task.name]
-    images, labels = loader(split, Path(data_dir) if data_dir else None, download)
-    return np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+    if split not in ("train", task.test_split):
+        raise MtdError(f"unknown split {split!r} for {task.name}: train or {task.test_split}")
+    loader = {"cifar10": _load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
+    images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
+    images, labels = np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+    expected = (task.channels, task.size, task.size)
+    if images.shape[1:] != expected or len(labels) != len(images):
+        raise MtdError(f"{task.name} {split}: images {images.shape}, labels {labels.shape}; expected (N, *{expected})")
+    if len(labels) and (labels.min() < 0 or labels.max() >= task.num_classes):
+        raise MtdError(f"{task.name} {split}: labels outside 0..{task.num_classes - 1}")
+    log.info("%s %s: %d images", task.name, split, len(labels))
+    return images, labels
 
 
-def _digits(split: str, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits (values 0..16 scaled to 0..255), a fixed stratified 1437/360 split."""
+def _load_digits(train: bool, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (UCI optdigits test set, 1,797 images), no files needed.
+
+    Pixels are counts 0..16; they become uint8 round(v * 255 / 16), half up,
+    so 16 is white (255) as in the other tasks. Split: a fixed stratified
+    1,437 / 360 split (``train_test_split(random_state=0)``), each side in
+    the original order.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    images = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
-    idx_train, idx_test = train_test_split(np.arange(len(d.target)), test_size=360, stratify=d.target, random_state=0)
-    idx = np.sort(idx_train if split == "train" else idx_test)
+    counts = d.images.astype(np.int64)  # exact small integers stored as float64
+    images = ((counts * 255 + 8) // 16).astype(np.uint8)[:, None]
+    tr, te = train_test_split(np.arange(len(d.target)), test_size=360, stratify=d.target, random_state=0)
+    idx = np.sort(tr if train else te)
     return images[idx], d.target[idx]
 
 
+# ------------------------------------------------------------------------------------------ CIFAR-10
+
+
 def _find_cifar(data_dir: Path | None) -> Path | None:
-    for cand in ([data_dir, data_dir / "cifar-10-batches-py"] if data_dir else []) + [DEFAULT_DATA / "cifar-10-batches-py"]:
-        if cand is not None and (cand / "batches.meta").exists():
-            return cand
+    """The folder holding CIFAR-10's batches: ``<dir>/cifar-10-batches-py`` or ``<dir>`` itself."""
+    root = data_dir or DEFAULT_DATA
+    for folder in (root / CIFAR_FOLDER, root):
+        if (folder / "batches.meta").is_file():
+            missing = [n for n in CIFAR_FILES if not (folder / n).is_file()]
+            if missing:
+                raise MtdError(f"CIFAR-10 folder {folder} is incomplete: {', '.join(missing)} missing")
+            return folder
     return None
 
 
-def _cifar10(split: str, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The python-pickle CIFAR-10 (``cifar-10-batches-py``), downloaded by torchvision when online."""
+def _load_cifar10(train: bool, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's CIFAR-10 reader over the python-pickle batches, downloaded by torchvision if allowed."""
     folder = _find_cifar(data_dir)
+    root = data_dir or DEFAULT_DATA
     if folder is None and download:
-        root = data_dir or DEFAULT_DATA
+        from torchvision.datasets import CIFAR10
+
         try:
-            from torchvision.datasets import CIFAR10
-
-            CIFAR10(str(root), train=True, download=True)
-        except Exception as exc:  # no network: say where the files go
-            log.debug("CIFAR-10 download failed: %s", exc)
-        folder = _find_cifar(root)
+            CIFAR10(str(root), train=train, download=True)
+        except Exception as exc:  # no network, a refused or corrupt download: say where the files go
+            log.warning("CIFAR-10 download into %s failed: %s", root, exc)
+        folder = _find_cifar(data_dir)
     if folder is None:
-        where = data_dir or DEFAULT_DATA
-        raise MtdError(f"CIFAR-10 not found and not downloadable: put cifar-10-batches-py under {where} "
-                       "(or pass --data-dir pointing at it)")
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    parts = [_unpickle(folder / n) for n in names]
-    images = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
-    return images, np.concatenate([p[b"labels"] for p in parts])
+        raise MtdError(f"CIFAR-10 not found in {root}: extract {CIFAR_URL} there (a {CIFAR_FOLDER} folder), "
+                       f"or pass --data-dir pointing at it")
+    return _read_cifar_folder(folder, train)
 
 
-def _unpickle(path: Path) -> dict:
-    if not path.exists():
-        raise MtdError(f"CIFAR-10 file {path} is missing")
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+def _read_cifar_folder(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read with torchvision's ``CIFAR10``, its md5 check reduced to "the file exists".
+
+    The md5 check would refuse anything but the official files (tests write
+    small ones); the store's fingerprint of the pixels guards what was cached.
+    """
+    from torchvision.datasets import CIFAR10
+
+    class _Cifar10Files(CIFAR10):
+        base_folder = ""  # ``root`` is the batches folder itself, whatever its name
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    try:
+        ds = _Cifar10Files(str(folder), train=train, download=False)
+    except (RuntimeError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        raise MtdError(f"CIFAR-10 files in {folder} are unreadable: {exc}") from exc
+    return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)  # torchvision gives (N, H, W, C)
+
+
+class _Py2Str(bytes):
+    """A Python 2 ``str``, the type of every string in the real CIFAR pickles."""
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table accepts new types
+    """Protocol-2 pickles whose ``_Py2Str`` are written as Python 2 strings (BINSTRING opcodes).
+
+    Such strings load as ``bytes`` with ``encoding="bytes"`` and as ``str``
+    with ``encoding="latin1"`` (torchvision's choice), exactly as the real
+    CIFAR files do; a Python 3 ``str`` or ``bytes`` would load as one type only.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2str(self, obj: _Py2Str) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + bytes(obj))
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = save_py2str
+
+
+def _dump_py2(obj: dict, path: Path) -> None:
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
 
 
 def write_fake_cifar10(root: str | Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
-    """A small ``cifar-10-batches-py`` in the real pickle format (tests; CIFAR cannot be had offline)."""
-    folder = Path(root) / "cifar-10-batches-py"
+    """A small ``<root>/cifar-10-batches-py`` in the real format, for tests (CIFAR-10 cannot be had offline).
+
+    Python-2 pickles with the real keys: each batch a dict of ``batch_label``,
+    ``labels`` (list of int), ``data`` ((n, 3072) uint8, rows are R, G, B
+    planes of 32x32) and ``filenames``; ``batches.meta`` holds ``label_names``.
+    The training images are split over data_batch_1..5 in order. Seeded.
+    """
+    folder = Path(root) / CIFAR_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sizes = np.array_split(np.arange(n_train), 5)
-    for name, n in [(f"data_batch_{i + 1}", len(s)) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in IMAGE_TASKS["cifar10"].label_names],
-                     b"num_cases_per_batch": 10000, b"num_vis": 3072}, f)
+    sizes = [len(s) for s in np.array_split(np.arange(n_train), len(CIFAR_TRAIN))]
+    for name, n in list(zip(CIFAR_TRAIN, sizes)) + [("test_batch", n_test)]:
+        _dump_py2({_Py2Str(b"batch_label"): _Py2Str(f"fake {name}".encode()),
+                   _Py2Str(b"labels"): [int(x) for x in rng.integers(0, 10, n)],
+                   _Py2Str(b"data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                   _Py2Str(b"filenames"): [_Py2Str(f"{name}_{i}.png".encode()) for i in range(n)]}, folder / name)
+    names = [_Py2Str(n.encode()) for n in IMAGE_TASKS["cifar10"].label_names]
+    _dump_py2({_Py2Str(b"label_names"): names, _Py2Str(b"num_cases_per_batch"): 10000,
+               _Py2Str(b"num_vis"): 3072}, folder / "batches.meta")
     return folder
 
 
-_FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+
+_FASHION_STEMS = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
-def _fashion_mnist(split: str, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """IDX files from ``data_dir`` (torchvision's FashionMNIST/raw layout or flat), Debian's
-    ``dataset-fashion-mnist`` under /usr/share/datasets/fashion-mnist, or torchvision's download."""
-    candidates = [d for d in ([data_dir, data_dir / "FashionMNIST" / "raw"] if data_dir else [])]
-    candidates += [DEBIAN_FASHION, DEFAULT_DATA / "FashionMNIST" / "raw"]
-    for folder in candidates:
-        found = [_idx_path(folder, n) for n in _FASHION_FILES[split]]
+def _fashion_folders(data_dir: Path | None) -> list[Path]:
+    """Where to look, in order: torchvision's layout, the folder itself, then Debian's package."""
+    root = data_dir or DEFAULT_DATA
+    return [root / "FashionMNIST" / "raw", root, DEBIAN_FASHION]
+
+
+def _find_fashion(train: bool, data_dir: Path | None) -> tuple[Path, Path] | None:
+    for folder in _fashion_folders(data_dir):
+        found = [_idx_file(folder, stem) for stem in _FASHION_STEMS[train]]
         if all(found):
-            return _read_idx(found[0])[:, None], _read_idx(found[1])
-    if download:
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(data_dir or DEFAULT_DATA), train=split == "train", download=True)
-            return _fashion_mnist(split, data_dir or DEFAULT_DATA, False)
-        except MtdError:
-            raise
-        except Exception as exc:
-            log.debug("Fashion-MNIST download failed: %s", exc)
-    raise MtdError(f"Fashion-MNIST not found and not downloadable: install Debian's dataset-fashion-mnist, or put "
-                   f"the IDX files under {data_dir or DEFAULT_DATA / 'FashionMNIST' / 'raw'}")
-
-
-def _idx_path(folder: Path | None, stem: str) -> Path | None:
-    if folder is None:
-        return None
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        if (folder / name).exists():
-            return folder / name
+            return found[0], found[1]
     return None
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """The IDX format of (Fashion-)MNIST: magic (0, 0, dtype 0x08, ndim), big-endian sizes, uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
+def _load_fashion_mnist(train: bool, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """IDX files (plain or .gz) from ``data_dir``, Debian's ``dataset-fashion-mnist``, or torchvision's download."""
+    found = _find_fashion(train, data_dir)
+    root = data_dir or DEFAULT_DATA
+    if found is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=train, download=True)  # into <root>/FashionMNIST/raw
+        except Exception as exc:
+            log.warning("Fashion-MNIST download into %s failed: %s", root, exc)
+        found = _find_fashion(train, data_dir)
+    if found is None:
+        raise MtdError(f"Fashion-MNIST not found: put the IDX files under {root / 'FashionMNIST' / 'raw'}, "
+                       f"or install Debian's dataset-fashion-mnist ({DEBIAN_FASHION})")
+    images, labels = read_idx(found[0]), read_idx(found[1])
+    if images.ndim != 3 or labels.ndim != 1:
+        raise MtdError(f"{found[0]} / {found[1]}: expected (N, 28, 28) images and (N,) labels")
+    return images[:, None], labels
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``stem`` or ``stem.gz`` in ``folder`` (torchvision extracts; Debian ships .gz)."""
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (LeCun's MNIST format), plain or gzipped.
+
+    Header: two zero bytes, type code 0x08 (uint8), number of dimensions d,
+    then d big-endian uint32 sizes; then the data, row-major.
+    """
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         data = f.read()
-    if data[:3] != b"\x00\x00\x08":
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise MtdError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    if len(data) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise MtdError(f"{path}: {len(data)} bytes do not hold an IDX array of shape {shape}")
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)

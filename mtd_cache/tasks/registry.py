@@ -29,3 +29,17 @@ def is_image_task(name: str) -> bool:
         return True
     except MtdError:
         return False
+
+
+def score(name: str, logits, labels) -> float:
+    """The task's primary metric of predictions (logits or class ids) against gold labels."""
+    import numpy as np
+
+    from . import glue
+
+    if is_image_task(name):
+        pred = np.asarray(logits)
+        pred = pred.argmax(-1) if pred.ndim == 2 else pred
+        return float((pred == np.asarray(labels)).mean())
+    task = glue.get_glue_task(name)
+    return glue.compute_metrics(task, logits, labels)[task.metric]

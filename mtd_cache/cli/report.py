@@ -1,0 +1,31 @@
+"""``mtd-report``: tables and the paper's figures from a folder of run records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import run_command, setup_logging
+
+
+@click.command(help="Tables (CSV, markdown) and figures (PNG) from the run records under RUNS_DIR.")
+@click.argument("runs_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Default: RUNS_DIR/report.")
+@click.option("--repeats", type=int, help="R for the equal-effort comparison (default: distinct seeds).")
+@click.option("-v", "--verbose", is_flag=True)
+def cli(runs_dir: Path, out: Path | None, repeats: int | None, verbose: bool) -> None:
+    from ..report import make_report
+
+    setup_logging(verbose)
+    files = make_report(runs_dir, out or runs_dir / "report", repeats)
+    for f in files:
+        click.echo(str(f))
+
+
+def main() -> None:
+    run_command(cli, prog="mtd-report")
+
+
+if __name__ == "__main__":
+    main()

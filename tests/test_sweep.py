@@ -1,0 +1,90 @@
+"""Sweeps: kill and restart, and the Ray and Slurm (submitit local) executors against the local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mtd_cache.dump import run_dump
+from mtd_cache.report import load_records
+from mtd_cache.sweep import SweepConfig, run_sweep
+from mtd_cache.teachers import train_teachers
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    train_teachers("digits", [0, 1, 2], root / "teachers", "resnet8", None, {"epochs": 1, "batch_size": 512})
+    return run_dump("digits", root / "teachers", root / "store.h5", [], {})
+
+
+def _cfg(store: Path, out: Path) -> SweepConfig:
+    return SweepConfig(stores=(str(store),), student="resnet8", pool=(0, 1, 2), repeats=1, out=str(out),
+                       overrides={"epochs": 1, "batch_size": 512}, threads=1)
+
+
+def _records(out: Path) -> dict[str, float]:
+    df = load_records(out)
+    return dict(zip(df["run_id"], df["metric"]))
+
+
+@pytest.fixture(scope="module")
+def local_records(store, tmp_path_factory) -> dict[str, float]:
+    out = tmp_path_factory.mktemp("local")
+    results = run_sweep(_cfg(store, out), workers=2)
+    assert Counter(r["status"] for r in results) == {"done": 8}  # 7 subsets of 3 + the CE-only baseline
+    assert [r["status"] for r in run_sweep(_cfg(store, out), workers=2)] == []  # all done: nothing to run
+    return _records(out)
+
+
+def test_local_sweep_runs_the_plan_once(local_records):
+    assert len(local_records) == 8
+
+
+def test_killed_sweep_restarts_without_duplicates(store, tmp_path, local_records):
+    args = [str(BIN / "mtd-sweep"), "--store", str(store), "--student", "resnet8", "--pool", "0-2", "--repeats", "1",
+            "--epochs", "1", "--set", "batch_size=512", "--workers", "1", "--out", str(tmp_path)]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = tmp_path / "sweep-events.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not events.exists() or events.read_text().count('"finish"') < 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, mid-run
+    proc.wait()
+    finished_before = set(_records(tmp_path))
+    assert 3 <= len(finished_before) < 8
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    log = [json.loads(line) for line in events.read_text().splitlines()]
+    finishes = Counter(e["run_id"] for e in log if e["event"] == "finish")
+    assert set(finishes) == set(local_records) and set(finishes.values()) == {1}  # every run finished once
+    assert _records(tmp_path) == local_records  # same runs, same CPU metrics
+
+
+def test_ray_executor_gives_the_local_records(store, tmp_path, local_records):
+    pytest.importorskip("ray")
+    run_sweep(_cfg(store, tmp_path), workers=2, executor="ray")
+    assert _records(tmp_path) == local_records
+
+
+def test_slurm_executor_through_submitit_local(store, tmp_path, local_records):
+    pytest.importorskip("submitit")
+    run_sweep(_cfg(store, tmp_path), executor="slurm", slurm={"cluster": "local", "timeout_min": 10})
+    assert _records(tmp_path) == local_records
+
+
+def test_dry_run_plans_and_estimates(store, tmp_path, local_records):
+    r = subprocess.run([str(BIN / "mtd-sweep"), "--store", str(store), "--student", "resnet8", "--pool", "0-2",
+                        "--repeats", "2", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "16 planned"
+    assert "16 jobs: 14 students, 2 CE-only, 0 stage-1; 0 done, 16 to run" in r.stderr
+    assert not list(tmp_path.glob("*/*/*.json"))

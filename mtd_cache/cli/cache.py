@@ -176,6 +176,30 @@ def dump_cmd(task, teachers_dir, primaries, augmented, max_length, batch_size, d
     click.echo(f"wrote {path}")
 
 
+@cli.command("augment", help="TinyBERT's data augmentation of a GLUE training set (resumable; "
+                             "writes the task's TSV plus .source.npy and .settings.json sidecars).")
+@click.option("--task", required=True, help="GLUE task: mrpc, cola, sst-2, ...")
+@click.option("--mlm", default="bert-base-uncased", show_default=True,
+              help="BERT masked LM (Hub name or folder) proposing words for one-piece candidates.")
+@click.option("--glove", type=click.Path(path_type=Path),
+              help="GloVe text file (first 100,000 lines) for multi-piece words; without it they stay unchanged.")
+@click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/augmented/train_aug.tsv.")
+@click.option("--data-dir", help="GLUE folder holding <Task>/train.tsv (or the task folder itself).")
+@click.option("--rounds", type=int, help="N rounds (default per task: CoLA 30, MRPC 30, SST-2 20, ...).")
+@click.option("--top-k", type=int, default=15, show_default=True, help="K candidates per position.")
+@click.option("--p", "p", type=float, default=0.4, show_default=True, help="Probability of replacing a word.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force-mlm", is_flag=True, help="Accept an MLM whose prediction head is newly initialised.")
+@click.option("--limit", type=int, help="Augment only the first N training examples.")
+@click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
+def augment_cmd(task, mlm, glove, out, data_dir, rounds, top_k, p, seed, force_mlm, limit, device) -> None:
+    from ..augment import AugmentConfig, augment_task
+
+    done = augment_task(AugmentConfig(task=task, data_dir=data_dir, mlm=mlm, glove=glove, out=out, rounds=rounds,
+                                      top_k=top_k, p=p, seed=seed, force_mlm=force_mlm, limit=limit, device=device))
+    click.echo(f"wrote {done.path}: {done.rows} rows from {done.examples} examples")
+
+
 def main() -> None:
     run_command(cli, prog="mtd-cache")
 

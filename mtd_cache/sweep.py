@@ -50,6 +50,7 @@ class SweepConfig:
     data_dir: str | None = None
     device: str | None = None
     threads: int | None = None  # torch threads per run (None: cores / workers); fixed for bitwise-equal runs
+    teachers_dir: str | None = None  # set: every run computes its teachers online (the store's baseline)
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -66,7 +67,8 @@ def request_for(job: Job, cfg: SweepConfig):
 
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
-                      data_dir=cfg.data_dir, device=cfg.device)
+                      data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
+                      teachers_dir=cfg.teachers_dir)
 
 
 # ------------------------------------------------------------------------------------------ one job

@@ -132,7 +132,7 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1
         if count % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 

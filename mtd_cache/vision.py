@@ -41,6 +41,7 @@ TEACHER_DEFAULTS = {
     "milestones": [0.5, 0.75],  # fractions of the epochs: 100 and 150 of 200
     "warmup_iters": None,  # None: 400 for resnet110 (and deeper), else 0
     "warmup_lr": 0.01, "legacy_warmup": False, "eval_batch_size": 1000,
+    "train_subset": None,  # train on the first N training images only (a quick CPU run)
 }
 DUMP_DEFAULTS = {"batch_size": 512, "chunk": 512, "logits_dtype": None, "data_dir": None, "train_subset": None}
 
@@ -153,7 +154,8 @@ def train_teacher(task: str, seed: int, model: str | None, data_dir: str | None,
     """Train one seeded image teacher into ``out`` (``model.safetensors``); resumable per epoch."""
     cfg = resolve_teacher_config(model, options)
     dev = resolve_device(device)
-    train, test = (ImageData.load(task, s, data_dir, dev) for s in ("train", "test"))
+    train = ImageData.load(task, "train", data_dir, dev, cfg["train_subset"])
+    test = ImageData.load(task, "test", data_dir, dev)
     seed_everything(seed)
     net = build_resnet(cfg["model"], train.task.channels, train.task.num_classes).to(dev)
     views = torch.as_tensor(view_table(train.task), device=dev)

@@ -30,10 +30,12 @@ from .common import run_command, setup_logging
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any student recipe setting.")
 @click.option("--data-dir", help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda (default: cuda when available).")
+@click.option("--online-teachers-dir", type=click.Path(path_type=Path),
+              help="Run every student with its teachers online from this folder (the baseline the store beats).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, executor, address, slurm_partition, slurm_time,
-        slurm_gpus, out, epochs, sets, data_dir, device, dry_run, verbose) -> None:
+        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, dry_run, verbose) -> None:
     from ..plan import parse_index_set
     from ..sweep import SweepConfig, run_sweep
 
@@ -41,7 +43,8 @@ def cli(stores, student, pool, repeats, base_seed, workers, executor, address, s
     overrides = {k: v for k, v in {"epochs": epochs, **parse_sets(sets)}.items() if v is not None}
     cfg = SweepConfig(stores=tuple(str(s) for s in stores), student=student,
                       pool=parse_index_set(pool, option="--pool"), repeats=repeats, base_seed=base_seed,
-                      out=str(out), overrides=overrides, data_dir=data_dir, device=device)
+                      out=str(out), overrides=overrides, data_dir=data_dir, device=device,
+                      teachers_dir=str(online_teachers_dir) if online_teachers_dir else None)
     slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
              **({"slurm_partition": slurm_partition} if slurm_partition else {})}
     results = run_sweep(cfg, workers=workers, executor=executor, address=address, dry_run=dry_run, slurm=slurm)

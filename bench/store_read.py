@@ -38,6 +38,17 @@ def median_us(fn, reps: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def round_robin_us(fns, reps: int) -> list[float]:
+    """Median microseconds of each function, called in turn, so that all see the same machine load."""
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1e6 for t in times]
+
+
 def build_logit_store(path: Path, n: int, views: int, classes: int, dtype: str) -> None:
     if path.exists():
         return
@@ -81,7 +92,7 @@ def bench_gather(path: Path, reps: int) -> None:
             ds[np.unique(idx)]
 
         h5 = median_us(h5_gather, max(20, reps // 50))
-    store, raw = median_us(store_gather, reps), median_us(raw_gather, reps)
+    store, raw = round_robin_us([store_gather, raw_gather], reps)  # side by side: the same load for both
     label = f"N={n:,}" + (f", V={v}" if v else "") + f", C={s.num_classes}, {z.dtype}"
     print(f"logit gather  {label:34s} store {store:7.1f} us ({BATCH / store * 1e6:,.0f} ex/s) | "
           f"raw memmap rows {raw:6.1f} us | h5py fancy {h5:8.1f} us | store/raw {store / raw:.2f}x "
@@ -136,8 +147,10 @@ def bench_ragged(path: Path, reps: int, batch: int = 32) -> None:
     nbytes = [int((p.hidden_offsets[b + 1] - p.hidden_offsets[b]).sum()) * 1536
               + int((p.attn_offsets[b + 1] - p.attn_offsets[b]).sum()) * 2 for b in batches]
     raw = raw_reader(path, p)
-    t_raw = [_timed(raw, b) for b in batches]
-    t_store = [_timed(p.read, b) for b in batches]
+    t_raw, t_store = [], []
+    for b in batches:  # side by side, batch by batch: the same load for both
+        t_raw.append(_timed(raw, b))
+        t_store.append(_timed(p.read, b))
     step = 0.02  # a GIL-free 20 ms training step (GPU work releases the GIL)
     t0 = time.perf_counter()
     for _ in p.iter_batches(batches[:100], depth=3):

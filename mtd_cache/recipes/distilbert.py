@@ -106,7 +106,8 @@ def build(ctx: StudentContext) -> Fit:
         return evaluate_split(store.task, net, dev_set, int(cfg["eval_batch_size"]), device, dtype)[0]
 
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
-                     teacher_source="online" if ctx.online else "store", loss_terms=["ce"] + ["kd"] * use_kd + ["cos"] * use_cos)
+                     teacher_source="online" if ctx.online else "store",
+                     loss_terms=["ce"] + ["kd"] * use_kd + ["cos"] * use_cos)
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=int(cfg["epochs"]), batches=batches,
                step=step, evaluate=evaluate, eval_every=int(cfg["eval_every"]), checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"distilbert k={len(ctx.teachers)}", autocast_dtype=dtype,

@@ -70,6 +70,10 @@ def test_image_store_gathers_the_view_of_each_example(tmp_path):
     np.testing.assert_array_equal(s.views, [[0, 0, 0], [1, 1, 1]])
     with pytest.raises(StoreError, match="2 views per example: pass view="):
         s.mean_logits([0], [0])
+    with pytest.raises(IndexError, match="out of range \\(6 examples, 2 views\\)"):
+        s.mean_logits([0], [0], view=[2])  # view 2 of example 0 is not example 1's view 0
+    with pytest.raises(IndexError, match=r"teachers \[0, 4\] out of range 0..3"):
+        s.mean_logits([4, 0], [0], view=[0])
 
 
 def test_store_pickles_as_its_path(tmp_path):

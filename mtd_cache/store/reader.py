@@ -75,7 +75,9 @@ class TeacherStore:
                  primaries: dict[int, "PrimaryStates"]):
         self.path, self.attrs, self._arrays, self._primaries = path, attrs, arrays, primaries
         self.spec = StoreSpec.from_json(json.loads(attrs["spec_json"]))
-        self._logits_nd = np.asarray(arrays[LOGITS])  # plain ndarray view: no memmap subclass overhead
+        z = np.asarray(arrays[LOGITS])  # plain ndarray view: no memmap subclass overhead
+        self._rows = z.reshape(-1, z.shape[-2] * z.shape[-1])  # (N[*V], T*C) rows of the memory map
+        self._selections: dict[frozenset, tuple[np.ndarray, int]] = {}
 
     # opening ---------------------------------------------------------------------------
     @classmethod
@@ -141,24 +143,39 @@ class TeacherStore:
         ``index``: example indices (B,); ``view``: view indices (B,) for image stores.
         The mean is taken over logits, before any temperature or softmax (DESIGN.md).
         """
-        import torch  # lazily: `mtd-cache inspect` need not load torch
-
-        index = np.asarray(index)
-        z = self._logits_nd
         if self.num_views:
             if view is None:
                 raise StoreError(f"{self.path} has {self.num_views} views per example: pass view=")
-            rows = z[index, np.asarray(view)]  # (B, T, C): one contiguous row per example
-        else:
-            rows = z[index]
-        teachers = sorted(teachers)  # a fixed summation order: the same set gives the same bits
-        if teachers != list(range(self.num_teachers)):
-            rows = rows[:, teachers]
-        # One torch reduction that accumulates float16 in float32 (F16C): 2x faster than convert-then-sum,
-        # and numpy's float16 arithmetic is ~10x slower still (bench/store_read.py).
-        out = torch.sum(torch.from_numpy(rows), dim=1, dtype=torch.float32).numpy()
-        out *= 1.0 / len(teachers)
+            try:  # the row of (example, view) in the flat (N*V, T*C) map; bounds checked in C
+                index = np.ravel_multi_index((index, view), (self.num_examples, self.num_views))
+            except ValueError as exc:
+                raise IndexError(f"example or view index out of range ({self.num_examples} examples, "
+                                 f"{self.num_views} views): {exc}") from None
+        rows = np.take(self._rows, index, axis=0)  # (B, T*C): one contiguous row per example (and view)
+        if rows.dtype != np.float32:
+            import torch  # lazily: `mtd-cache inspect` need not load torch
+            rows = torch.from_numpy(rows).float().numpy()  # F16C: ~4x faster than numpy's float16 cast
+        # The sum over the chosen teachers as one small matmul with a 0/1 selection matrix: exact products,
+        # a fixed summation order (the same set gives the same bits), and ~2x faster than a strided
+        # reduction over the teacher axis (bench/store_read.py). Stores hold finite logits only (the
+        # writer refuses others), so the zero weights of unchosen teachers never meet a NaN.
+        w, k = self._selection(teachers)
+        out = rows @ w
+        out *= 1.0 / k
         return out
+
+    def _selection(self, teachers: Sequence[int]) -> tuple[np.ndarray, int]:
+        """The (T*C, C) 0/1 matrix that sums the chosen teachers' logits, cached per set."""
+        key = frozenset(teachers)
+        hit = self._selections.get(key)
+        if hit is None:
+            chosen = sorted(int(t) for t in key)
+            if not chosen or chosen[0] < 0 or chosen[-1] >= self.num_teachers:
+                raise IndexError(f"teachers {chosen} out of range 0..{self.num_teachers - 1}")
+            w = np.zeros((self.num_teachers, self.num_classes, self.num_classes), dtype=np.float32)
+            w[chosen] = np.eye(self.num_classes, dtype=np.float32)
+            hit = self._selections[key] = (w.reshape(-1, self.num_classes), len(chosen))
+        return hit
 
     def primary(self, teacher: int) -> "PrimaryStates":
         if teacher not in self._primaries:

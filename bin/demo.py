@@ -40,7 +40,7 @@ def main() -> None:
     summary = pd.read_csv(RUNS / "report" / "summary.csv")
     cols = {"k": "k", "n_combinations": "combos", "multi_min_mean": "multi min", "multi_max_mean": "multi max",
             "single_min_mean": "single min", "single_max_mean": "single max"}
-    print(f"\nResNet-8 students on digits, test accuracy averaged over the teacher combinations of each k")
+    print("\nResNet-8 students on digits, test accuracy averaged over the teacher combinations of each k")
     print(summary[list(cols)].rename(columns=cols).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"\nreport: {RUNS / 'report'} (summary.md, cost.md, *.png); demo finished in {time.perf_counter() - t0:.0f} s")
 

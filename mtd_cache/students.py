@@ -74,14 +74,10 @@ def run_student(req: RunRequest) -> dict[str, Any]:
     if not req.force and (done := load_done(path)) is not None:
         log.info("run %s is done already: %s", run_id[:12], path)
         return done
-    device = resolve_device(req.device)
-    online = _online_teachers(req, store) if req.online else None
+    ctx = make_context(req, store, identity["recipe"], path)
+    device = ctx.device
     started = utc_now()
     seed_everything(req.seed)
-    ctx = StudentContext(student=req.student, config=identity["recipe"], store=store, teachers=tuple(sorted(req.teachers)),
-                         primary=req.primary, seed=req.seed, device=device, data_dir=req.data_dir, online=online,
-                         checkpoint=path.with_suffix(".ckpt.pt"), metrics_csv=path.with_suffix(".metrics.csv"),
-                         work_dir=Path(req.out) / store.task / req.student)
     job = recipe.build(ctx)
     job.identity = {"run_id": run_id}
     with EnergyMeter() as meter:
@@ -100,6 +96,17 @@ def run_student(req: RunRequest) -> dict[str, Any]:
     remove_checkpoint(job)
     log.info("run %s: %s %.4f -> %s", run_id[:12], store.metric, record["metric"], path)
     return record
+
+
+def make_context(req: RunRequest, store: TeacherStore, config: dict[str, Any], record: Path | None) -> StudentContext:
+    """The recipe's view of a request; ``record`` (the run record's path) places checkpoint and metrics."""
+    return StudentContext(
+        student=req.student, config=config, store=store, teachers=tuple(sorted(req.teachers)), primary=req.primary,
+        seed=req.seed, device=resolve_device(req.device), data_dir=req.data_dir,
+        online=_online_teachers(req, store) if req.online else None,
+        checkpoint=record.with_suffix(".ckpt.pt") if record else None,
+        metrics_csv=record.with_suffix(".metrics.csv") if record else None,
+        work_dir=Path(req.out) / store.task / req.student)
 
 
 def _online_teachers(req: RunRequest, store: TeacherStore) -> list:

@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -84,7 +84,7 @@ def execute(job: Job, cfg: SweepConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if job.kind == "stage1":
         recipe = get_recipe(cfg.student)
-        return recipe.run_stage1(request_for(job, cfg))
+        return {"key": job.key, **recipe.run_stage1(request_for(job, cfg))}
     req = request_for(job, cfg)
     _, _, _, run_id, path = prepare(req)
     if load_done(path) is not None:

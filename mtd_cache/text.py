@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,14 @@ from tqdm.auto import tqdm
 from .dump import teacher_fields
 from .energy import EnergyMeter
 from .errors import MtdError
-from .losses import hard_ce
+from .losses import hard_ce, tinybert_layer_map
 from .models import bert
 from .store import Fingerprint, PrimarySpec, StoreSpec, StoreWriter
-from .store.format import DEV_LABEL, LABEL
+from .store.format import DEV_LABEL, LABEL, SOURCE
 from .tasks.glue import (SPLITS, GlueSplit, chance_level_check, compute_metrics, get_glue_task, load_hf_split,
                          read_split)
 from .train import Fit, epoch_generator, fit, remove_checkpoint, resolve_device, seed_everything
-from .utils import prefetch
+from .utils import prefetch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ DUMP_DEFAULTS: dict[str, Any] = {
     "train_subset": None,  # cache only the first N training examples
     "hidden_layers": None,  # primary's hidden states kept: None = last layer (DistilBERT's cosine loss)
     "attn_layers": (),  # 1-based layers whose pre-softmax scores are kept (TinyBERT)
+    "student_layers": None,  # TinyBERT: keep what its layer map g(k) = k*L_T/L_S needs for this depth
+    "layer_map": None,  # with student_layers: an explicit map g(0..L_S) when L_T is not a multiple of L_S
     "precision": "auto",  # inference: bf16 autocast on GPU, fp32 on CPU
     "chunk": 2048,  # examples per shard: what an interrupted dump may lose
     "logits_dtype": None,  # float32 (float16 allowed)
-    "augmented": None,  # TinyBERT's augmented file: not supported by this dump yet
+    "augmented": None,  # TinyBERT's augmented training file (mtd-cache augment) instead of train.tsv
+    "size_budget_gb": 50.0,  # refuse a store estimated larger than this (GB = 1e9 bytes)
 }
 
 
@@ -84,6 +88,64 @@ def load_split(task: str, split: str, data_dir: str | Path | None) -> GlueSplit:
     if data_dir is None:
         return load_hf_split(task, split)
     return read_split(task, split, data_dir)
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a dump caches and a student trains on: the tokenised splits and each training row's source."""
+
+    task: str
+    max_length: int
+    train: Encoded
+    dev: Encoded
+    source: np.ndarray  # (N,) int64: the original example of each training row (itself without augmentation)
+    augmented: dict[str, str] | None = None  # {"path", "sha256"} of TinyBERT's augmented file, if used
+
+    def fingerprint(self, tokenizer: dict[str, str]) -> str:
+        return text_fingerprint(self.task, tokenizer, self.max_length, self.train, self.dev,
+                                self.source if self.augmented else None)
+
+
+def task_inputs(task: str, tokenizer, max_length: int, data_dir: str | Path | None,
+                augmented: str | Path | None = None, train_subset: int | None = None) -> TaskInputs:
+    """The task's splits tokenised; the training rows from ``augmented`` (``mtd-cache augment``) when given."""
+    if augmented:
+        from .augment import read_augmented
+
+        if not Path(augmented).is_file():
+            raise MtdError(f"augmented file {augmented} not found (write it with mtd-cache augment --task {task})")
+        split, source = read_augmented(task, augmented)
+        aug = {"path": str(Path(augmented).resolve()), "sha256": sha256_file(augmented)}
+    else:
+        split = load_split(task, "train", data_dir)
+        source, aug = np.arange(len(split), dtype=np.int64), None
+    train = encode(tokenizer, split, max_length)
+    if train_subset:
+        n = min(int(train_subset), len(train))
+        train, source = train.head(n), source[:n]
+    dev = encode(tokenizer, load_split(task, "dev", data_dir), max_length)
+    return TaskInputs(task, int(max_length), train, dev, source, aug)
+
+
+def store_inputs(store, tokenizer: str | None = None, max_length: int | None = None,
+                 data_dir: str | Path | None = None) -> tuple[Any, TaskInputs]:
+    """(tokenizer, inputs) of a text store, rebuilt from its recorded sources and checked against its fingerprint.
+
+    ``tokenizer`` / ``max_length`` / ``data_dir`` override the store's; anything that
+    tokenises differently is refused, naming the difference (``check_text_store``).
+    """
+    extra = store.spec.extra
+    if "tokenizer" not in extra:
+        raise MtdError(f"{store.path} is not a text store dumped by mtd-cache (no tokenizer recorded)")
+    tok = bert.load_tokenizer(tokenizer or extra["tokenizer"]["name"])
+    max_length = int(max_length or extra["max_length"])
+    augmented = (extra.get("augmented") or {}).get("path")
+    if augmented and not Path(augmented).exists():
+        raise MtdError(f"{store.path} was dumped from the augmented file {augmented}, which is gone")
+    inputs = task_inputs(store.task, tok, max_length, data_dir or extra.get("data_dir"), augmented,
+                         store.num_examples if extra.get("train_subset") else None)
+    check_text_store(store, bert.tokenizer_identity(tok), max_length, inputs.fingerprint(bert.tokenizer_identity(tok)))
+    return tok, inputs
 
 
 def encode(tokenizer, split: GlueSplit, max_length: int) -> Encoded:
@@ -146,13 +208,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def text_fingerprint(task: str, tokenizer: dict[str, str], max_length: int, train: Encoded,
-                     dev: Encoded | None) -> str:
+                     dev: Encoded | None, source: np.ndarray | None = None) -> str:
     """The store fingerprint of tokenised GLUE data (``Fingerprint``, see store/format.py).
 
     Over: task name, the tokenizer's content hash (``bert.tokenizer_identity``; not
     its name, which is a location), max length, and per split the token ids in
-    order, their lengths and the labels. A student computes it from its own
-    tokenisation and must get the store's.
+    order, their lengths and the labels; for an augmented training set, each row's
+    source example too. A student computes it from its own tokenisation and must
+    get the store's.
     """
     fp = Fingerprint().update("task", task).update("tokenizer", tokenizer["sha256"])
     fp.update("max_length", int(max_length))
@@ -160,6 +223,8 @@ def text_fingerprint(task: str, tokenizer: dict[str, str], max_length: int, trai
         if enc is not None:
             fp.update(f"{name}/ids", enc.ids).update(f"{name}/lengths", enc.lengths)
             fp.update(f"{name}/labels", enc.labels)
+    if source is not None:
+        fp.update("train/source", np.asarray(source, dtype=np.int64))
     return fp.hexdigest()
 
 
@@ -175,8 +240,11 @@ def check_text_store(store, tokenizer: dict[str, str], max_length: int, fingerpr
     if extra.get("max_length") != int(max_length):
         raise MtdError(f"max_length mismatch: the student's {max_length} is not the store's "
                        f"{extra.get('max_length')} ({store.path})")
+    augmented = (extra.get("augmented") or {}).get("path")
+    where = f"the augmented file {augmented} changed since the dump" if augmented else \
+        f"check --data-dir (the store used {extra.get('data_dir')!r})"
     raise MtdError(f"{store.path} was made from other task data (fingerprint {store.fingerprint[:12]}, "
-                   f"the student's {fingerprint[:12]}): check --data-dir (the store used {extra.get('data_dir')!r})")
+                   f"the student's {fingerprint[:12]}): {where}")
 
 
 # ----------------------------------------------------------------------------- options, precision
@@ -329,27 +397,26 @@ def dump(task: str, teachers: list, out: Path, primaries: list[int], options: di
     shards already written are skipped. Teachers must share one tokenizer.
     """
     cfg = resolve_options(DUMP_DEFAULTS, options, "dump")
-    if cfg["augmented"]:
-        raise MtdError(f"--augmented {cfg['augmented']!r}: augmented GLUE dumps are not supported yet")
     gt, dev = get_glue_task(task), resolve_device(device)
     dtype, precision = autocast_dtype(cfg["precision"], dev)
     tok, tok_id = bert.shared_tokenizer([t.path for t in teachers])
     data_dir = cfg["data_dir"] or teachers[0].info.get("data_dir")
-    train, dev_set = (encode(tok, load_split(gt.name, s, data_dir), cfg["max_length"]) for s in SPLITS)
-    if cfg["train_subset"]:
-        train = train.head(min(int(cfg["train_subset"]), len(train)))
+    inputs = task_inputs(gt.name, tok, int(cfg["max_length"]), data_dir, cfg["augmented"], cfg["train_subset"])
+    train, dev_set = inputs.train, inputs.dev
     configs = [bert.load_config(t.path) for t in teachers]
     spec = StoreSpec(
         task=gt.name, metric=gt.metric, label_names=tuple(gt.label_names), num_examples=len(train),
         num_teachers=len(teachers), num_dev=len(dev_set), logits_dtype=cfg["logits_dtype"] or "float32",
-        fingerprint=text_fingerprint(gt.name, tok_id, cfg["max_length"], train, dev_set), precision=precision,
+        fingerprint=inputs.fingerprint(tok_id), precision=precision,
         primaries={p: _primary_spec(configs[p], cfg) for p in primaries}, **teacher_fields(teachers),
         extra={"tokenizer": tok_id, "max_length": int(cfg["max_length"]), "train_subset": cfg["train_subset"],
                "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+               "augmented": inputs.augmented,
                "num_layers": int(configs[0].num_hidden_layers),  # a resume must batch alike: same bits
                "batch_size": int(cfg["batch_size"]), "chunk": int(cfg["chunk"])})
+    check_size(spec, train.lengths, out, float(cfg["size_budget_gb"]))
     w = StoreWriter.open(out, spec)
-    for name, values in ((LABEL, train.labels), (DEV_LABEL, dev_set.labels)):
+    for name, values in ((LABEL, train.labels), (SOURCE, inputs.source), (DEV_LABEL, dev_set.labels)):
         if not w.has(name):
             w.put(name, values)
     with EnergyMeter() as meter:
@@ -357,6 +424,27 @@ def dump(task: str, teachers: list, out: Path, primaries: list[int], options: di
             _dump_teacher(w, t, teacher, train, dev_set, cfg, dev, dtype)
     w.add_cost(meter.reading.wall_s, meter.reading.energy_j)
     return w.finish()
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def check_size(spec: StoreSpec, lengths: np.ndarray, out: Path, budget_gb: float) -> int:
+    """Refuse, before writing, a store over the budget or over the free disk space; returns the estimate."""
+    size = spec.estimate_bytes(lengths)
+    log.info("estimated store size: %.2f GB (%s)", size / 1e9, out)
+    what = f"{len(spec.primaries)} primary teacher(s)' states" if spec.primaries else "logits alone"
+    if size > budget_gb * 1e9:
+        raise MtdError(f"the store would take {size / 1e9:.1f} GB ({what}), over the {budget_gb:g} GB budget: "
+                       "raise it with --set size_budget_gb=N, keep fewer layers or examples, or dump without "
+                       "--primary and let the student compute the primary online (mtd-train --set ild_source=online)")
+    folder = Path(out).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size > 2 * free:  # the merge writes the store beside its shards: twice the size at the peak
+        raise MtdError(f"the store would take {size / 1e9:.1f} GB and its shards as much again; {folder} has "
+                       f"{free / 1e9:.1f} GB free")
+    return size
 
 
 def _layers(value: Any, default: Sequence[int]) -> tuple[int, ...]:
@@ -370,8 +458,14 @@ def _layers(value: Any, default: Sequence[int]) -> tuple[int, ...]:
 
 def _primary_spec(config, cfg: dict[str, Any]) -> PrimarySpec:
     depth = int(config.num_hidden_layers)
-    hidden = tuple(g + depth + 1 if g < 0 else g for g in _layers(cfg["hidden_layers"], [depth]))  # -1 = last
-    attn = _layers(cfg["attn_layers"], ())
+    hidden, attn = _layers(cfg["hidden_layers"], [depth]), _layers(cfg["attn_layers"], ())
+    if cfg["student_layers"] is not None:
+        if cfg["hidden_layers"] is not None or cfg["attn_layers"]:
+            raise MtdError("give student_layers (TinyBERT's layer map) or hidden_layers/attn_layers, not both")
+        layer_map = None if cfg["layer_map"] is None else _layers(cfg["layer_map"], ())
+        hidden = tuple(tinybert_layer_map(depth, int(cfg["student_layers"]), layer_map))
+        attn = hidden[1:]
+    hidden = tuple(g + depth + 1 if g < 0 else g for g in hidden)  # -1 = last
     bad = [g for g in hidden if not 0 <= g <= depth] + [g for g in attn if not 1 <= g <= depth]
     if bad:
         raise MtdError(f"layer {bad[0]} is outside the teacher's layers (hidden 0..{depth}, attention 1..{depth})")

@@ -82,6 +82,7 @@ class Fit:
     desc: str = "train"
     autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision on GPU
     grad_clip: float | None = None
+    on_step: Callable[[int], None] | None = None  # called after every optimizer step with the step count (from 1)
 
 
 def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
@@ -131,6 +132,8 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1
+        if job.on_step is not None:
+            job.on_step(step_no + 1)
         if count % 20 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     return {k: v / max(count, 1) for k, v in sums.items()}

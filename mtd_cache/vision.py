@@ -16,7 +16,6 @@ PyTorch >= 1.4 it trains at 0.01/0.001/0.0001): ``legacy_warmup`` reproduces tha
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

@@ -21,7 +21,7 @@ from mtd_cache.errors import MtdError
 from mtd_cache.models import bert
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.tasks.glue import compute_metrics, read_split
-from mtd_cache.teachers import Teacher, find_teachers, train_teachers
+from mtd_cache.teachers import Teacher, train_teachers
 from mtd_cache.utils import sha256_file
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -280,7 +280,7 @@ def test_dump_refuses_teachers_with_different_tokenizers(mrpc_teachers, tmp_path
     odd = teacher_at(make_bert(tmp_path / "odd", mrpc_texts(data), extra=("zzzz",)), 9)
     with pytest.raises(MtdError, match="share one tokenizer.*odd"):
         text.dump("mrpc", [teachers[0], odd], tmp_path / "s.h5", [], {}, "cpu")
-    with pytest.raises(MtdError, match="augmented"):
+    with pytest.raises(MtdError, match="augmented file x.tsv not found \\(write it with mtd-cache augment --task mrpc\\)"):
         text.dump("mrpc", teachers, tmp_path / "s.h5", [], {"augmented": "x.tsv"}, "cpu")
     with pytest.raises(MtdError, match="layer 5 is outside"):
         text.dump("mrpc", teachers, tmp_path / "s.h5", [0], {"hidden_layers": [5]}, "cpu")

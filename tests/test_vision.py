@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from mtd_cache.losses import kd_loss
-from mtd_cache.recipes import StudentContext
 from mtd_cache.store import TeacherStore
 from mtd_cache.students import RunRequest, run_student
 from mtd_cache.tasks.images import get_image_task, load_split, view_table, write_fake_cifar10

@@ -9,7 +9,6 @@ from typing import Any
 import click
 import numpy as np
 
-from ..errors import MtdError
 from .common import bad, run_command, setup_logging
 
 
@@ -154,6 +153,9 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--teachers-dir", type=click.Path(path_type=Path), help="Default: cache/<task>/teachers.")
 @click.option("--primary", "primaries", default="", help="Teacher indices whose states are stored (BERT).")
 @click.option("--augmented", type=click.Path(path_type=Path), help="TinyBERT augmented training file.")
+@click.option("--student-layers", type=int,
+              help="TinyBERT: keep the primary's hidden states g(0..L_S) and attention scores g(1..L_S), "
+                   "g(k) = k*L_T/L_S (4 for TinyBERT-4L).")
 @click.option("--max-length", type=int, help="GLUE: maximum tokens (default 128).")
 @click.option("--batch-size", type=int, help="Inference batch size.")
 @click.option("--data-dir", help="Where the task's data lives.")
@@ -162,14 +164,15 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other dump setting.")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/store.h5.")
 @click.option("--device")
-def dump_cmd(task, teachers_dir, primaries, augmented, max_length, batch_size, data_dir, train_subset, float16,
-             sets, out, device) -> None:
+def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
+             train_subset, float16, sets, out, device) -> None:
     from ..dump import run_dump
     from ..plan import parse_index_set
 
     prim = parse_index_set(primaries, option="--primary") if primaries else ()
     options = {"max_length": max_length, "batch_size": batch_size, "data_dir": data_dir,
                "augmented": str(augmented) if augmented else None, "train_subset": train_subset,
+               "student_layers": student_layers,
                "logits_dtype": "float16" if float16 else None, **parse_sets(sets)}
     out = out or Path("cache") / task / "store.h5"
     path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)

@@ -30,12 +30,15 @@ from .common import run_command, setup_logging
 @click.option("--online", is_flag=True, help="Run the teachers inside the loop instead of reading the store.")
 @click.option("--teachers-dir", type=click.Path(path_type=Path), help="Teachers for --online.")
 @click.option("--init-from-teacher", is_flag=True, help="BERT students: start from evenly spaced teacher layers.")
+@click.option("--select-on-dev", is_flag=True,
+              help="TinyBERT: report the best dev score seen every eval_step steps, as the reference does "
+                   "(selects on the evaluation set; default: the final model).")
 @click.option("--data-dir", help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--force", is_flag=True, help="Train again even if the same run is done.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
-        sets, online, teachers_dir, init_from_teacher, data_dir, device, force, verbose) -> None:
+        sets, online, teachers_dir, init_from_teacher, select_on_dev, data_dir, device, force, verbose) -> None:
     from ..plan import parse_index_set
     from ..students import RunRequest, run_student
 
@@ -45,6 +48,8 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
                  "alpha_kd": alpha_kd, "kd_scale": kd_scale, **parse_sets(sets)}
     if init_from_teacher:
         overrides["init_from_teacher"] = True
+    if select_on_dev:
+        overrides["select_on_dev"] = True
     overrides = {k: v for k, v in overrides.items() if v is not None}
     req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed, out=str(out),
                      overrides=overrides, online=online, teachers_dir=str(teachers_dir) if teachers_dir else None,

@@ -221,8 +221,9 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
 
 
 def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
-                           total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0.
+                           total_steps: int, schedule: str = "linear") -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0
+    (``schedule="linear"``), or a constant lr (``"constant"``: TinyBERT's stage 1, BertAdam's schedule "none").
 
     Weight decay spares biases and LayerNorm weights (TinyBERT task_distill.py's
     groups: 0.01 / 0.0 on ``bias``, ``LayerNorm``; HF distiller.py's ``no_decay``).
@@ -237,6 +238,10 @@ def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: floa
             (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
     groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=float(lr))
+    if schedule == "constant":
+        return optimizer, None
+    if schedule != "linear":
+        raise MtdError(f"unknown schedule {schedule!r}; valid: linear, constant")
     warmup_steps = math.ceil(float(warmup) * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
 

@@ -26,6 +26,7 @@ import torch
 from ..errors import MtdError
 from ..store import TeacherStore
 from ..teachers import Teacher
+from ..utils import sha256_file
 
 # student name -> recipe module
 STUDENTS = {
@@ -75,3 +76,41 @@ class StudentContext:
     metrics_csv: Path | None = None
     work_dir: Path | None = None  # where a recipe may keep reusable artefacts (TinyBERT stage 1)
     extra: dict[str, Any] = field(default_factory=dict)  # what a recipe reports back for the record
+
+
+# ----------------------------------------------------------------------------- BERT teachers, for BERT students
+
+
+def teacher_path(ctx: StudentContext, t: int) -> str:
+    """Teacher ``t``'s folder (the ``--online`` one, else the store's record), checked against the store's hash."""
+    paths, hashes = ctx.store.attrs.get("teacher_paths", []), ctx.store.attrs.get("teachers_sha256", [])
+    if not 0 <= t < len(paths):
+        raise MtdError(f"teacher {t} is outside the store's teachers 0..{len(paths) - 1}")
+    path = str(ctx.online[t].path) if ctx.online else paths[t]
+    got = sha256_file(f"{path}/model.safetensors")
+    if hashes and got != hashes[t]:
+        raise MtdError(f"teacher {t} at {path} is not the one the store was dumped from (sha256 {got[:12]} != "
+                       f"{hashes[t][:12]})")
+    return path
+
+
+def online_target(ctx: StudentContext, use_cos: bool, device: torch.device):
+    """Run the chosen teachers in the loop (``--online``): the baseline the store is measured against.
+
+    Returns ``target(batch) -> (logits (B, k, C), primary's last hidden state or None)``.
+    """
+    from ..models import bert
+
+    num_labels = ctx.store.num_classes
+    models = {t: bert.load_classifier(ctx.online[t].path, num_labels).to(device).eval() for t in ctx.teachers}
+    for m in models.values():
+        m.requires_grad_(False)
+
+    def target(b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            outs = {t: m(**bert.model_inputs(m, b), output_hidden_states=use_cos and t == ctx.primary)
+                    for t, m in models.items()}
+        logits = torch.stack([outs[t].logits for t in sorted(outs)], dim=1)  # (B, k, C): kd_loss averages
+        return logits, outs[ctx.primary].hidden_states[-1] if use_cos else None
+
+    return target

@@ -34,11 +34,10 @@ from ..losses import cosine_hidden_loss, hard_ce, kd_loss
 from ..models import bert
 from ..ragged import pad_hidden
 from ..tasks.glue import get_glue_task
-from ..text import (Encoded, LazyBatches, autocast_dtype, bucket_batches, check_text_store, collate, encode,
-                    evaluate_split, load_split, text_fingerprint, to_device)
+from ..text import (Encoded, LazyBatches, autocast_dtype, bucket_batches, collate, evaluate_split, store_inputs,
+                    to_device)
 from ..train import Fit, epoch_generator
-from ..utils import sha256_file
-from . import StudentContext
+from . import StudentContext, online_target, teacher_path
 
 NEEDS_PRIMARY = True
 DEFAULTS: dict[str, Any] = {
@@ -119,20 +118,10 @@ def build(ctx: StudentContext) -> Fit:
 
 def _data(ctx: StudentContext) -> tuple[Any, Encoded, Encoded]:
     """The task tokenised as the store's inputs were, or refused (tokenizer / max length named)."""
-    cfg, store = ctx.config, ctx.store
-    extra = store.spec.extra
-    if "tokenizer" not in extra:
-        raise MtdError(f"{store.path} is not a text store dumped by mtd-cache (no tokenizer recorded)")
-    tok = bert.load_tokenizer(cfg["tokenizer"] or extra["tokenizer"]["name"])
-    max_length = int(cfg["max_length"] or extra["max_length"])
-    data_dir = ctx.data_dir or extra.get("data_dir")
-    train, dev_set = (encode(tok, load_split(store.task, s, data_dir), max_length) for s in ("train", "dev"))
-    if extra.get("train_subset"):
-        train = train.head(min(store.num_examples, len(train)))
-    fingerprint = text_fingerprint(store.task, bert.tokenizer_identity(tok), max_length, train, dev_set)
-    check_text_store(store, bert.tokenizer_identity(tok), max_length, fingerprint)
-    ctx.extra.update(tokenizer=bert.tokenizer_identity(tok), max_length=max_length)
-    return tok, train, dev_set
+    cfg = ctx.config
+    tok, inputs = store_inputs(ctx.store, cfg["tokenizer"], cfg["max_length"], ctx.data_dir)
+    ctx.extra.update(tokenizer=bert.tokenizer_identity(tok), max_length=inputs.max_length)
+    return tok, inputs.train, inputs.dev
 
 
 # ----------------------------------------------------------------------------- the student
@@ -143,7 +132,7 @@ def _student(ctx: StudentContext, tok) -> torch.nn.Module:
     task = get_glue_task(store.task)
     if cfg["init_from_teacher"]:
         t = cfg["init_teacher"] if cfg["init_teacher"] is not None else (ctx.primary or 0)
-        teacher = bert.load_classifier(_teacher_path(ctx, int(t)), task.num_labels)
+        teacher = bert.load_classifier(teacher_path(ctx, int(t)), task.num_labels)
         layers = bert.evenly_spaced_layers(bert.num_layers(teacher), int(cfg["student_layers"]))
         net = bert.distilbert_from_bert(teacher, layers, bool(cfg["fold_token_type"]))
         ctx.extra.update(init=f"teacher {t}", init_layers=layers, init_teacher_layers=bert.num_layers(teacher))
@@ -159,19 +148,6 @@ def _student(ctx: StudentContext, tok) -> torch.nn.Module:
     return net
 
 
-def _teacher_path(ctx: StudentContext, t: int) -> str:
-    """Teacher ``t``'s folder, checked against the hash the store recorded."""
-    paths, hashes = ctx.store.attrs.get("teacher_paths", []), ctx.store.attrs.get("teachers_sha256", [])
-    if not 0 <= t < len(paths):
-        raise MtdError(f"init_teacher {t} is outside the store's teachers 0..{len(paths) - 1}")
-    path = str(ctx.online[t].path) if ctx.online else paths[t]
-    got = sha256_file(f"{path}/model.safetensors")
-    if hashes and got != hashes[t]:
-        raise MtdError(f"teacher {t} at {path} is not the one the store was dumped from (sha256 {got[:12]} != "
-                       f"{hashes[t][:12]})")
-    return path
-
-
 # ----------------------------------------------------------------------------- the teacher side
 
 Fetch = Callable[[dict[str, Any]], dict[str, Any]]
@@ -182,7 +158,7 @@ def _teacher_side(ctx: StudentContext, net: torch.nn.Module, use_kd: bool, use_c
                   device: torch.device) -> tuple[Fetch, Target]:
     """(what a batch reads on the host, how the step gets teacher logits and primary states)."""
     if ctx.online:
-        return (lambda b: b), _online_target(ctx, use_cos, device)
+        return (lambda b: b), online_target(ctx, use_cos, device)
     layer_pos = _last_layer_position(ctx, net) if use_cos else None
     teachers, store = list(ctx.teachers), ctx.store
     states = store.primary(ctx.primary) if use_cos else None
@@ -216,23 +192,6 @@ def _last_layer_position(ctx: StudentContext, net: torch.nn.Module) -> int:
         raise MtdError(f"cosine loss needs equal widths: student hidden size {bert.hidden_size(net)}, primary "
                        f"teacher {states.hidden_size} (use init_from_teacher, or set alpha_cos=0)")
     return states.hidden_layers.index(last)
-
-
-def _online_target(ctx: StudentContext, use_cos: bool, device: torch.device) -> Target:
-    """Run the chosen teachers in the loop (``--online``): the baseline the store is measured against."""
-    num_labels = ctx.store.num_classes
-    models = {t: bert.load_classifier(ctx.online[t].path, num_labels).to(device).eval() for t in ctx.teachers}
-    for m in models.values():
-        m.requires_grad_(False)
-
-    def target(b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.no_grad():
-            outs = {t: m(**bert.model_inputs(m, b), output_hidden_states=use_cos and t == ctx.primary)
-                    for t, m in models.items()}
-        logits = torch.stack([outs[t].logits for t in sorted(outs)], dim=1)  # (B, k, C): kd_loss averages
-        return logits, outs[ctx.primary].hidden_states[-1] if use_cos else None
-
-    return target
 
 
 def layer_choice(teacher_layers: int, student_layers: int) -> list[int]:

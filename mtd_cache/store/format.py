@@ -96,6 +96,24 @@ class StoreSpec:
         view = (self.num_views,) if self.num_views else ()
         return (self.num_examples, *view, self.num_teachers, self.num_labels)
 
+    def estimate_bytes(self, lengths: Any = None) -> int:
+        """The bytes of the datasets a dump of this spec writes (HDF5's own metadata, some KB, aside).
+
+        Exact given each example's token count ``lengths`` (needed with primaries): logits,
+        labels and sources, dev logits and labels, and per primary ``sum(L_i) * layers * H``
+        hidden and ``sum(L_i^2) * layers * heads`` attention float16 values plus offsets.
+        """
+        n, t, c = self.num_examples, self.num_teachers, self.num_labels
+        size = n * max(self.num_views, 1) * t * c * np.dtype(self.logits_dtype).itemsize + n * 8 * 2
+        size += self.num_dev * (t * c * 4 + 8) + t * 8 + self.num_views * 3 * 2
+        if self.primaries:
+            lengths = np.asarray(lengths, dtype=np.int64)
+            for p in self.primaries.values():
+                size += n * 4 + 2 * (n + 1) * 8  # lengths, both offset tables
+                size += int(lengths.sum()) * len(p.hidden_layers) * p.hidden_size * 2
+                size += int((lengths ** 2).sum()) * len(p.attn_layers) * p.num_heads * 2
+        return int(size)
+
     def validate(self) -> None:
         t = self.num_teachers
         if self.logits_dtype not in ("float32", "float16"):

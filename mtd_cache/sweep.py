@@ -204,7 +204,10 @@ def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
         return list(jobs), 0
     todo = []
     for job in jobs:
-        if job.kind == "stage1" or load_done(prepare(request_for(job, cfg))[4]) is None:
+        req = request_for(job, cfg)
+        done = get_recipe(cfg.student).stage1_done(req) if job.kind == "stage1" else \
+            load_done(prepare(req)[4]) is not None
+        if not done:
             todo.append(job)
     return todo, len(jobs) - len(todo)
 

@@ -323,3 +323,22 @@ def test_tinybert_refusals(mrpc4, tmp_path):
     assert tinybert.ild_source(_ctx(path, teachers=(2,), primary=2), [0, 2, 4]) == "online"  # auto
     assert tinybert.ild_source(_ctx(path, student_layers=4), [0, 1, 2, 3, 4]) == "online"  # layers 1, 3 missing
     assert tinybert.ild_epochs(_ctx(path, task_epochs=True)) == 20  # the reference's MRPC table entry
+
+
+def test_sweep_trains_one_stage1_per_primary_first(mrpc4, tmp_path):
+    from mtd_cache.report import load_records
+    from mtd_cache.sweep import SweepConfig, run_sweep
+
+    path, _, _ = mrpc4
+    cfg = SweepConfig(stores=(str(path),), student="tinybert", pool=(0, 1), repeats=1, out=str(tmp_path),
+                      overrides=FAST, threads=1, device="cpu")
+    results = run_sweep(cfg, workers=1)
+    kinds = [r["key"].split("/")[0] for r in results]
+    assert kinds[:2] == ["stage1", "stage1"] and sorted(kinds[2:]) == ["baseline"] + ["student"] * 4
+    assert all(r["status"] == "done" for r in results)
+    runs = load_records(tmp_path)
+    students = runs[runs["k"] > 0]
+    assert len(students) == 4 and students["stage1_reused"].all()  # every student found its stage 1 trained
+    assert students.groupby("primary")["stage1_id"].nunique().tolist() == [1, 1]
+    assert len(list((tmp_path / "mrpc" / "tinybert" / "stage1").glob("*/stage1.json"))) == 2
+    assert run_sweep(cfg, workers=1) == []  # all done, stage 1 included: nothing to run

@@ -239,15 +239,16 @@ def ild_source(ctx: StudentContext, gmap: list[int]) -> str:
     return "online"
 
 
-def stage1_identity(ctx: StudentContext, inputs: TaskInputs, gmap: list[int], source: str) -> dict[str, Any]:
-    """Everything stage 1 reads: its hash is the stage-1 id."""
+def stage1_identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[str, Any]:
+    """Everything stage 1 reads: its hash is the stage-1 id (the inputs by the store's fingerprint)."""
     cfg, p = ctx.config, ctx.primary
     shas = list(ctx.store.attrs.get("teachers_sha256", []))
     init_teacher = cfg["init_teacher"] if cfg["init_teacher"] is not None else p
     return {"version": STAGE1_VERSION, "task": ctx.store.task, "inputs": ctx.store.fingerprint,
             "primary_sha256": shas[p] if shas else None, "seed": ctx.seed, "layer_map": gmap, "ild_source": source,
             "init_teacher_sha256": shas[init_teacher] if cfg["init_from_teacher"] and shas else None,
-            "max_length": inputs.max_length, "ild_epochs": ild_epochs(ctx),
+            "max_length": int(cfg["max_length"] or ctx.store.spec.extra.get("max_length")),
+            "ild_epochs": ild_epochs(ctx),
             "recipe": {k: cfg[k] for k in STAGE1_KEYS}}
 
 
@@ -265,12 +266,9 @@ def stage1(ctx: StudentContext, tok, inputs: TaskInputs) -> tuple[Path, dict[str
     per-epoch checkpoint, so a killed stage 1 resumes); the folder is renamed to
     ``<id>/`` when the model and its ``stage1.json`` are written.
     """
-    gmap = layer_map(ctx)
-    source = ild_source(ctx, gmap)
-    identity = stage1_identity(ctx, inputs, gmap, source)
-    sid = sha256_text(canonical_json(identity))
-    root = Path(ctx.work_dir or ".") / "stage1"
-    folder, partial = root / sid, root / f"{sid}.partial"
+    gmap, source, identity, folder = stage1_location(ctx)
+    sid, root = folder.name, folder.parent
+    partial = root / f"{sid}.partial"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{sid}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process trains this stage 1
@@ -283,6 +281,24 @@ def stage1(ctx: StudentContext, tok, inputs: TaskInputs) -> tuple[Path, dict[str
             shutil.rmtree(folder)  # a torn earlier attempt (no stage1.json)
         partial.rename(folder)
     return folder, {**info, "reused": False}
+
+
+def stage1_location(ctx: StudentContext) -> tuple[list[int], str, dict[str, Any], Path]:
+    """(layer map, ILD source, stage-1 identity, its folder ``<work_dir>/stage1/<sha256 of the identity>``)."""
+    gmap = layer_map(ctx)
+    source = ild_source(ctx, gmap)
+    identity = stage1_identity(ctx, gmap, source)
+    return gmap, source, identity, Path(ctx.work_dir or ".") / "stage1" / sha256_text(canonical_json(identity))
+
+
+def stage1_done(req) -> bool:
+    """Whether the stage-1 model of a sweep's stage-1 job exists (reads no training data)."""
+    from ..students import make_context, prepare
+
+    _, store, identity, _, _ = prepare(req)
+    ctx = make_context(req, store, identity["recipe"], None)
+    _check_choices(ctx.config)
+    return _stage1_done(stage1_location(ctx)[3]) is not None
 
 
 def _stage1_done(folder: Path) -> dict[str, Any] | None:

@@ -231,6 +231,8 @@ def ild_source(ctx: StudentContext, gmap: list[int]) -> str:
             raise MtdError("ild_mask=reference averages over padded tensors, which the store does not hold: "
                            "use ild_source=online (the primary run in the loop)")
         return "online"
+    if want == "auto" and ctx.online:  # --online: every teacher in the loop, the primary's states included
+        return "online"
     if want == "store" or (want == "auto" and missing is None):
         if missing is not None:
             raise MtdError(f"{missing}: dump with --primary {p} --student-layers {len(gmap) - 1}, "
@@ -248,7 +250,7 @@ def stage1_identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[s
             "primary_sha256": shas[p] if shas else None, "seed": ctx.seed, "layer_map": gmap, "ild_source": source,
             "init_teacher_sha256": shas[init_teacher] if cfg["init_from_teacher"] and shas else None,
             "max_length": int(cfg["max_length"] or ctx.store.spec.extra.get("max_length")),
-            "ild_epochs": ild_epochs(ctx),
+            "ild_epochs": ild_epochs(ctx), "precision": autocast_dtype(cfg["precision"], ctx.device)[1],
             "recipe": {k: cfg[k] for k in STAGE1_KEYS}}
 
 

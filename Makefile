@@ -6,13 +6,18 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mtd-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-# Workflow targets: make teachers TASK=mrpc DATA_DIR=glue_data; make cache TASK=mrpc PRIMARY=0-5;
-# make sweep TASK=mrpc STUDENT=distilbert; make report; make paper DRY_RUN=1.
+# Workflow targets: make teachers TASK=mrpc DATA_DIR=glue_data; make augment TASK=mrpc GLOVE=glove.txt;
+# make cache TASK=mrpc PRIMARY=0-5 STUDENT_LAYERS=4 (states of TinyBERT-4L's layer map, the last layer
+# included: one store serves DistilBERT and TinyBERT; AUGMENTED=file to cache an augmented set);
+# make sweep TASK=mrpc STUDENT=tinybert; make report; make paper DRY_RUN=1.
 TASK ?= cifar10
 STUDENT ?= resnet20
 MODEL ?=
 SEEDS ?= 0-5
 PRIMARY ?=
+STUDENT_LAYERS ?=
+AUGMENTED ?=
+GLOVE ?=
 DATA_DIR ?=
 REPEATS ?= 3
 WORKERS ?= 1
@@ -20,10 +25,10 @@ DRY_RUN ?=
 STORE = cache/$(TASK)/store.h5
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: demo test bench venv teachers cache sweep report paper clean help
+.PHONY: demo test bench venv teachers augment cache sweep report paper clean help
 
 help:
-	@echo "make demo | test | bench | teachers TASK=.. | cache TASK=.. | sweep TASK=.. STUDENT=.. | report | paper"
+	@echo "make demo | test | bench | teachers TASK=.. | augment TASK=.. | cache TASK=.. | sweep TASK=.. STUDENT=.. | report | paper"
 
 # The virtual environment is rebuilt only when the project's dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -46,8 +51,12 @@ bench: $(STAMP)
 teachers: $(STAMP)
 	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) $(call opt,--data-dir,$(DATA_DIR))
 
+augment: $(STAMP)
+	$(BIN)/mtd-cache augment --task $(TASK) $(call opt,--glove,$(GLOVE)) $(call opt,--data-dir,$(DATA_DIR))
+
 cache: $(STAMP)
-	$(BIN)/mtd-cache dump --task $(TASK) $(call opt,--primary,$(PRIMARY)) $(call opt,--data-dir,$(DATA_DIR))
+	$(BIN)/mtd-cache dump --task $(TASK) $(call opt,--primary,$(PRIMARY)) $(call opt,--data-dir,$(DATA_DIR)) \
+		$(call opt,--student-layers,$(STUDENT_LAYERS)) $(call opt,--augmented,$(AUGMENTED))
 
 sweep: $(STAMP)
 	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --repeats $(REPEATS) --workers $(WORKERS) \

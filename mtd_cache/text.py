@@ -441,7 +441,7 @@ def check_size(spec: StoreSpec, lengths: np.ndarray, out: Path, budget_gb: float
     folder = Path(out).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
-    if size > 2 * free:  # the merge writes the store beside its shards: twice the size at the peak
+    if 2 * size > free:  # the merge writes the store beside its shards: twice the size at the peak
         raise MtdError(f"the store would take {size / 1e9:.1f} GB and its shards as much again; {folder} has "
                        f"{free / 1e9:.1f} GB free")
     return size

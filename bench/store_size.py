@@ -59,7 +59,8 @@ def bert_base_teacher(folder: Path) -> Teacher:
                          num_attention_heads=HEADS, intermediate_size=4 * WIDTH, num_labels=2)
         BertForSequenceClassification(cfg).save_pretrained(folder)
         tok.save_pretrained(folder)
-    info = {"task": "mrpc", "seed": 0, "model": "bert-base (random)", "sha256": sha256_file(folder / "model.safetensors")}
+    info = {"task": "mrpc", "seed": 0, "model": "bert-base (random)",
+            "sha256": sha256_file(folder / "model.safetensors")}
     return Teacher(0, folder, info)
 
 
@@ -80,8 +81,9 @@ def main() -> None:
     out = args.workdir / f"tinybert_states_{args.examples or 'all'}.h5"
     t0 = time.perf_counter()
     if not out.exists():
-        text.dump("mrpc", [teacher], out, [0], {"student_layers": 4, "max_length": MAX_LENGTH, "data_dir": str(args.glue),
-                                                "train_subset": args.examples, "batch_size": 32}, "cpu")
+        options = {"student_layers": 4, "max_length": MAX_LENGTH, "data_dir": str(args.glue),
+                   "train_subset": args.examples, "batch_size": 32}
+        text.dump("mrpc", [teacher], out, [0], options, "cpu")
         print(f"dumped {out} in {time.perf_counter() - t0:.0f} s (random BERT-base, CPU)")
     s = TeacherStore.open(out)
     p = s.primary(0)

@@ -2,7 +2,7 @@
 
 The lead's ``teachers.py`` calls ``train_teacher`` once per seed and
 ``dump.py`` calls ``dump``; student recipes (``recipes/distilbert.py``) reuse
-``encode``, ``bucket_batches``, ``collate`` and ``text_fingerprint`` so the
+``store_inputs``, ``epoch_batches`` and ``evaluate_split`` so the
 student tokenises exactly as the dump did — and is refused when it does not.
 
 Tokenised data is kept flat (ids back to back plus offsets, like the store's
@@ -294,6 +294,18 @@ def evaluate_split(task: str, model: torch.nn.Module, enc: Encoded, batch_size: 
     return {"metric": metrics[get_glue_task(task).metric], **metrics}, logits
 
 
+def epoch_batches(enc: Encoded, batch_size: int, seed: int, fetch: Callable[[dict], dict] | None = None,
+                  depth: int = 0, stream: int = 0, pad_to: int | None = None) -> Callable[[int], "LazyBatches"]:
+    """epoch -> that epoch's training batches: length-bucketed, in the order seeded by (seed, epoch, stream),
+    collated (to ``pad_to`` if given), passed through ``fetch`` (teacher reads), ``depth`` ahead in a thread."""
+    def batches(epoch: int) -> LazyBatches:
+        order = bucket_batches(enc.lengths, batch_size, epoch_generator(seed, epoch, stream))
+        collated = (lambda idx: collate(enc, idx, pad_to=pad_to))
+        return LazyBatches(order, collated if fetch is None else (lambda idx: fetch(collated(idx))), depth=depth)
+
+    return batches
+
+
 class LazyBatches:
     """An epoch's batches: ``fn`` applied to each item when iterated (in a thread ``depth`` ahead if > 0)."""
 
@@ -368,10 +380,6 @@ def _teacher_job(net: torch.nn.Module, train: Encoded, dev_set: Encoded, cfg: di
     steps = int(cfg["epochs"]) * math.ceil(len(train) / bs)
     optimizer, scheduler = bert.optimizer_and_schedule(net, cfg["lr"], cfg["weight_decay"], cfg["warmup"], steps)
 
-    def batches(epoch: int) -> LazyBatches:
-        return LazyBatches(bucket_batches(train.lengths, bs, epoch_generator(seed, epoch)),
-                           lambda idx: collate(train, idx))
-
     def step(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         return {"loss": hard_ce(net(**bert.model_inputs(net, b)).logits, b["labels"])}
@@ -380,7 +388,8 @@ def _teacher_job(net: torch.nn.Module, train: Encoded, dev_set: Encoded, cfg: di
         metrics, last["logits"] = evaluate_split(task, net, dev_set, int(cfg["eval_batch_size"]), device, dtype)
         return metrics
 
-    return Fit(model=net, optimizer=optimizer, epochs=int(cfg["epochs"]), batches=batches, step=step,
+    return Fit(model=net, optimizer=optimizer, epochs=int(cfg["epochs"]), batches=epoch_batches(train, bs, seed),
+               step=step,
                scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
                metrics_csv=out / "metrics.csv", desc=f"{task} teacher seed {seed}", autocast_dtype=dtype,
                grad_clip=cfg["grad_clip"])

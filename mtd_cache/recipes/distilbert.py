@@ -34,9 +34,8 @@ from ..losses import cosine_hidden_loss, hard_ce, kd_loss
 from ..models import bert
 from ..ragged import pad_hidden
 from ..tasks.glue import get_glue_task
-from ..text import (Encoded, LazyBatches, autocast_dtype, bucket_batches, collate, evaluate_split, store_inputs,
-                    to_device)
-from ..train import Fit, epoch_generator
+from ..text import Encoded, autocast_dtype, epoch_batches, evaluate_split, store_inputs, to_device
+from ..train import Fit
 from . import StudentContext, online_target, teacher_path
 
 NEEDS_PRIMARY = True
@@ -82,10 +81,6 @@ def build(ctx: StudentContext) -> Fit:
     steps = int(cfg["epochs"]) * math.ceil(len(train) / bs)
     optimizer, scheduler = bert.optimizer_and_schedule(net, cfg["lr"], cfg["weight_decay"], cfg["warmup"], steps)
 
-    def batches(epoch: int) -> LazyBatches:
-        order = bucket_batches(train.lengths, bs, epoch_generator(ctx.seed, epoch))
-        return LazyBatches(order, lambda idx: fetch(collate(train, idx)), depth=int(cfg["prefetch"]))
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         out = net(**bert.model_inputs(net, b), output_hidden_states=use_cos)
@@ -107,6 +102,7 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
                      teacher_source="online" if ctx.online else "store",
                      loss_terms=["ce"] + ["kd"] * use_kd + ["cos"] * use_cos)
+    batches = epoch_batches(train, bs, ctx.seed, fetch, depth=int(cfg["prefetch"]))
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=int(cfg["epochs"]), batches=batches,
                step=step, evaluate=evaluate, eval_every=int(cfg["eval_every"]), checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"distilbert k={len(ctx.teachers)}", autocast_dtype=dtype,

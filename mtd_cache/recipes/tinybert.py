@@ -58,9 +58,8 @@ from ..models import bert
 from ..models.tinybert import DEFAULT_INIT, TinyBertStudent, from_general, from_teacher
 from ..ragged import pad_attention, pad_hidden
 from ..tasks.glue import get_glue_task
-from ..text import (LazyBatches, TaskInputs, autocast_dtype, bucket_batches, collate, evaluate_split,
-                    store_inputs, to_device)
-from ..train import Fit, epoch_generator, fit, remove_checkpoint, seed_everything
+from ..text import TaskInputs, autocast_dtype, epoch_batches, evaluate_split, store_inputs, to_device
+from ..train import Fit, fit, remove_checkpoint, seed_everything
 from ..utils import atomic_write_json, canonical_json, sha256_text
 from . import StudentContext, online_target, teacher_path
 
@@ -140,10 +139,6 @@ def build(ctx: StudentContext) -> Fit:
     total = int(cfg["epochs"]) * math.ceil(len(train) / bs)
     optimizer, scheduler = bert.optimizer_and_schedule(net, cfg["lr"], cfg["weight_decay"], cfg["warmup"], total)
 
-    def batches(epoch: int) -> LazyBatches:
-        order = bucket_batches(train.lengths, bs, epoch_generator(ctx.seed, epoch))
-        return LazyBatches(order, lambda idx: fetch(collate(train, idx)), depth=int(cfg["prefetch"]))
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         logits = net(**bert.model_inputs(net, b)).logits
@@ -164,6 +159,7 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
                      teacher_source="online" if ctx.online else "store", select_on_dev=bool(cfg["select_on_dev"]),
                      loss_terms=["ce"] * (alpha_ce > 0) + ["kd"] * use_kd)
+    batches = epoch_batches(train, bs, ctx.seed, fetch, depth=int(cfg["prefetch"]))
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=int(cfg["epochs"]), batches=batches,
                step=step, evaluate=evaluate, eval_every=int(cfg["eval_every"]), checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"tinybert k={len(ctx.teachers)}", autocast_dtype=dtype,
@@ -329,16 +325,13 @@ def _train_stage1(ctx: StudentContext, tok, inputs: TaskInputs, gmap: list[int],
                                                        schedule=cfg["ild_schedule"])
     masked = cfg["ild_mask"] == "valid"
 
-    def batches(epoch: int) -> LazyBatches:
-        order = bucket_batches(train.lengths, bs, epoch_generator(ctx.seed, epoch, stream=1))
-        return LazyBatches(order, lambda idx: fetch(collate(train, idx, pad_to=pad_to)), depth=int(cfg["prefetch"]))
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         hidden, scores = target(b)
         out = net(**bert.model_inputs(net, b), output_hidden_states=True, output_scores=True)
         return ild_loss(net, out, hidden, scores, b["attention_mask"] if masked else None)
 
+    batches = epoch_batches(train, bs, ctx.seed, fetch, depth=int(cfg["prefetch"]), stream=1, pad_to=pad_to)
     job = Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=epochs, batches=batches, step=step,
               checkpoint=partial / "checkpoint.pt", metrics_csv=partial / "metrics.csv",
               desc=f"tinybert stage 1 primary {ctx.primary}", autocast_dtype=dtype, grad_clip=cfg["grad_clip"])

@@ -243,7 +243,7 @@ def stage1_identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[s
     shas = list(ctx.store.attrs.get("teachers_sha256", []))
     init_teacher = cfg["init_teacher"] if cfg["init_teacher"] is not None else p
     return {"version": STAGE1_VERSION, "task": ctx.store.task, "inputs": ctx.store.fingerprint,
-            "primary_sha256": shas[p] if shas else None, "seed": ctx.seed, "layer_map": gmap, "ild_source": source,
+            "primary_sha256": shas[p] if shas else f"index {p}", "seed": ctx.seed, "layer_map": gmap, "ild_source": source,
             "init_teacher_sha256": shas[init_teacher] if cfg["init_from_teacher"] and shas else None,
             "max_length": int(cfg["max_length"] or ctx.store.spec.extra.get("max_length")),
             "ild_epochs": ild_epochs(ctx), "precision": autocast_dtype(cfg["precision"], ctx.device)[1],

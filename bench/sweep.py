@@ -3,12 +3,17 @@
 
 Six ResNet-110 teachers (1 epoch on the bundled digits: their accuracy does not
 matter here, their cost does) are dumped once; then the same sweep of ResNet-20
-students (every subset of the pool, one repeat, 1 epoch each) runs (a) from the
+students (every subset of the pool, one repeat, ``--epochs`` each) runs (a) from the
 store with 1 worker, (b) from the store with 2 workers, (c) with the teachers
 computed online, 1 worker. Prints total wall times and the ratios c/a (goal >= 5)
 and a/b. Whole sweeps are timed, worker start-up included.
 
-Usage: python bench/sweep.py [--pool 0-5] [--workdir DIR]
+Each run also pays fixed costs (store open, data load, evaluation, record and
+checkpoint writes: ~0.2 s here) that online teachers do not multiply; at 1 epoch
+on 8x8 digits they are ~30% of a run from the store, so c/a grows with --epochs
+towards the per-step ratio (bench/kd_step.py). Default 3 epochs.
+
+Usage: python bench/sweep.py [--pool 0-5] [--epochs 3] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def timed_sweep(cfg: SweepConfig, workers: int) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default="0-5", help="teacher pool (0-3 for a quicker run)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per student run")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mtd-bench" / "sweep")
     args = ap.parse_args()
     root = args.workdir
@@ -43,11 +49,11 @@ def main() -> None:
     store = run_dump("digits", root / "teachers", root / "store.h5", [], {})
     print(f"(6 ResNet-110 teachers and the 9-view store ready in {time.perf_counter() - t0:.0f} s)")
     base = dict(stores=(str(store),), student="resnet20", pool=parse_index_set(args.pool), repeats=1,
-                overrides={"epochs": 1})
+                overrides={"epochs": args.epochs})
     a, n = timed_sweep(SweepConfig(**base, out=str(root / "runs-a")), 1)
     b, _ = timed_sweep(SweepConfig(**base, out=str(root / "runs-b")), 2)
     c, _ = timed_sweep(SweepConfig(**base, out=str(root / "runs-c"), teachers_dir=str(root / "teachers")), 1)
-    print(f"sweep of {n} ResNet-20 runs (pool {args.pool}, 1 epoch each, digits, 6 ResNet-110 teachers):")
+    print(f"sweep of {n} ResNet-20 runs (pool {args.pool}, {args.epochs} epochs each, digits, 6 ResNet-110 teachers):")
     print(f"  (a) store, 1 worker     {a:8.1f} s")
     print(f"  (b) store, 2 workers    {b:8.1f} s   a/b = {a / b:.2f}")
     print(f"  (c) online, 1 worker    {c:8.1f} s   c/a = {c / a:.2f} (goal >= 5)")

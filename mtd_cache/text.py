@@ -32,6 +32,7 @@ from .errors import MtdError
 from .losses import hard_ce, tinybert_layer_map
 from .models import bert
 from .store import Fingerprint, PrimarySpec, StoreSpec, StoreWriter
+from .store.writer import check_finite_logits
 from .store.format import DEV_LABEL, LABEL, SOURCE
 from .tasks.glue import (SPLITS, GlueSplit, chance_level_check, compute_metrics, get_glue_task, load_hf_split,
                          read_split)
@@ -498,18 +499,12 @@ def _dump_teacher(w: StoreWriter, t: int, teacher, train: Encoded, dev_set: Enco
         for a, b in todo:
             o = run_model(model, train, np.arange(a, b), bs, device, dtype, ps.hidden_layers if ps else (),
                           ps.attn_layers if ps else (), progress=bar.update)
-            _check_finite(o.logits, t, a)
+            check_finite_logits(o.logits, "train logits", a, teacher=t)
             if ps:
                 w.put_primary(t, a, train.lengths[a:b], o.hidden, o.attn)
             w.put_logits(t, a, o.logits)
     if not w.has_dev(t):
         metrics, logits = evaluate_split(w.spec.task, model, dev_set, bs, device, dtype)
-        _check_finite(logits, t, 0, "dev")
+        check_finite_logits(logits, "dev logits", teacher=t)
         w.put_dev(t, logits, metrics["metric"])
         log.info("teacher %d: dev %s %.4f", t, w.spec.metric, metrics["metric"])
-
-
-def _check_finite(logits: np.ndarray, t: int, start: int, split: str = "train") -> None:
-    bad = np.argwhere(~np.isfinite(logits))
-    if len(bad):
-        raise MtdError(f"teacher {t} gave a non-finite logit on {split} example {start + int(bad[0][0])}")

@@ -17,6 +17,7 @@ import store_child as child
 from mtd_cache.errors import StoreError
 from mtd_cache.store import (Fingerprint, PrimarySpec, StoreSpec, StoreWriter, TeacherStore, diff_stores,
                              partial_dir, write_store)
+from mtd_cache.store.writer import check_finite_logits
 
 HERE = Path(__file__).parent
 
@@ -204,6 +205,8 @@ def test_nan_logits_are_refused_naming_teacher_and_example(tmp_path):
     w.finish()
     with pytest.raises(StoreError, match=r"teacher 2 has a non-finite value \(nan\) at example 4"):
         TeacherStore.open(tmp_path / "r.h5")
+    with pytest.raises(StoreError, match=r"train logits: teacher 2 has a non-finite value \(inf\) at example 104"):
+        check_finite_logits(np.where(z[:, 2] == z[:, 2], z[:, 2], np.inf), "train logits", 100, teacher=2)  # a dump's chunk
 
 
 def test_fingerprint_mismatch_names_both_values(tmp_path):

@@ -318,11 +318,18 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     return w.finish()
 
 
-def check_finite_logits(logits: np.ndarray, what: str = "logits", first_example: int = 0) -> None:
-    """Refuse NaN or Inf logits, naming the teacher and example (axis -2 is the teacher axis)."""
+def check_finite_logits(logits: np.ndarray, what: str = "logits", first_example: int = 0,
+                        teacher: int | None = None) -> None:
+    """Refuse NaN or Inf logits, naming the teacher and example (axis -2 is the teacher axis).
+
+    With ``teacher``, ``logits`` are that one teacher's (n, C) block (a dump's chunk).
+    """
+    if teacher is not None:
+        logits = np.asarray(logits)[:, None, :]
     bad = ~np.isfinite(logits)
     if bad.any():
         where = np.argwhere(bad)[0]
         view = f", view {int(where[1])}" if logits.ndim == 4 else ""
-        raise StoreError(f"{what}: teacher {int(where[-2])} has a non-finite value ({logits[tuple(where)]}) "
+        who = int(where[-2]) if teacher is None else teacher
+        raise StoreError(f"{what}: teacher {who} has a non-finite value ({logits[tuple(where)]}) "
                          f"at example {first_example + int(where[0])}{view}")

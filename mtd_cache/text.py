@@ -145,7 +145,8 @@ def store_inputs(store, tokenizer: str | None = None, max_length: int | None = N
         raise MtdError(f"{store.path} was dumped from the augmented file {augmented}, which is gone")
     inputs = task_inputs(store.task, tok, max_length, data_dir or extra.get("data_dir"), augmented,
                          store.num_examples if extra.get("train_subset") else None)
-    check_text_store(store, bert.tokenizer_identity(tok), max_length, inputs.fingerprint(bert.tokenizer_identity(tok)))
+    ident = bert.tokenizer_identity(tok)
+    check_text_store(store, ident, max_length, inputs.fingerprint(ident))
     return tok, inputs
 
 

@@ -15,7 +15,7 @@ from mtd_cache.store import TeacherStore
 from mtd_cache.students import RunRequest, resolve_config, run_student
 from mtd_cache.teachers import find_teachers, train_teachers
 from mtd_cache.train import seed_everything
-from test_text import GLUE_DIR, make_bert, mrpc_texts, sst2_words, teacher_at, write_mrpc_slice, write_sst2
+from test_text import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
 
 CPU = torch.device("cpu")
 
@@ -80,12 +80,8 @@ def test_full_depth_student_computes_the_teachers_states(tmp_path):
 
 @pytest.fixture(scope="module")
 def mrpc_store(tmp_path_factory):
-    if not (GLUE_DIR / "MRPC").is_dir():
-        pytest.skip(f"no shared GLUE data at {GLUE_DIR}")
     root = tmp_path_factory.mktemp("mrpcstore")
-    data = write_mrpc_slice(root / "glue", 32, 16)
-    teachers = [teacher_at(make_bert(root / f"seed{s}", mrpc_texts(data), seed=s), s, data_dir=data)
-                for s in (0, 1, 2)]
+    data, teachers = tiny_mrpc_teachers(root, 32, 16, (0, 1, 2))
     store = text.dump("mrpc", teachers, root / "s.h5", [1], {"batch_size": 8}, "cpu")
     return store, teachers, data
 

@@ -103,6 +103,20 @@ def mrpc_texts(data_dir: Path) -> list[str]:
     return out
 
 
+def tiny_mrpc_teachers(root: Path, n_train: int, n_dev: int, seeds: tuple[int, ...],
+                       layers: int = 2) -> tuple[Path, list[Teacher]]:
+    """Tiny random BERT teachers, one per seed, on the first lines of the real MRPC files, under ``root``.
+
+    Skips the calling test when the shared GLUE data is absent.
+    """
+    if not (GLUE_DIR / "MRPC").is_dir():
+        pytest.skip(f"no shared GLUE data at {GLUE_DIR}")
+    data = write_mrpc_slice(root / "glue", n_train, n_dev)
+    texts = mrpc_texts(data)
+    return data, [teacher_at(make_bert(root / f"seed{s}", texts, layers=layers, seed=s), s, data_dir=data)
+                  for s in seeds]
+
+
 def teacher_at(folder: Path, seed: int, task: str = "mrpc", data_dir: Path | None = None) -> Teacher:
     info = {"task": task, "seed": seed, "model": "tiny-bert", "sha256": sha256_file(folder / "model.safetensors"),
             "data_dir": None if data_dir is None else str(data_dir)}
@@ -199,13 +213,7 @@ def test_chance_level_teacher_is_refused_unless_forced(tmp_path):
 
 @pytest.fixture(scope="module")
 def mrpc_teachers(tmp_path_factory):
-    if not (GLUE_DIR / "MRPC").is_dir():
-        pytest.skip(f"no shared GLUE data at {GLUE_DIR}")
-    root = tmp_path_factory.mktemp("mrpc")
-    data = write_mrpc_slice(root / "glue", 40, 24)
-    texts = mrpc_texts(data)
-    teachers = [teacher_at(make_bert(root / f"seed{s}", texts, seed=s), s, data_dir=data) for s in (0, 1)]
-    return data, teachers
+    return tiny_mrpc_teachers(tmp_path_factory.mktemp("mrpc"), 40, 24, (0, 1))
 
 
 def _direct(model, tok, split, i, max_length=128):

@@ -19,7 +19,7 @@ from mtd_cache.recipes import StudentContext, tinybert
 from mtd_cache.store import TeacherStore
 from mtd_cache.students import RunRequest, resolve_config, run_student
 from mtd_cache.train import seed_everything
-from test_text import GLUE_DIR, make_bert, mrpc_texts, teacher_at, write_mrpc_slice
+from test_text import tiny_mrpc_teachers
 
 CPU = torch.device("cpu")
 FAST = {"init_from_teacher": True, "student_layers": 2, "batch_size": 8, "prefetch": 0, "ild_epochs": 1,
@@ -29,12 +29,8 @@ FAST = {"init_from_teacher": True, "student_layers": 2, "batch_size": 8, "prefet
 @pytest.fixture(scope="module")
 def mrpc4(tmp_path_factory):
     """Three 4-layer tiny BERT teachers on 32 real MRPC lines; a store with primaries 0 and 1 for 4 -> 2."""
-    if not (GLUE_DIR / "MRPC").is_dir():
-        pytest.skip(f"no shared GLUE data at {GLUE_DIR}")
     root = tmp_path_factory.mktemp("tinybert")
-    data = write_mrpc_slice(root / "glue", 32, 16)
-    teachers = [teacher_at(make_bert(root / f"seed{s}", mrpc_texts(data), layers=4, seed=s), s, data_dir=data)
-                for s in (0, 1, 2)]
+    data, teachers = tiny_mrpc_teachers(root, 32, 16, (0, 1, 2), layers=4)
     store = text.dump("mrpc", teachers, root / "s.h5", [0, 1], {"batch_size": 8, "student_layers": 2}, "cpu")
     return store, teachers, data
 

@@ -37,7 +37,7 @@ from .store.format import DEV_LABEL, LABEL, SOURCE
 from .tasks.glue import (SPLITS, GlueSplit, chance_level_check, compute_metrics, get_glue_task, load_hf_split,
                          read_split)
 from .train import Fit, epoch_generator, fit, remove_checkpoint, resolve_device, seed_everything
-from .utils import prefetch, sha256_file
+from .utils import prefetch, resolve_options, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -250,15 +250,6 @@ def check_text_store(store, tokenizer: dict[str, str], max_length: int, fingerpr
 
 
 # ----------------------------------------------------------------------------- options, precision
-
-
-def resolve_options(defaults: dict[str, Any], options: dict[str, Any] | None, what: str) -> dict[str, Any]:
-    """Defaults overridden by the non-None options; an unknown key is refused with the valid ones."""
-    options = options or {}
-    unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
-    if unknown:
-        raise MtdError(f"unknown {what} setting {unknown[0]!r}; valid: {', '.join(sorted(defaults))}")
-    return {**defaults, **{k: v for k, v in options.items() if v is not None}}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic files, canonical JSON, hashing, background prefetch."""
+"""Small shared helpers: atomic files, canonical JSON, hashing, option merging, background prefetch."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from .errors import MtdError
 
 T = TypeVar("T")
 
@@ -55,6 +57,15 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def resolve_options(defaults: dict[str, Any], options: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """Defaults overridden by the non-None options; an unknown key is refused with the valid ones."""
+    options = options or {}
+    unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
+    if unknown:
+        raise MtdError(f"unknown {what} setting {unknown[0]!r}; valid: {', '.join(sorted(defaults))}")
+    return {**defaults, **{k: v for k, v in options.items() if v is not None}}
 
 
 def canonical_json(obj: Any) -> str:

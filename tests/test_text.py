@@ -22,7 +22,7 @@ from mtd_cache.models import bert
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.tasks.glue import compute_metrics, read_split
 from mtd_cache.teachers import Teacher, train_teachers
-from mtd_cache.utils import sha256_file
+from mtd_cache.utils import resolve_options, sha256_file
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GLUE_DIR = SHARED / "data" / "glue"
@@ -171,7 +171,7 @@ def test_tokenizer_identity_is_content_not_location(tmp_path):
 
 def test_unknown_options_are_refused():
     with pytest.raises(MtdError, match="unknown dump setting 'nope'.*batch_size"):
-        text.resolve_options(text.DUMP_DEFAULTS, {"nope": 1, "max_length": None}, "dump")
+        resolve_options(text.DUMP_DEFAULTS, {"nope": 1, "max_length": None}, "dump")
     with pytest.raises(MtdError, match="unknown precision 'fp8'"):
         text.autocast_dtype("fp8", torch.device("cpu"))
     assert text.autocast_dtype("auto", torch.device("cpu")) == (None, "fp32")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from mtd_cache.errors import MtdError
 from mtd_cache.losses import kd_loss
+from mtd_cache.recipes import resnet as resnet_recipe
 from mtd_cache.store import TeacherStore
 from mtd_cache.students import RunRequest, run_student
 from mtd_cache.tasks.images import get_image_task, load_split, view_table, write_fake_cifar10
 from mtd_cache.teachers import find_teachers, train_teachers
 from mtd_cache.dump import run_dump
-from mtd_cache.vision import ImageData, lr_factor, load_teacher_model, view_logits
+from mtd_cache.vision import ImageData, image_fingerprint, lr_factor, load_teacher_model, view_logits
 
 BIN = Path(sys.executable).parent
 
@@ -104,6 +107,44 @@ def test_ce_only_baseline_and_online_run(digits, tmp_path):
                                     overrides={"epochs": 1}))
     assert online["run_id"] != cached["run_id"] and online["config"]["online"] is True
     assert online["history"][0]["kd"] == pytest.approx(cached["history"][0]["kd"], rel=1e-4)
+
+
+def test_loaded_splits_are_kept_per_process_and_runs_leave_them_unchanged(digits, tmp_path):
+    _, path = digits
+    cpu = torch.device("cpu")
+    train = ImageData.load("digits", "train", None, cpu)
+    assert ImageData.load("digits", "train", None, cpu) is train  # a sweep worker parses each split once
+    sub = ImageData.load("digits", "train", None, cpu, 100)
+    assert sub is not train and len(sub) == 100 and torch.equal(sub.images, train.images[:100])
+    fresh = ImageData._read("digits", "train", None, cpu, None)
+    views = view_table(get_image_task("digits"))
+    assert image_fingerprint(train, views) == image_fingerprint(fresh, views) == TeacherStore.open(path).fingerprint
+    assert list(train.fingerprints.values()) == [TeacherStore.open(path).fingerprint]  # memoised on the split
+    before = train.images.clone(), train.labels.clone()
+    run_student(RunRequest(store=str(path), student="resnet8", teachers=(0,), out=str(tmp_path),
+                           overrides={"epochs": 1}))
+    assert ImageData.load("digits", "train", None, cpu) is train
+    assert torch.equal(train.images, before[0]) and torch.equal(train.labels, before[1])
+
+
+def test_test_subset_dump_scores_teachers_and_students_on_the_same_images(digits, tmp_path):
+    root, _ = digits
+    path = run_dump("digits", root / "teachers", tmp_path / "s.h5", [], {"test_subset": 50})
+    s = TeacherStore.open(path)
+    _, test_labels = load_split("digits", "test")
+    assert s.dev_logits.shape == (50, 3, 10) and s.spec.extra["test_subset"] == 50
+    np.testing.assert_array_equal(s.dev_labels, test_labels[:50])
+    rec = run_student(RunRequest(store=str(path), student="resnet8", teachers=(0, 1), out=str(tmp_path),
+                                 overrides={"epochs": 1}))
+    assert round(rec["metric"] * 50, 6) == round(rec["metric"] * 50)  # scored on 50 images
+    full = SimpleNamespace(task="digits", spec=SimpleNamespace(extra={}), dev_labels=s.dev_labels, path=path)
+    with pytest.raises(MtdError, match=r"test images found here \(360\) are not those .* \(50\)"):
+        resnet_recipe._load_test(full, None, torch.device("cpu"))
+    with pytest.raises(MtdError, match="unknown image dump setting 'student_layers'"):
+        run_dump("digits", root / "teachers", tmp_path / "t.h5", [], {"student_layers": 4})
+    with pytest.raises(MtdError, match="test subset 400 is outside 1..360"):
+        run_dump("digits", root / "teachers", tmp_path / "u.h5", [], {"test_subset": 400})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "s.h5"]  # refusals wrote nothing
 
 
 def test_lr_schedule_warmup_restored_and_legacy():

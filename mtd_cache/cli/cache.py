@@ -160,19 +160,21 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--batch-size", type=int, help="Inference batch size.")
 @click.option("--data-dir", help="Where the task's data lives.")
 @click.option("--train-subset", type=int, help="Cache only the first N training examples.")
+@click.option("--test-subset", type=int, help="Images: score teachers (and later students) on the first N test "
+                                              "images only (quick CPU runs).")
 @click.option("--float16", is_flag=True, help="Store logits as float16 (large view sets).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other dump setting.")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/store.h5.")
 @click.option("--device")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
-             train_subset, float16, sets, out, device) -> None:
+             train_subset, test_subset, float16, sets, out, device) -> None:
     from ..dump import run_dump
     from ..plan import parse_index_set
 
     prim = parse_index_set(primaries, option="--primary") if primaries else ()
     options = {"max_length": max_length, "batch_size": batch_size, "data_dir": data_dir,
                "augmented": str(augmented) if augmented else None, "train_subset": train_subset,
-               "student_layers": student_layers,
+               "test_subset": test_subset, "student_layers": student_layers,
                "logits_dtype": "float16" if float16 else None, **parse_sets(sets)}
     out = out or Path("cache") / task / "store.h5"
     path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
 def build(ctx: StudentContext) -> Fit:
     cfg, store, dev = ctx.config, ctx.store, ctx.device
     train = _load_checked(store, ctx.data_dir, dev)
-    test = ImageData.load(store.task, "test", _data_dir(store, ctx.data_dir), dev)
+    test = _load_test(store, ctx.data_dir, dev)
     net = build_resnet(ctx.student, train.task.channels, store.num_classes).to(dev)
     views = torch.as_tensor(store.views, device=dev)
     opt, sched = sgd_recipe(net, cfg, -(-len(train) // cfg["batch_size"]))
@@ -75,6 +76,15 @@ def _load_checked(store: TeacherStore, data_dir: str | None, dev: torch.device) 
         raise MtdError(f"the {store.task} training data found here fingerprint to {got}, but {store.path} "
                        f"was dumped from {store.fingerprint}: other images, labels or views")
     return train
+
+
+def _load_test(store: TeacherStore, data_dir: str | None, dev: torch.device) -> ImageData:
+    """The test images the store's dev logits were computed on (its ``test_subset``), labels checked."""
+    test = ImageData.load(store.task, "test", _data_dir(store, data_dir), dev, store.spec.extra.get("test_subset"))
+    if store.dev_labels is not None and not np.array_equal(test.labels.cpu().numpy(), store.dev_labels):
+        raise MtdError(f"the {store.task} test images found here ({len(test)}) are not those {store.path} "
+                       f"scored its teachers on ({len(store.dev_labels)}): other labels or order")
+    return test
 
 
 def _target_fn(ctx: StudentContext, train: ImageData, views: torch.Tensor):

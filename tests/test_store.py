@@ -209,6 +209,28 @@ def test_nan_logits_are_refused_naming_teacher_and_example(tmp_path):
         check_finite_logits(np.where(z[:, 2] == z[:, 2], z[:, 2], np.inf), "train logits", 100, teacher=2)  # a dump's chunk
 
 
+def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_path, monkeypatch):
+    from mtd_cache.store import reader
+
+    spec = _spec(num_dev=0)
+    z = np.zeros(spec.logits_shape(), dtype=np.float32)
+    path = write_store(tmp_path / "s.h5", spec, z, np.zeros(6, dtype=int))
+    calls = []
+    monkeypatch.setattr(reader, "check_finite_logits", lambda *a, **k: calls.append(a[1]) or check_finite_logits(*a, **k))
+    TeacherStore.open(path).close()
+    TeacherStore.open(path).close()
+    assert calls == [str(path)]  # the second open trusts the first scan
+    before = os.stat(path)
+    with h5py.File(path, "r+") as f:  # an edit in place: same size, new modification time
+        f["logits"][4, 2, 1] = np.nan
+    assert os.stat(path).st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # the clock may not tick within a few ms
+    with pytest.raises(StoreError, match=r"teacher 2 has a non-finite value \(nan\) at example 4"):
+        TeacherStore.open(path)
+    assert len(calls) == 2
+    TeacherStore.open(path, check_finite=False).close()  # asked not to scan: opens
+
+
 def test_fingerprint_mismatch_names_both_values(tmp_path):
     path, _ = _toy(tmp_path)
     with pytest.raises(StoreError, match=f"store fingerprint {'f' * 64} != expected abc"):

@@ -21,6 +21,7 @@ from .writer import check_finite_logits, partial_dir
 log = logging.getLogger(__name__)
 
 FINITE_CHECK_ROWS = 1 << 16
+_FINITE_OK: set[tuple] = set()  # (path, device, inode, size, mtime) of files whose logits were scanned here
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class TeacherStore:
     After ``open`` no h5py handle stays open: logits are a memory map of the
     file (shared by every process that reads it), small arrays are in RAM and
     the primary teacher's states are read with ``os.preadv``. The object pickles
-    as its path, so DataLoader workers and sweep processes reopen it cheaply.
+    as its path, so DataLoader workers and sweep processes reopen it cheaply
+    (the logits' finiteness scan runs once per process and file version).
     """
 
     def __init__(self, path: Path, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -92,14 +94,17 @@ class TeacherStore:
         with f:
             attrs = {k: _py(v) for k, v in f.attrs.items()}
             _check_identity(path, attrs)
-            size = path.stat().st_size
+            st = path.stat()
+            size = st.st_size
             arrays = {name: _map(path, f[name], size) if name == LOGITS else f[name][...]
                       for name in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if name in f}
             primaries = {int(t): PrimaryStates.from_group(path, g, size) for t, g in f.get(PRIMARY, {}).items()}
         store = cls(path, attrs, arrays, primaries)
         store._check_shapes()
-        if check_finite:
+        stamp = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if check_finite and stamp not in _FINITE_OK:  # a finished store does not change: scan it once per process
             store._check_finite()
+            _FINITE_OK.add(stamp)
         if expect_fingerprint is not None and expect_fingerprint != store.fingerprint:
             raise StoreError(f"{path} was made from other inputs: store fingerprint {store.fingerprint} "
                              f"!= expected {expect_fingerprint}")

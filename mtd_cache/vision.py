@@ -30,7 +30,7 @@ from .energy import EnergyMeter
 from .errors import MtdError
 from .models.resnet_cifar import build_resnet
 from .store import Fingerprint, StoreSpec, StoreWriter
-from .tasks.images import ImageTask, apply_views, get_image_task, load_split, normalize, view_table
+from .tasks.images import DEFAULT_DATA, ImageTask, apply_views, get_image_task, load_split, normalize, view_table
 from .train import Fit, epoch_generator, fit, remove_checkpoint, resolve_device, seed_everything
 from .utils import resolve_options
 
@@ -69,7 +69,7 @@ class ImageData:
     @classmethod
     def load(cls, task: str, split: str, data_dir: str | None, device: torch.device,
              subset: int | None = None) -> "ImageData":
-        key = (task, split, str(Path(data_dir).resolve()) if data_dir else None, subset, str(device))
+        key = (task, split, str(Path(data_dir or DEFAULT_DATA).resolve()), subset, str(device))  # cwd-relative default
         if key not in _LOADED:
             if len(_LOADED) >= _KEEP_LOADED:
                 del _LOADED[next(iter(_LOADED))]  # the oldest
@@ -104,8 +104,8 @@ def image_fingerprint(data: ImageData, views: np.ndarray) -> str:
     views = np.asarray(views, dtype=np.int16)
     key = views.tobytes()
     if key not in data.fingerprints:
-        data.fingerprints[key] = (Fingerprint().update("task", data.task.name).update("pixels", data.images.cpu().numpy())
-                                  .update("labels", data.labels.cpu().numpy()).update("views", views).hexdigest())
+        fp = Fingerprint().update("task", data.task.name).update("pixels", data.images.cpu().numpy())
+        data.fingerprints[key] = fp.update("labels", data.labels.cpu().numpy()).update("views", views).hexdigest()
     return data.fingerprints[key]
 
 

@@ -216,7 +216,11 @@ def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_pat
     z = np.zeros(spec.logits_shape(), dtype=np.float32)
     path = write_store(tmp_path / "s.h5", spec, z, np.zeros(6, dtype=int))
     calls = []
-    monkeypatch.setattr(reader, "check_finite_logits", lambda *a, **k: calls.append(a[1]) or check_finite_logits(*a, **k))
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return check_finite_logits(*args, **kwargs)
+
+    monkeypatch.setattr(reader, "check_finite_logits", counting)
     TeacherStore.open(path).close()
     TeacherStore.open(path).close()
     assert calls == [str(path)]  # the second open trusts the first scan

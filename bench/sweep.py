@@ -12,20 +12,24 @@ start-up included.
 
 A run from the store costs what CE-only training costs, so c/a is a compute
 ratio, 1 + mean k x (one teacher forward / one student step), mean k = 192/63
-for pool 0-5, less each run's fixed costs (data, model set-up, the final test
-pass). ``--task digits`` (the default) needs nothing but is 8x8, where a
-ResNet-110 forward is cheap next to a ResNet-20 step; ``--task fashion-mnist``
-(Debian's files, 28x28 like CIFAR's 32x32) is the paper-shaped workload; keep it
-small with ``--train-subset``/``--test-subset`` on a CPU (its 50-view dump is
-6 x 50 teacher forwards per image).
+for pool 0-5, diluted by what each run costs besides training (set-up, the
+final test pass, the record), the same both ways. The "training alone" line
+sums the records' epochs less their test passes: the ratio long runs tend to.
+
+``--task digits`` (the default) needs nothing but is 8x8, where a ResNet-110
+forward is cheap next to a ResNet-20 step; ``--task fashion-mnist`` (Debian's
+files, 28x28 like CIFAR's 32x32) is the paper-shaped workload; keep it small
+with ``--train-subset``/``--test-subset`` on a CPU (its 50-view dump is 6 x 50
+teacher forwards per image).
 
 Usage: python bench/sweep.py [--task digits] [--pool 0-5] [--epochs 1] [--workdir DIR]
-       python bench/sweep.py --task fashion-mnist --train-subset 1024 --test-subset 500 --epochs 3
+       python bench/sweep.py --task fashion-mnist --train-subset 512 --test-subset 256 --epochs 6
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -36,6 +40,12 @@ from mtd_cache.plan import parse_index_set
 from mtd_cache.store import TeacherStore
 from mtd_cache.sweep import SweepConfig, run_sweep
 from mtd_cache.teachers import train_teachers
+
+
+def training_seconds(out: str) -> float:
+    """The runs' epochs less their test passes, summed over the records in ``out``: what long runs scale."""
+    records = (json.loads(p.read_text()) for p in Path(out).glob("*/*/*.json"))
+    return sum(row["epoch_s"] - row.get("eval_s", 0.0) for rec in records for row in rec["history"])
 
 
 def timed_sweep(cfg: SweepConfig, workers: int) -> tuple[float, int]:
@@ -80,6 +90,9 @@ def main() -> None:
     print(f"  (a) store, 1 worker     {a:8.1f} s")
     print(f"  (b) store, 2 workers    {b:8.1f} s   a/b = {a / b:.2f}")
     print(f"  (c) online, 1 worker    {c:8.1f} s   c/a = {c / a:.2f} (goal >= 5)")
+    ta, tc = training_seconds(str(root / "runs-a")), training_seconds(str(root / "runs-c"))
+    print(f"  training alone          {ta:8.1f} s vs {tc:.1f} s online: {tc / ta:.2f} (what c/a tends to as runs "
+          f"lengthen; the rest of a run, set-up, test pass and record, costs the same both ways)")
     if dump_s:
         print(f"  the dump                {dump_s:8.1f} s   c/(a + dump) = {c / (a + dump_s):.2f} "
               f"(this one sweep paying for the whole store)")

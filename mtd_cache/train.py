@@ -94,7 +94,9 @@ def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
         row = _train_epoch(job, epoch, device, scaler)
         last = epoch == job.epochs - 1
         if job.evaluate is not None and (last or (job.eval_every and (epoch + 1) % job.eval_every == 0)):
+            t_eval = time.perf_counter()
             row.update(job.evaluate())
+            row["eval_s"] = time.perf_counter() - t_eval  # epoch_s includes it
         row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0,
                    lr=job.optimizer.param_groups[0]["lr"])
         history.append(row)

@@ -88,6 +88,7 @@ def test_same_configuration_same_run_id_and_same_cpu_metric(digits, tmp_path):
     b = run_student(RunRequest(**{**req.__dict__, "force": True}))
     assert a["run_id"] == b["run_id"] and a["metric"] == b["metric"]
     assert a["k"] == 2 and a["teachers"] == [0, 2] and a["status"] == "done"
+    assert 0 < a["history"][-1]["eval_s"] < a["history"][-1]["epoch_s"]  # the test pass, timed within the epoch
     assert a["config"]["recipe"]["temperature"] == 4.0 and a["store_fingerprint"] == TeacherStore.open(path).fingerprint
     c = run_student(RunRequest(**{**req.__dict__, "seed": 4}))
     assert c["run_id"] != a["run_id"]

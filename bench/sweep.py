@@ -72,14 +72,14 @@ def main() -> None:
     train_teachers(args.task, range(6), root / "teachers", "resnet110", args.data_dir,
                    {"epochs": args.teacher_epochs, "batch_size": 256, **subset})
     t1 = time.perf_counter()
-    dump_s = None if (root / "store.h5").exists() else 0.0  # a store kept from an earlier run: its cost is unknown
+    reused = (root / "store.h5").exists()  # kept from an earlier run: its dump's cost is not known here
     store = run_dump(args.task, root / "teachers", root / "store.h5", [],
                      {**subset, "test_subset": args.test_subset, "data_dir": args.data_dir})
-    if dump_s is not None:
-        dump_s = time.perf_counter() - t1
+    dump_s = None if reused else time.perf_counter() - t1
     with TeacherStore.open(store) as s:
         shape = f"{s.num_examples} images x {s.num_views} views, {len(s.dev_labels)} test images"
-    print(f"(6 ResNet-110 teachers {t1 - t0:.0f} s; store of {shape}: dump {dump_s or 0:.0f} s)")
+    print(f"(6 ResNet-110 teachers {t1 - t0:.0f} s; store of {shape}: "
+          f"{'reused' if reused else f'dump {dump_s:.0f} s'})")
     base = dict(stores=(str(store),), student="resnet20", pool=parse_index_set(args.pool), repeats=1,
                 overrides={"epochs": args.epochs}, data_dir=args.data_dir)
     a, n = timed_sweep(SweepConfig(**base, out=str(root / "runs-a")), 1)
@@ -93,7 +93,7 @@ def main() -> None:
     ta, tc = training_seconds(str(root / "runs-a")), training_seconds(str(root / "runs-c"))
     print(f"  training alone          {ta:8.1f} s vs {tc:.1f} s online: {tc / ta:.2f} (what c/a tends to as runs "
           f"lengthen; the rest of a run, set-up, test pass and record, costs the same both ways)")
-    if dump_s:
+    if dump_s is not None:
         print(f"  the dump                {dump_s:8.1f} s   c/(a + dump) = {c / (a + dump_s):.2f} "
               f"(this one sweep paying for the whole store)")
 

@@ -216,6 +216,7 @@ def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_pat
     z = np.zeros(spec.logits_shape(), dtype=np.float32)
     path = write_store(tmp_path / "s.h5", spec, z, np.zeros(6, dtype=int))
     calls = []
+
     def counting(*args, **kwargs):
         calls.append(args[1])
         return check_finite_logits(*args, **kwargs)

@@ -168,11 +168,7 @@ def build(ctx: StudentContext) -> Fit:
 
 def run_stage1(req) -> dict[str, Any]:
     """The sweep's stage-1 job: train (or find) the stage-1 model of ``req``'s primary and seed."""
-    from ..students import make_context, prepare
-
-    _, store, identity, _, _ = prepare(req)
-    ctx = make_context(req, store, identity["recipe"], None)
-    _check_choices(ctx.config)
+    ctx = _stage1_job_context(req)
     seed_everything(ctx.seed)
     tok, inputs = _data(ctx)
     _, info = stage1(ctx, tok, inputs)
@@ -243,7 +239,8 @@ def stage1_identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[s
     shas = list(ctx.store.attrs.get("teachers_sha256", []))
     init_teacher = cfg["init_teacher"] if cfg["init_teacher"] is not None else p
     return {"version": STAGE1_VERSION, "task": ctx.store.task, "inputs": ctx.store.fingerprint,
-            "primary_sha256": shas[p] if shas else f"index {p}", "seed": ctx.seed, "layer_map": gmap, "ild_source": source,
+            "primary_sha256": shas[p] if shas else f"index {p}", "seed": ctx.seed, "layer_map": gmap,
+            "ild_source": source,
             "init_teacher_sha256": shas[init_teacher] if cfg["init_from_teacher"] and shas else None,
             "max_length": int(cfg["max_length"] or ctx.store.spec.extra.get("max_length")),
             "ild_epochs": ild_epochs(ctx), "precision": autocast_dtype(cfg["precision"], ctx.device)[1],
@@ -291,12 +288,17 @@ def stage1_location(ctx: StudentContext) -> tuple[list[int], str, dict[str, Any]
 
 def stage1_done(req) -> bool:
     """Whether the stage-1 model of a sweep's stage-1 job exists (reads no training data)."""
+    return _stage1_done(stage1_location(_stage1_job_context(req))[3]) is not None
+
+
+def _stage1_job_context(req) -> StudentContext:
+    """A sweep stage-1 job's context: the request checked as a run's, with no run record of its own."""
     from ..students import make_context, prepare
 
     _, store, identity, _, _ = prepare(req)
     ctx = make_context(req, store, identity["recipe"], None)
     _check_choices(ctx.config)
-    return _stage1_done(stage1_location(ctx)[3]) is not None
+    return ctx
 
 
 def _stage1_done(folder: Path) -> dict[str, Any] | None:
@@ -312,10 +314,12 @@ def _train_stage1(ctx: StudentContext, tok, inputs: TaskInputs, gmap: list[int],
     cfg, device = ctx.config, ctx.device
     dtype, precision = autocast_dtype(cfg["precision"], device)
     seed_everything(ctx.seed)
-    fit_size = _teacher_width(ctx)
+    fit_size, heads = _primary_dims(ctx)
     net, init = _init_student(ctx, tok, fit_size)
     net.to(device)
-    _check_heads(ctx, net)
+    if bert.num_heads(net.bert) != heads:
+        raise MtdError(f"attention distillation needs equal head counts: student {bert.num_heads(net.bert)}, "
+                       f"primary teacher {heads}")
     train = inputs.train
     pad_to = inputs.max_length if cfg["ild_mask"] == "reference" else None
     fetch, target = _state_side(ctx, gmap, source, device)
@@ -408,10 +412,14 @@ def _online_states(ctx: StudentContext, gmap: list[int], device: torch.device) -
 # ----------------------------------------------------------------------------- the student
 
 
-def _teacher_width(ctx: StudentContext) -> int:
+def _primary_dims(ctx: StudentContext) -> tuple[int, int]:
+    """The primary's (hidden size, attention heads): from its stored states, else its config (hash-checked)."""
     if ctx.primary in ctx.store.primaries:
-        return ctx.store.primary(ctx.primary).hidden_size
-    return int(bert.load_config(teacher_path(ctx, ctx.primary)).hidden_size)
+        states = ctx.store.primary(ctx.primary)
+        if states.num_heads:
+            return states.hidden_size, states.num_heads
+    config = bert.load_config(teacher_path(ctx, ctx.primary))
+    return int(config.hidden_size), int(config.num_attention_heads)
 
 
 def _init_student(ctx: StudentContext, tok, fit_size: int | None) -> tuple[TinyBertStudent, dict[str, Any]]:
@@ -435,15 +443,6 @@ def _init_student(ctx: StudentContext, tok, fit_size: int | None) -> tuple[TinyB
         raise MtdError(f"the student's vocabulary has {net.config.vocab_size} entries, the tokenizer "
                        f"{len(tok)}: they do not belong together")
     return net, init
-
-
-def _check_heads(ctx: StudentContext, net: TinyBertStudent) -> None:
-    heads = ctx.store.primary(ctx.primary).num_heads if ctx.primary in ctx.store.primaries else 0
-    if not heads:
-        heads = int(bert.load_config(teacher_path(ctx, ctx.primary)).num_attention_heads)
-    if bert.num_heads(net.bert) != heads:
-        raise MtdError(f"attention distillation needs equal head counts: student {bert.num_heads(net.bert)}, "
-                       f"primary teacher {heads}")
 
 
 # ----------------------------------------------------------------------------- stage 2

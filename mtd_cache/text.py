@@ -32,8 +32,8 @@ from .errors import MtdError
 from .losses import hard_ce, tinybert_layer_map
 from .models import bert
 from .store import Fingerprint, PrimarySpec, StoreSpec, StoreWriter
-from .store.writer import check_finite_logits
 from .store.format import DEV_LABEL, LABEL, SOURCE
+from .store.writer import check_finite_logits
 from .tasks.glue import (SPLITS, GlueSplit, chance_level_check, compute_metrics, get_glue_task, load_hf_split,
                          read_split)
 from .train import Fit, epoch_generator, fit, remove_checkpoint, resolve_device, seed_everything
@@ -382,8 +382,7 @@ def _teacher_job(net: torch.nn.Module, train: Encoded, dev_set: Encoded, cfg: di
         return metrics
 
     return Fit(model=net, optimizer=optimizer, epochs=int(cfg["epochs"]), batches=epoch_batches(train, bs, seed),
-               step=step,
-               scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
+               step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
                metrics_csv=out / "metrics.csv", desc=f"{task} teacher seed {seed}", autocast_dtype=dtype,
                grad_clip=cfg["grad_clip"])
 

@@ -102,11 +102,16 @@ def bench_gather(path: Path, reps: int) -> None:
           f"| goal <= 50 us: {'met' if store <= 50 else 'NOT met'}")
 
 
-def bench_open(path: Path) -> None:
-    """First open in this process (scans the logits) vs later opens of the same file (no scan)."""
-    with open(path, "rb") as f:  # warm the page cache: the scan is then CPU-bound, as a worker's second run sees it
+def warm(path: Path) -> None:
+    """Read the whole file once so that it sits in the page cache."""
+    with open(path, "rb") as f:
         while f.read(1 << 26):
             pass
+
+
+def bench_open(path: Path) -> None:
+    """First open in this process (scans the logits) vs later opens of the same file (no scan)."""
+    warm(path)  # the scan is then CPU-bound, as a worker's second run sees it
     first = _timed(lambda p: TeacherStore.open(p).close(), path)
     later = statistics.median(_timed(lambda p: TeacherStore.open(p).close(), path) for _ in range(9))
     unchecked = statistics.median(_timed(lambda p: TeacherStore.open(p, check_finite=False).close(), path)
@@ -139,7 +144,7 @@ def raw_reader(path: Path, p) -> callable:
     """The physical limit: one ``os.preadv`` per example range into preallocated buffers."""
     fd = os.open(path, os.O_RDONLY)
     h0, a0 = p._hidden.offset, p._attn.offset
-    hoff, aoff = p.hidden_offsets * 768 * 2, p.attn_offsets * 2
+    hoff, aoff = p.hidden_offsets * p.hidden_size * 2, p.attn_offsets * 2
     buf = np.empty(int(hoff[-1] // max(1, len(p.lengths)) * 64 + (aoff[-1] // len(p.lengths)) * 64) * 4, np.uint8)
 
     def read(idx):
@@ -153,28 +158,31 @@ def raw_reader(path: Path, p) -> callable:
     return read
 
 
+def compare_reads(path: Path, p, batches: list) -> tuple[float, float, float]:
+    """Median seconds of raw ``preadv`` reads and of the store's reads of the same batches, timed side by
+    side, batch by batch (the same load for both), and the median megabytes per batch. Warms the file first."""
+    warm(path)
+    raw = raw_reader(path, p)
+    t_raw, t_store = [], []
+    for b in batches:
+        t_raw.append(_timed(raw, b))
+        t_store.append(_timed(p.read, b))
+    mb = statistics.median(int((p.hidden_offsets[b + 1] - p.hidden_offsets[b]).sum()) * p.hidden_size * 2
+                           + int((p.attn_offsets[b + 1] - p.attn_offsets[b]).sum()) * 2 for b in batches) / 1e6
+    return statistics.median(t_raw), statistics.median(t_store), mb
+
+
 def bench_ragged(path: Path, reps: int, batch: int = 32) -> None:
     s = TeacherStore.open(path, check_finite=False)
     p = s.primary(0)
-    with open(path, "rb") as f:  # warm the page cache
-        while f.read(1 << 26):
-            pass
     rng = np.random.default_rng(3)
     batches = [rng.integers(0, len(p.lengths), batch) for _ in range(reps)]
-    nbytes = [int((p.hidden_offsets[b + 1] - p.hidden_offsets[b]).sum()) * 1536
-              + int((p.attn_offsets[b + 1] - p.attn_offsets[b]).sum()) * 2 for b in batches]
-    raw = raw_reader(path, p)
-    t_raw, t_store = [], []
-    for b in batches:  # side by side, batch by batch: the same load for both
-        t_raw.append(_timed(raw, b))
-        t_store.append(_timed(p.read, b))
+    r, st, mb = compare_reads(path, p, batches)
     step = 0.02  # a GIL-free 20 ms training step (GPU work releases the GIL)
     t0 = time.perf_counter()
     for _ in p.iter_batches(batches[:100], depth=3):
         time.sleep(step)
     t_pref = (time.perf_counter() - t0) / 100
-    mb = statistics.median(nbytes) / 1e6
-    r, st = statistics.median(t_raw), statistics.median(t_store)
     print(f"ragged states 4,000 MRPC-like, batch {batch} ({mb:.1f} MB/batch, warm): "
           f"raw preadv {r * 1e3:.2f} ms ({batch / r:,.0f} ex/s, {mb / r / 1e3:.2f} GB/s) | "
           f"store read {st * 1e3:.2f} ms ({batch / st:,.0f} ex/s) | store/raw throughput {r / st:.2f} "

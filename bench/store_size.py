@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_read import _timed, raw_reader  # noqa: E402  (bench/ is run as scripts)
+from store_read import compare_reads  # noqa: E402  (bench/ is run as scripts)
 
 from mtd_cache import text  # noqa: E402
 from mtd_cache.store import TeacherStore  # noqa: E402
@@ -101,19 +100,9 @@ def main() -> None:
     print(f"store file {size / 1e9:.3f} GB, estimate before writing {estimate / 1e9:.3f} GB "
           f"(file - estimate = {(size - estimate) / 1e3:.0f} kB of HDF5 metadata)")
 
-    with open(out, "rb") as f:  # warm the page cache
-        while f.read(1 << 26):
-            pass
     rng = np.random.default_rng(3)
     batches = [rng.integers(0, n, 32) for _ in range(args.reps)]
-    raw = raw_reader(out, p)
-    t_raw, t_store = [], []
-    for b in batches:  # side by side, batch by batch: the same load for both
-        t_raw.append(_timed(raw, b))
-        t_store.append(_timed(p.read, b))
-    mb = statistics.median([int((p.hidden_offsets[b + 1] - p.hidden_offsets[b]).sum()) * WIDTH * 2
-                            + int((p.attn_offsets[b + 1] - p.attn_offsets[b]).sum()) * 2 for b in batches]) / 1e6
-    r, st = statistics.median(t_raw), statistics.median(t_store)
+    r, st, mb = compare_reads(out, p, batches)
     print(f"batch 32 reads (warm, {mb:.1f} MB/batch): raw preadv {r * 1e3:.2f} ms ({32 / r:,.0f} ex/s, "
           f"{mb / r / 1e3:.2f} GB/s) | store {st * 1e3:.2f} ms ({32 / st:,.0f} ex/s) | store/raw throughput "
           f"{r / st:.2f} (over {args.reps} batches, {os.cpu_count()} cores)")

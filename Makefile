@@ -43,6 +43,7 @@ demo: $(STAMP)
 	$(BIN)/python bin/demo.py
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -7,7 +7,7 @@ newly initialised, which does not change the cost). Data: the real MRPC train se
 (``--data-dir``, default the shared GLUE folder), tokenised at max length 128; by default
 the first 1,024 of its 3,668 examples (``--examples 0`` for all of them).
 
-Both modes run ``text.run_model`` — the dump's own inference — over the same examples
+Both modes run ``models.inference.run_model`` — the dump's own inference — over the same examples
 with the same batch size: "bucketed" sorts by length and pads each batch to its
 longest example; "pad128" pads every batch to 128 tokens (static padding, as the
 TinyBERT and BERT reference scripts feed their models). With ``--states`` the
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtd_cache import text
 from mtd_cache.models import bert
+from mtd_cache.models.inference import run_model
+from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import read_split
 
 log = logging.getLogger("bench.dump")
@@ -47,7 +48,7 @@ def minilm_dir() -> Path:
 def throughput(model, enc, index, batch_size: int, pad_to: int | None, states: bool) -> float:
     layers = (bert.num_layers(model),) if states else ()
     t0 = time.perf_counter()
-    text.run_model(model, enc, index, batch_size, torch.device("cpu"), hidden_layers=layers, pad_to=pad_to)
+    run_model(model, enc, index, batch_size, torch.device("cpu"), hidden_layers=layers, pad_to=pad_to)
     return len(index) / (time.perf_counter() - t0)
 
 
@@ -65,7 +66,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = minilm_dir()
     tok, model = bert.load_tokenizer(path), bert.load_classifier(path, 2).eval()
-    enc = text.encode(tok, read_split("mrpc", "train", args.data_dir), 128)
+    enc = text_data.encode(tok, read_split("mrpc", "train", args.data_dir), 128)
     n = len(enc) if args.examples <= 0 else min(args.examples, len(enc))
     index = np.arange(n)
     lengths = enc.lengths[:n]
@@ -86,7 +87,7 @@ def main() -> None:
 
 
 def _pad_share(lengths: np.ndarray, batch_size: int) -> float:
-    batches = text.sorted_batches(lengths, batch_size)
+    batches = text_data.sorted_batches(lengths, batch_size)
     padded = sum(len(b) * lengths[b].max() for b in batches)
     return 1 - lengths.sum() / padded
 

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from mtd_cache.losses import kd_loss
 from mtd_cache.models.resnet_cifar import build_resnet
 from mtd_cache.store import StoreSpec, StoreWriter, TeacherStore
+from mtd_cache.tasks.image_data import ImageData
 from mtd_cache.tasks.images import get_image_task, view_table
-from mtd_cache.vision import ImageData
 
 N, B, T = 5_000, 128, 6
 

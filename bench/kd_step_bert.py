@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DistilBERT-recipe training step: CE only vs KD from the store (k = 6) vs k = 6 teachers run online.
 
-All three are ``recipes.distilbert.build`` jobs on the same data, stepped as
+All three are ``students.recipes.distilbert.build`` jobs on the same data, stepped as
 ``train.fit`` steps them (batch from the epoch's iterator — the store read happens
 in its prefetch thread —, forward, loss, backward, AdamW step):
 
@@ -33,19 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dump import SHARED_GLUE, minilm_dir  # bench/dump.py, beside this file
 
-from mtd_cache import text
 from mtd_cache.models import bert
-from mtd_cache.recipes import StudentContext, distilbert
+from mtd_cache.runtime import seed_everything
 from mtd_cache.store import PrimarySpec, StoreSpec, StoreWriter, TeacherStore
 from mtd_cache.store.format import DEV_LABEL, LABEL
-from mtd_cache.students import resolve_config
+from mtd_cache.students.context import StudentContext
+from mtd_cache.students.recipes import distilbert
+from mtd_cache.students.run import resolve_settings
+from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import read_split
 from mtd_cache.teachers import Teacher
-from mtd_cache.train import seed_everything
 from mtd_cache.utils import sha256_file
-
-from dump import SHARED_GLUE, minilm_dir  # bench/dump.py, beside this file
 
 log = logging.getLogger("bench.kd_step_bert")
 K = 6
@@ -64,12 +64,12 @@ def make_store(root: Path, folder: Path, data_dir: str, n: int) -> Path:
     """A k = 6 store over the first ``n`` MRPC examples: random logits, random last-layer states of primary 0."""
     tok = bert.load_tokenizer(folder)
     ident = bert.tokenizer_identity(tok)
-    train, dev = (text.encode(tok, read_split("mrpc", s, data_dir), 128) for s in ("train", "dev"))
+    train, dev = (text_data.encode(tok, read_split("mrpc", s, data_dir), 128) for s in ("train", "dev"))
     train = train.head(n)
     cfg = bert.load_config(folder)
     sha = sha256_file(folder / "model.safetensors")
     spec = StoreSpec(task="mrpc", metric="accuracy", label_names=("0", "1"), num_examples=n, num_teachers=K,
-                     num_dev=len(dev), fingerprint=text.text_fingerprint("mrpc", ident, 128, train, dev),
+                     num_dev=len(dev), fingerprint=text_data.text_fingerprint("mrpc", ident, 128, train, dev),
                      teacher_seeds=tuple(range(K)), teacher_paths=(str(folder),) * K, teachers_sha256=(sha,) * K,
                      primaries={0: PrimarySpec(cfg.hidden_size, (cfg.num_hidden_layers,))},
                      extra={"tokenizer": ident, "max_length": 128, "train_subset": n, "data_dir": data_dir,
@@ -88,13 +88,13 @@ def make_store(root: Path, folder: Path, data_dir: str, n: int) -> Path:
 
 def make_job(store: Path, folder: Path, mode: str):
     s = TeacherStore.open(store)
-    cfg = resolve_config(distilbert, s, {"init_from_teacher": True, "batch_size": 32})
+    r = resolve_settings(distilbert, s, {"init_from_teacher": True, "batch_size": 32})
     teachers = () if mode == "ce" else tuple(range(K))
-    online = [Teacher(t, folder, {"sha256": s.attrs["teachers_sha256"][t]}) for t in range(K)] \
+    online = [Teacher(t, folder, {"sha256": s.teachers_sha256[t]}) for t in range(K)] \
         if mode == "online" else None
     seed_everything(0)
-    ctx = StudentContext("distilbert", cfg, s, teachers, 0 if teachers else None, 0, torch.device("cpu"),
-                         online=online)
+    ctx = StudentContext("distilbert", r.settings, r.requested, s, teachers, 0 if teachers else None, 0,
+                         torch.device("cpu"), online=online)
     return distilbert.build(ctx)
 
 
@@ -143,7 +143,8 @@ def main() -> None:
         log.info("%-7s %7.1f ms/step (median of %d)", m, 1e3 * med[m], len(times[m]))
     log.info("cached / ce: %.3f (goal <= 1.05); online / ce: %.2f; online / cached: %.2f",
              med["cached"] / med["ce"], med["online"] / med["ce"], med["online"] / med["cached"])
-    paired = statistics.median(c / e for c, e in zip(times["cached"], times["ce"]))  # same batch, same round
+    # same batch, same round
+    paired = statistics.median(c / e for c, e in zip(times["cached"], times["ce"], strict=True))
     log.info("paired (same batch) median of cached / ce: %.3f", paired)
 
 

@@ -186,7 +186,8 @@ def bench_ragged(path: Path, reps: int, batch: int = 32) -> None:
     print(f"ragged states 4,000 MRPC-like, batch {batch} ({mb:.1f} MB/batch, warm): "
           f"raw preadv {r * 1e3:.2f} ms ({batch / r:,.0f} ex/s, {mb / r / 1e3:.2f} GB/s) | "
           f"store read {st * 1e3:.2f} ms ({batch / st:,.0f} ex/s) | store/raw throughput {r / st:.2f} "
-          f"| prefetched under a 20 ms step: {t_pref * 1e3:.2f} ms/step (+{(t_pref / step - 1) * 100:.1f}%) | goal >= 0.80: {'met' if r / st >= 0.8 else 'NOT met'}")
+          f"| prefetched under a 20 ms step: {t_pref * 1e3:.2f} ms/step (+{(t_pref / step - 1) * 100:.1f}%) "
+          f"| goal >= 0.80: {'met' if r / st >= 0.8 else 'NOT met'}")
 
 
 def _timed(fn, arg) -> float:

@@ -42,7 +42,8 @@ def main() -> None:
             "single_min_mean": "single min", "single_max_mean": "single max"}
     print("\nResNet-8 students on digits, test accuracy averaged over the teacher combinations of each k")
     print(summary[list(cols)].rename(columns=cols).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nreport: {RUNS / 'report'} (summary.md, cost.md, *.png); demo finished in {time.perf_counter() - t0:.0f} s")
+    print(f"\nreport: {RUNS / 'report'} (summary.md, cost.md, *.png); "
+          f"demo finished in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -33,20 +33,30 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment_candidates import (GLOVE_LINES, MAX_MLM_LENGTH, MaskedLM, Sentence, Splitter,
-                                 glove_neighbours, load_glove, load_mlm)
+from .augment_candidates import (
+    GLOVE_LINES,
+    MAX_MLM_LENGTH,
+    MaskedLM,
+    Sentence,
+    Splitter,
+    glove_neighbours,
+    load_glove,
+    load_mlm,
+)
 from .errors import MtdError
-from .tasks.glue import GlueSplit, GlueTask, TsvLayout, get_glue_task, read_split, split_path
-from .train import resolve_device
+from .runtime import resolve_device
+from .tasks.augmented import sidecars
+from .tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
 from .utils import atomic_path, atomic_write_bytes, atomic_write_json, canonical_json, sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
@@ -113,7 +123,7 @@ def variants(sent: Sentence, candidates: Sequence[Sequence[str]], draws: np.ndar
     out = []
     for r in range(draws.shape[0]):
         tokens = list(sent.tokens)
-        for j, (pos, cands) in enumerate(zip(sent.positions, candidates)):
+        for j, (pos, cands) in enumerate(zip(sent.positions, candidates, strict=True)):
             if draws[r, j, 1] < p:
                 tokens[pos] = cands[min(int(draws[r, j, 0] * len(cands)), len(cands) - 1)]
         out.append(" ".join(tokens))
@@ -127,13 +137,14 @@ def example_rows(fields: Sequence[str], columns: Sequence[int], sents: Sequence[
     sizes = [len(s.positions) for s in sents]
     draws = rng.random((rounds, sum(sizes), 2))
     edges = np.cumsum([0, *sizes])
-    texts = [variants(s, c, draws[:, a:b], p) for s, c, a, b in zip(sents, candidates, edges[:-1], edges[1:])]
+    texts = [variants(s, c, draws[:, a:b], p)
+             for s, c, a, b in zip(sents, candidates, edges[:-1], edges[1:], strict=True)]
     rows, seen = [list(fields)], {tuple(fields[c] for c in columns)}
-    for key in zip(*texts):
+    for key in zip(*texts, strict=True):
         if key not in seen:  # the reference drops a repeated sentence
             seen.add(key)
             row = list(fields)
-            for c, text in zip(columns, key):
+            for c, text in zip(columns, key, strict=True):
                 row[c] = text
             rows.append(row)
     return rows
@@ -144,11 +155,6 @@ def example_rows(fields: Sequence[str], columns: Sequence[int], sents: Sequence[
 
 def default_out(task: str | GlueTask) -> Path:
     return Path("cache") / get_glue_task(task).name / "augmented" / "train_aug.tsv"
-
-
-def sidecars(out: Path) -> tuple[Path, Path, Path]:
-    """(source index .npy, settings .json, shard folder) beside ``out``."""
-    return out.with_suffix(".source.npy"), out.with_suffix(".settings.json"), out.with_name(out.name + ".partial")
 
 
 def text_columns(layout: TsvLayout) -> list[int]:
@@ -175,24 +181,6 @@ def tsv_lines(rows: Sequence[Sequence[str]]) -> str:
     if bad is not None:
         raise MtdError(f"a field holds a tab or newline and cannot be written to a TSV: {bad[:60]!r}")
     return "".join("\t".join(r) + "\n" for r in rows)
-
-
-def read_augmented(task: str | GlueTask, path: str | Path) -> tuple[GlueSplit, np.ndarray]:
-    """An augmented file as a GlueSplit (the GLUE reader, the task's train layout) and each row's source."""
-    task, path = get_glue_task(task), Path(path)
-    source_path, settings_path, _ = sidecars(path)
-    if settings_path.exists():
-        other = json.loads(settings_path.read_text()).get("task")
-        if other != task.name:
-            raise MtdError(f"{path} is an augmentation of {other!r}, not {task.name!r}")
-    renamed = replace(task, dir_name="", train=replace(task.train, file=path.name))
-    split = read_split(renamed, "train", path.parent)
-    if not source_path.exists():
-        raise MtdError(f"{path}: its source index {source_path} is missing")
-    source = np.load(source_path, allow_pickle=False)
-    if source.shape != (len(split),):
-        raise MtdError(f"{source_path} has shape {source.shape}: expected ({len(split)},) for {path}")
-    return split, source.astype(np.int64)
 
 
 def _shard(folder: Path, start: int) -> Path:
@@ -349,7 +337,7 @@ def _chunk(work: _Work, start: int, stop: int) -> dict:
                 if row is not None:
                     jobs.append((e - start, j, k))
                     inputs.append(row)
-    for (e, j, k), words in zip(jobs, work.mlm.predict(inputs)):
+    for (e, j, k), words in zip(jobs, work.mlm.predict(inputs), strict=True):
         cands[e][j][k] = words or cands[e][j][k]
     out_rows, source = [], []
     for e in range(start, stop):

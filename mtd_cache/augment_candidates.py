@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class MaskedLM:
             width = int(lengths[order[start]])
             stop = min(len(order), start + max(1, self.batch_tokens // width))
             batch = order[start:stop]
-            for i, ids in zip(batch, self._top_ids([rows[i] for i in batch], width)):
+            for i, ids in zip(batch, self._top_ids([rows[i] for i in batch], width), strict=True):
                 out[i] = [w for w in (self.words.get(t, self.unk_token) for t in ids) if not w.startswith("##")]
             start = stop
         return out
@@ -243,7 +244,7 @@ def glove_neighbours(queries: Sequence[str], words: list[str], unit: torch.Tenso
         sims[:, empty] = -torch.inf
         sims[torch.arange(len(batch), device=device), rows] = -torch.inf
         top = sims.topk(min(k, len(words)), dim=1)
-        for q, vals, ids in zip(batch, top.values.cpu().tolist(), top.indices.cpu().tolist()):
-            near = [words[i] for v, i in zip(vals, ids) if v > -torch.inf]
+        for q, vals, ids in zip(batch, top.values.cpu().tolist(), top.indices.cpu().tolist(), strict=True):
+            near = [words[i] for v, i in zip(vals, ids, strict=True) if v > -torch.inf]
             out[q] = [w.title() for w in near] if q.istitle() else near
     return out

@@ -30,10 +30,11 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,16 @@ class _Group:
             return
         try:
             now = [c.read() for c in self.counters]
-            deltas = [_delta(p, n, c.wrap, c.name) for c, p, n in zip(self.counters, self.last, now)]
+            deltas = [_delta(p, n, c.wrap, c.name) for c, p, n in zip(self.counters, self.last, now, strict=True)]
         except (OSError, ValueError, RuntimeError) as exc:
             log.warning("energy source %s became unreadable (%s); its energy is dropped", self.kind, exc)
             self.failed = True
             return
-        self.total = [t + d for t, d in zip(self.total, deltas)]
+        self.total = [t + d for t, d in zip(self.total, deltas, strict=True)]
         self.last = now
 
     def joules(self) -> float:
-        return sum(t * c.scale for t, c in zip(self.total, self.counters))
+        return sum(t * c.scale for t, c in zip(self.total, self.counters, strict=True))
 
 
 def _delta(prev: int, cur: int, wrap: int | None, name: str) -> int:
@@ -208,7 +209,7 @@ class EnergyMeter:
         self._thread: threading.Thread | None = None
         self._t0: float | None = None
 
-    def start(self) -> "EnergyMeter":
+    def start(self) -> EnergyMeter:
         """Open the readable counters and start the clock."""
         if self._t0 is not None:
             raise RuntimeError("EnergyMeter already started")
@@ -249,7 +250,7 @@ class EnergyMeter:
         log.debug("measured %.3f s, %s J from %s", wall, energy, sources or "no energy source")
         return self.reading
 
-    def __enter__(self) -> "EnergyMeter":
+    def __enter__(self) -> EnergyMeter:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -226,7 +227,7 @@ def _check_layer_map(layer_map: Sequence[int], teacher_layers: int, student_laye
         len(layers) == student_layers + 1
         and all(isinstance(g, numbers.Integral) for g in layers)
         and layers[0] == 0
-        and all(a < b for a, b in zip(layers, layers[1:]))
+        and all(a < b for a, b in pairwise(layers))
         and layers[-1] <= teacher_layers
     )
     if not ok:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import platform
 import socket
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ from . import __version__
 from .utils import atomic_write_json, canonical_json, sha256_text
 
 # Fields of DESIGN.md's run record, in order.
-RECORD_FIELDS = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
+RECORD_FIELDS = ("run_id", "kind", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
                  "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256", "config",
                  "started_utc", "finished_utc", "status")
 

@@ -17,51 +17,21 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import MtdError
 from .losses import check_finite
 from .utils import atomic_path, canonical_json
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[Any], dict[str, torch.Tensor]]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA); data order is seeded separately per epoch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-
-
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A generator for one epoch's data order and augmentation draws.
-
-    Derived from (seed, epoch, stream) alone, so a run resumed at an epoch
-    boundary draws exactly what an uninterrupted one would, and the data order
-    is independent of the initialisation seed's use elsewhere.
-    """
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream + 7)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MtdError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MtdError(f"device {name!r} asked for, but no CUDA device is available")
-    return device
 
 
 @dataclass

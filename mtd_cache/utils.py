@@ -6,15 +6,18 @@ import hashlib
 import json
 import os
 import queue
+import re
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from .errors import MtdError
 
 T = TypeVar("T")
+_INT = re.compile(r"^[0-9]+$")  # ASCII digits only: int() also takes other scripts' digits
 
 
 def fsync_dir(path: Path) -> None:
@@ -57,15 +60,6 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
-
-
-def resolve_options(defaults: dict[str, Any], options: dict[str, Any] | None, what: str) -> dict[str, Any]:
-    """Defaults overridden by the non-None options; an unknown key is refused with the valid ones."""
-    options = options or {}
-    unknown = sorted(k for k, v in options.items() if k not in defaults and v is not None)
-    if unknown:
-        raise MtdError(f"unknown {what} setting {unknown[0]!r}; valid: {', '.join(sorted(defaults))}")
-    return {**defaults, **{k: v for k, v in options.items() if v is not None}}
 
 
 def canonical_json(obj: Any) -> str:
@@ -141,3 +135,36 @@ def prefetch(items: Iterable[T], depth: int = 3, fn: Callable[[Any], T] | None =
 class _Raised:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+def parse_index_set(text: str, option: str = "--teachers") -> tuple[int, ...]:
+    """Parse ``"0,2,5"``, ``"0-5"`` or ``"0-2,4"`` into a sorted tuple of distinct indices.
+
+    Raises MtdError naming the bad token: an empty set or item, a negative
+    index, a malformed or descending range, a duplicate index.
+    """
+    if not text or not text.strip():
+        raise MtdError(f"{option}: empty set of indices")
+    seen: list[int] = []
+    for token in (t.strip() for t in text.split(",")):
+        for index in _parse_token(token, text, option):
+            if index in seen:
+                raise MtdError(f"{option}: duplicate index {index} in {text!r}")
+            seen.append(index)
+    return tuple(sorted(seen))
+
+
+def _parse_token(token: str, text: str, option: str) -> range:
+    """One comma-separated item: an index or an ascending range ``a-b``."""
+    if not token:
+        raise MtdError(f"{option}: empty item in {text!r}")
+    if token.startswith("-") and _INT.match(token[1:]):
+        raise MtdError(f"{option}: negative index {token!r}")
+    if _INT.match(token):
+        return range(int(token), int(token) + 1)
+    lo, sep, hi = (part.strip() for part in token.partition("-"))
+    if not (sep and _INT.match(lo) and _INT.match(hi)):
+        raise MtdError(f"{option}: malformed index or range {token!r} (expected e.g. 0,2,5 or 0-5)")
+    if int(lo) > int(hi):
+        raise MtdError(f"{option}: descending range {token!r} (write {hi}-{lo})")
+    return range(int(lo), int(hi) + 1)

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from mtd_cache import augment
-from mtd_cache.augment import AugmentConfig, augment_task, example_rows, read_augmented, sidecars
-from mtd_cache.augment_candidates import (STOPWORDS, MaskedLM, Sentence, Splitter, glove_neighbours, load_glove,
-                                          load_mlm)
+from mtd_cache.augment import AugmentConfig, augment_task, example_rows
+from mtd_cache.augment_candidates import STOPWORDS, MaskedLM, Sentence, Splitter, glove_neighbours, load_glove, load_mlm
 from mtd_cache.cli.cache import cli
 from mtd_cache.cli.common import run_command
 from mtd_cache.errors import MtdError
+from mtd_cache.tasks.augmented import read_augmented, sidecars
 from mtd_cache.tasks.glue import read_split
 
 SHARED_MRPC = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) \
@@ -129,7 +129,7 @@ def test_batched_predictions_equal_one_unpadded_row_at_a_time(models):
     sents = [Splitter(tok)(t) for t in ("the cat sat on the mat", "a big red dog ran", "he said")]
     rows = [mlm.input_for(s, p) for s in sents for p in s.positions]
     got = mlm.predict(rows)
-    for (ids, seg1, at), words in zip(rows, got):  # the reference: model(tokens, segments), argsort
+    for (ids, seg1, at), words in zip(rows, got, strict=True):  # the reference: model(tokens, segments), argsort
         types = [0] * seg1 + [1] * (len(ids) - seg1)
         with torch.no_grad():
             logits = model(torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0, at]
@@ -145,7 +145,7 @@ def test_glove_neighbours_match_brute_force_cosine(tmp_path):
     words = [f"w{i}" for i in range(60)] + ["<unk>", "w5", "Paris", "lyon"]
     vectors = rng.normal(size=(len(words), 6))
     path = tmp_path / "g.txt"
-    path.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v)}\n" for w, v in zip(words, vectors)))
+    path.write_text("".join(f"{w} {' '.join(f'{x:.6f}' for x in v)}\n" for w, v in zip(words, vectors, strict=True)))
     names, unit = load_glove(path, lines=63)  # "lyon" is past the line limit
     assert len(names) == 63
     near = glove_neighbours(["w0", "w5", "w17", "Paris", "lyon", "zzz"], names, unit, k=7,
@@ -274,11 +274,11 @@ def test_without_glove_multi_piece_words_stay_and_a_warning_says_so(tmp_path, da
         augment_task(cfg)
     assert "no --glove: 1 multi-piece candidate words (1 distinct) stay unchanged" in caplog.text
     split, source = read_augmented("sst-2", cfg.out)
-    first = [t.split() for t, s in zip(split.text_a, source) if s == 0][1:]
+    first = [t.split() for t, s in zip(split.text_a, source, strict=True) if s == 0][1:]
     assert first and all(t[1] == "unbelievable" for t in first)
     augment_task(config(data, models, tmp_path / "yes" / "aug.tsv", task="sst-2", p=1.0, rounds=5, glove=glove))
     split, source = read_augmented("sst-2", tmp_path / "yes" / "aug.tsv")
-    swapped = {t.split()[1] for t, s in zip(split.text_a, source) if s == 0}
+    swapped = {t.split()[1] for t, s in zip(split.text_a, source, strict=True) if s == 0}
     assert swapped - {"unbelievable"} <= {"incredible", "amazing", "astonishing", "table", "cats"}
     assert swapped & {"incredible", "amazing", "astonishing"}
 

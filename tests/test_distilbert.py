@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_text import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
 
-from mtd_cache import text
-from mtd_cache.dump import run_dump
 from mtd_cache.errors import MtdError
 from mtd_cache.models import bert
-from mtd_cache.recipes import StudentContext, distilbert
+from mtd_cache.runtime import seed_everything
 from mtd_cache.store import TeacherStore
-from mtd_cache.students import RunRequest, resolve_config, run_student
-from mtd_cache.teachers import find_teachers, train_teachers
-from mtd_cache.train import seed_everything
-from test_text import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
+from mtd_cache.students.context import StudentContext
+from mtd_cache.students.recipes import distilbert
+from mtd_cache.students.run import RunRequest, resolve_settings, run_student
+from mtd_cache.teachers import dump, find_teachers, train_teachers
+from mtd_cache.teachers.dump import run_dump
 
 CPU = torch.device("cpu")
 
@@ -71,7 +71,7 @@ def test_full_depth_student_computes_the_teachers_states(tmp_path):
             student = bert.distilbert_from_bert(teacher, [0, 1], fold_token_type=fold).eval()
             got = student(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             assert len(got) == len(want) == 3
-            close = all(torch.allclose(g[0, :5], w[0, :5], atol=1e-5) for g, w in zip(got, want))
+            close = all(torch.allclose(g[0, :5], w[0, :5], atol=1e-5) for g, w in zip(got, want, strict=True))
             assert close is equal
 
 
@@ -82,15 +82,15 @@ def test_full_depth_student_computes_the_teachers_states(tmp_path):
 def mrpc_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mrpcstore")
     data, teachers = tiny_mrpc_teachers(root, 32, 16, (0, 1, 2))
-    store = text.dump("mrpc", teachers, root / "s.h5", [1], {"batch_size": 8}, "cpu")
+    store = dump.dump_teachers("mrpc", teachers, root / "s.h5", [1], {"batch_size": 8}, "cpu")
     return store, teachers, data
 
 
 def _ctx(store_path, teachers=(0, 1), primary=1, online=None, **overrides) -> StudentContext:
     store = TeacherStore.open(store_path)
-    cfg = resolve_config(distilbert, store, {"init_from_teacher": True, "student_layers": 1, "batch_size": 8,
+    r = resolve_settings(distilbert, store, {"init_from_teacher": True, "student_layers": 1, "batch_size": 8,
                                              "prefetch": 0, **overrides})
-    return StudentContext("distilbert", cfg, store, tuple(teachers), primary, 0, CPU, online=online)
+    return StudentContext("distilbert", r.settings, r.requested, store, tuple(teachers), primary, 0, CPU, online=online)
 
 
 def test_cached_losses_equal_the_online_teachers(mrpc_store):

@@ -12,8 +12,15 @@ import pytest
 
 from mtd_cache.errors import MtdError
 from mtd_cache.tasks import glue
-from mtd_cache.tasks.glue import (GLUE_TASKS, chance_level_check, compute_metrics, get_glue_task,
-                                  majority_baseline, read_split, split_from_hf_columns)
+from mtd_cache.tasks.glue import (
+    GLUE_TASKS,
+    chance_level_check,
+    compute_metrics,
+    get_glue_task,
+    majority_baseline,
+    read_split,
+    split_from_hf_columns,
+)
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GLUE_DIR = SHARED / "data" / "glue"

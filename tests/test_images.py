@@ -15,8 +15,15 @@ from PIL import Image
 
 from mtd_cache.errors import MtdError
 from mtd_cache.tasks import images as im
-from mtd_cache.tasks.images import (IMAGE_TASKS, apply_views, get_image_task, load_split, normalize, view_table,
-                                    write_fake_cifar10)
+from mtd_cache.tasks.images import (
+    IMAGE_TASKS,
+    apply_views,
+    get_image_task,
+    load_split,
+    normalize,
+    view_table,
+    write_fake_cifar10,
+)
 
 CIFAR = get_image_task("cifar10")
 DIGITS = get_image_task("digits")

@@ -8,7 +8,9 @@ from math import comb
 import pytest
 
 from mtd_cache.errors import MtdError
-from mtd_cache.plan import Job, parse_index_set, plan_sweep, validate_selection
+from mtd_cache.students.run import validate_selection
+from mtd_cache.sweeps.plan import Job, plan_sweep
+from mtd_cache.utils import parse_index_set
 
 POOL = [0, 1, 2, 3, 4, 5]
 

@@ -12,8 +12,15 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from mtd_cache.report import (CE_ONLY_LABEL, SUMMARY_COLUMNS, aggregate, cost_summary, expected_extremes,
-                              load_records, write_report)
+from mtd_cache.sweeps.report import (
+    CE_ONLY_LABEL,
+    SUMMARY_COLUMNS,
+    aggregate,
+    cost_summary,
+    expected_extremes,
+    load_records,
+    write_report,
+)
 
 # A ResNet sweep by hand: pool of 3 teachers, R = 2 repeats (seeds 0, 1), scores in %.
 # teacher set -> (score at seed 0, score at seed 1); wall_s is 10 s for k = 1, 12 s for k = 2, 14 s for k = 3.
@@ -267,9 +274,9 @@ def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
 def test_write_report_ce_only_line_from_baselines(df: pd.DataFrame, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict] = []
-    import mtd_cache.report as report
-    real = report._figures
-    monkeypatch.setattr(report, "_figures", lambda per_k, stem, lines: seen.append(lines) or real(per_k, stem, lines))
+    import mtd_cache.sweeps.report as report
+    real = report.figures
+    monkeypatch.setattr(report, "figures", lambda per_k, stem, lines: seen.append(lines) or real(per_k, stem, lines))
     write_report(df, tmp_path, reference_lines={"teacher ensemble (dev)": 93.0})
     assert seen == [{"teacher ensemble (dev)": 93.0, CE_ONLY_LABEL: 61.0}]
 

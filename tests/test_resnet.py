@@ -7,8 +7,14 @@ import torch
 import torch.nn as nn
 
 from mtd_cache.errors import MtdError
-from mtd_cache.models.resnet_cifar import (RESNETS, BasicBlock, OptionAShortcut, build_resnet, count_parameters,
-                                           resnet_cifar)
+from mtd_cache.models.resnet_cifar import (
+    RESNETS,
+    BasicBlock,
+    OptionAShortcut,
+    build_resnet,
+    count_parameters,
+    resnet_cifar,
+)
 
 
 def expected_parameters(depth: int, in_channels: int = 3, num_classes: int = 10) -> int:

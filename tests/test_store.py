@@ -12,12 +12,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 import store_child as child
+
 from mtd_cache.errors import StoreError
-from mtd_cache.store import (Fingerprint, PrimarySpec, StoreSpec, StoreWriter, TeacherStore, diff_stores,
-                             partial_dir, write_store)
-from mtd_cache.store.writer import check_finite_logits
+from mtd_cache.store import (
+    Fingerprint,
+    PrimarySpec,
+    StoreSpec,
+    StoreWriter,
+    TeacherStore,
+    check_finite_logits,
+    diff_stores,
+    partial_dir,
+    write_store,
+)
 
 HERE = Path(__file__).parent
 
@@ -135,7 +143,7 @@ def test_primary_states_round_trip_and_prefetch(reference_store):
     idx = [17, 3, 599]
     batch = p.read(idx)
     rows = 0
-    for i, n in zip(idx, batch.lengths):
+    for i, n in zip(idx, batch.lengths, strict=True):
         a = i // child.CHUNK * child.CHUNK
         lengths, hidden, _ = child.states(a, a + child.CHUNK)
         lo = int(lengths[: i - a].sum()) * 2
@@ -206,7 +214,8 @@ def test_nan_logits_are_refused_naming_teacher_and_example(tmp_path):
     with pytest.raises(StoreError, match=r"teacher 2 has a non-finite value \(nan\) at example 4"):
         TeacherStore.open(tmp_path / "r.h5")
     with pytest.raises(StoreError, match=r"train logits: teacher 2 has a non-finite value \(inf\) at example 104"):
-        check_finite_logits(np.where(z[:, 2] == z[:, 2], z[:, 2], np.inf), "train logits", 100, teacher=2)  # a dump's chunk
+        chunk = np.where(z[:, 2] == z[:, 2], z[:, 2], np.inf)  # a dump's chunk
+        check_finite_logits(chunk, "train logits", 100, teacher=2)
 
 
 def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_path, monkeypatch):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mtd_cache.dump import run_dump
-from mtd_cache.report import load_records
-from mtd_cache.sweep import SweepConfig, run_sweep
+from mtd_cache.sweeps.execute import SweepConfig, run_sweep
+from mtd_cache.sweeps.report import load_records
 from mtd_cache.teachers import train_teachers
+from mtd_cache.teachers.dump import run_dump
 
 BIN = Path(sys.executable).parent
 
@@ -35,7 +35,7 @@ def _cfg(store: Path, out: Path) -> SweepConfig:
 
 def _records(out: Path) -> dict[str, float]:
     df = load_records(out)
-    return dict(zip(df["run_id"], df["metric"]))
+    return dict(zip(df["run_id"], df["metric"], strict=True))
 
 
 @pytest.fixture(scope="module")

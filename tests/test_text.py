@@ -16,13 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache import text
 from mtd_cache.errors import MtdError
 from mtd_cache.models import bert
+from mtd_cache.runtime import autocast_dtype
 from mtd_cache.store import TeacherStore, diff_stores
+from mtd_cache.students.data import check_text_store
+from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import compute_metrics, read_split
-from mtd_cache.teachers import Teacher, train_teachers
-from mtd_cache.utils import resolve_options, sha256_file
+from mtd_cache.tasks.registry import get_task
+from mtd_cache.teachers import Teacher, dump, train_teachers
+from mtd_cache.teachers.text import TextDumpSettings
+from mtd_cache.teachers.train import train_one
+from mtd_cache.utils import sha256_file
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GLUE_DIR = SHARED / "data" / "glue"
@@ -131,26 +136,26 @@ def test_encode_and_collate_match_the_tokenizer(tmp_path):
     data = write_mrpc_slice(tmp_path / "glue", 20, 4)
     tok = make_tokenizer(tmp_path / "tok", mrpc_texts(data))
     split = read_split("mrpc", "train", data)
-    enc = text.encode(tok, split, max_length=24)
+    enc = text_data.encode(tok, split, max_length=24)
     assert len(enc) == 20 and enc.lengths.max() <= 24 and enc.ids.dtype == np.int32
     idx = [3, 0, 7]
     ref = tok([split.text_a[i] for i in idx], [split.text_b[i] for i in idx], truncation=True, max_length=24,
               padding="longest", return_tensors="pt")
-    got = text.collate(enc, idx)
+    got = text_data.collate(enc, idx)
     for k in ("input_ids", "token_type_ids", "attention_mask"):
         assert torch.equal(got[k], ref[k]), k
     assert got["labels"].tolist() == split.labels[idx].tolist() and got["index"].tolist() == idx
-    assert text.collate(enc, idx, pad_to=30)["input_ids"].shape == (3, 30)
+    assert text_data.collate(enc, idx, pad_to=30)["input_ids"].shape == (3, 30)
 
 
 def test_bucket_batches_cover_everything_once_in_a_seeded_order():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 100, size=1000)
-    a = text.bucket_batches(lengths, 32, torch.Generator().manual_seed(1))
-    b = text.bucket_batches(lengths, 32, torch.Generator().manual_seed(1))
-    c = text.bucket_batches(lengths, 32, torch.Generator().manual_seed(2))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    a = text_data.bucket_batches(lengths, 32, torch.Generator().manual_seed(1))
+    b = text_data.bucket_batches(lengths, 32, torch.Generator().manual_seed(1))
+    c = text_data.bucket_batches(lengths, 32, torch.Generator().manual_seed(2))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     assert sorted(np.concatenate(a).tolist()) == list(range(1000))
     assert len(a) == 32 and sum(len(x) < 32 for x in a) == 1  # ceil(1000/32); one partial batch, kept
     padded = sum(len(x) * lengths[x].max() for x in a)
@@ -171,10 +176,10 @@ def test_tokenizer_identity_is_content_not_location(tmp_path):
 
 def test_unknown_options_are_refused():
     with pytest.raises(MtdError, match="unknown dump setting 'nope'.*batch_size"):
-        resolve_options(text.DUMP_DEFAULTS, {"nope": 1, "max_length": None}, "dump")
+        TextDumpSettings.resolve({"nope": 1, "max_length": None})
     with pytest.raises(MtdError, match="unknown precision 'fp8'"):
-        text.autocast_dtype("fp8", torch.device("cpu"))
-    assert text.autocast_dtype("auto", torch.device("cpu")) == (None, "fp32")
+        autocast_dtype("fp8", torch.device("cpu"))
+    assert autocast_dtype("auto", torch.device("cpu")) == (None, "fp32")
 
 
 # ----------------------------------------------------------------------------- teachers
@@ -184,7 +189,7 @@ def test_train_teacher_tiny(tmp_path):
     data = write_sst2(tmp_path / "glue")
     base = make_bert(tmp_path / "base", sst2_words())
     out = tmp_path / "seed0"
-    res = text.train_teacher("sst-2", 0, str(base), str(data), out,
+    res = train_one(get_task("sst-2"), 0, str(base), str(data), out,
                              {"lr": 5e-3, "epochs": 10, "batch_size": 16, "max_length": None}, "cpu")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not (out / "checkpoint.pt").exists() and (out / "metrics.csv").exists()
@@ -224,7 +229,7 @@ def _direct(model, tok, split, i, max_length=128):
 
 def test_dump_round_trip(mrpc_teachers, tmp_path):
     data, teachers = mrpc_teachers
-    out = text.dump("mrpc", teachers, tmp_path / "s.h5", [1],
+    out = dump.dump_teachers("mrpc", teachers, tmp_path / "s.h5", [1],
                     {"chunk": 16, "batch_size": 8, "hidden_layers": "0,-1", "attn_layers": [1, 2]}, "cpu")
     split, dev = read_split("mrpc", "train", data), read_split("mrpc", "dev", data)
     tok = bert.load_tokenizer(teachers[0].path)
@@ -232,8 +237,8 @@ def test_dump_round_trip(mrpc_teachers, tmp_path):
         assert (s.num_examples, s.num_teachers, s.num_classes) == (40, 2, 2) and s.attrs["precision"] == "fp32"
         assert s.spec.extra["max_length"] == 128 and s.spec.extra["tokenizer"] == bert.tokenizer_identity(tok)
         assert list(s.attrs["teachers_sha256"]) == [t.sha256 for t in teachers]
-        enc = [text.encode(tok, sp, 128) for sp in (split, dev)]
-        assert s.fingerprint == text.text_fingerprint("mrpc", bert.tokenizer_identity(tok), 128, *enc)
+        enc = [text_data.encode(tok, sp, 128) for sp in (split, dev)]
+        assert s.fingerprint == text_data.text_fingerprint("mrpc", bert.tokenizer_identity(tok), 128, *enc)
         p = s.primary(1)
         assert p.hidden_layers == (0, 2) and p.attn_layers == (1, 2) and p.num_heads == 2
         for t, teacher in enumerate(teachers):
@@ -264,20 +269,20 @@ def _check_states(batch, ref) -> None:
 def test_interrupted_dump_resumes_to_the_same_store(mrpc_teachers, tmp_path, monkeypatch):
     data, teachers = mrpc_teachers
     opts = {"chunk": 8, "batch_size": 4, "train_subset": 20}
-    clean = text.dump("mrpc", teachers, tmp_path / "clean.h5", [0], opts, "cpu")
-    real = text._dump_teacher
+    clean = dump.dump_teachers("mrpc", teachers, tmp_path / "clean.h5", [0], opts, "cpu")
+    real = dump.dump_teacher
 
-    def dies_on_teacher_1(w, t, *args):
+    def dies_on_teacher_1(w, plan, t, *args):
         if t == 1:
             raise KeyboardInterrupt
-        return real(w, t, *args)
+        return real(w, plan, t, *args)
 
-    monkeypatch.setattr(text, "_dump_teacher", dies_on_teacher_1)
+    monkeypatch.setattr(dump, "dump_teacher", dies_on_teacher_1)
     with pytest.raises(KeyboardInterrupt):
-        text.dump("mrpc", teachers, tmp_path / "r.h5", [0], opts, "cpu")
+        dump.dump_teachers("mrpc", teachers, tmp_path / "r.h5", [0], opts, "cpu")
     assert not (tmp_path / "r.h5").exists() and (tmp_path / "r.h5.partial").is_dir()
-    monkeypatch.setattr(text, "_dump_teacher", real)
-    resumed = text.dump("mrpc", teachers, tmp_path / "r.h5", [0], opts, "cpu")
+    monkeypatch.setattr(dump, "dump_teacher", real)
+    resumed = dump.dump_teachers("mrpc", teachers, tmp_path / "r.h5", [0], opts, "cpu")
     assert diff_stores(clean, resumed) == []
     with TeacherStore.open(resumed) as s:
         assert s.num_examples == 20 and s.spec.extra["train_subset"] == 20
@@ -287,29 +292,30 @@ def test_dump_refuses_teachers_with_different_tokenizers(mrpc_teachers, tmp_path
     data, teachers = mrpc_teachers
     odd = teacher_at(make_bert(tmp_path / "odd", mrpc_texts(data), extra=("zzzz",)), 9)
     with pytest.raises(MtdError, match="share one tokenizer.*odd"):
-        text.dump("mrpc", [teachers[0], odd], tmp_path / "s.h5", [], {}, "cpu")
-    with pytest.raises(MtdError, match="augmented file x.tsv not found \\(write it with mtd-cache augment --task mrpc\\)"):
-        text.dump("mrpc", teachers, tmp_path / "s.h5", [], {"augmented": "x.tsv"}, "cpu")
+        dump.dump_teachers("mrpc", [teachers[0], odd], tmp_path / "s.h5", [], {}, "cpu")
+    with pytest.raises(MtdError,
+                       match="augmented file x.tsv not found \\(write it with mtd-cache augment --task mrpc\\)"):
+        dump.dump_teachers("mrpc", teachers, tmp_path / "s.h5", [], {"augmented": "x.tsv"}, "cpu")
     with pytest.raises(MtdError, match="layer 5 is outside"):
-        text.dump("mrpc", teachers, tmp_path / "s.h5", [0], {"hidden_layers": [5]}, "cpu")
+        dump.dump_teachers("mrpc", teachers, tmp_path / "s.h5", [0], {"hidden_layers": [5]}, "cpu")
 
 
 def test_store_check_names_both_values(mrpc_teachers, tmp_path):
     data, teachers = mrpc_teachers
-    out = text.dump("mrpc", teachers, tmp_path / "s.h5", [], {"max_length": 32, "train_subset": 8}, "cpu")
+    out = dump.dump_teachers("mrpc", teachers, tmp_path / "s.h5", [], {"max_length": 32, "train_subset": 8}, "cpu")
     tok = bert.load_tokenizer(teachers[0].path)
     ident = bert.tokenizer_identity(tok)
     splits = [read_split("mrpc", sp, data) for sp in ("train", "dev")]
 
     def fp(t, max_length):
-        train, dev = (text.encode(t, sp, max_length) for sp in splits)
-        return text.text_fingerprint("mrpc", bert.tokenizer_identity(t), max_length, train.head(8), dev)
+        train, dev = (text_data.encode(t, sp, max_length) for sp in splits)
+        return text_data.text_fingerprint("mrpc", bert.tokenizer_identity(t), max_length, train.head(8), dev)
 
     with TeacherStore.open(out) as s:
-        text.check_text_store(s, ident, 32, fp(tok, 32))  # the same inputs pass
+        check_text_store(s, ident, 32, fp(tok, 32))  # the same inputs pass
         with pytest.raises(MtdError, match="max_length mismatch: the student's 64 is not the store's 32"):
-            text.check_text_store(s, ident, 64, fp(tok, 64))
+            check_text_store(s, ident, 64, fp(tok, 64))
         make_tokenizer(tmp_path / "other", mrpc_texts(data), extra=("zzzz",))
         other = bert.load_tokenizer(tmp_path / "other")
         with pytest.raises(MtdError, match=f"tokenizer mismatch.*{tmp_path / 'other'}.*store's.*seed0"):
-            text.check_text_store(s, bert.tokenizer_identity(other), 32, fp(other, 32))
+            check_text_store(s, bert.tokenizer_identity(other), 32, fp(other, 32))

@@ -9,17 +9,24 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_text import tiny_mrpc_teachers
 from transformers import BertConfig, BertModel
 
-from mtd_cache import text
 from mtd_cache.errors import MtdError
 from mtd_cache.models import bert
 from mtd_cache.models.tinybert import TinyBertStudent, from_general
-from mtd_cache.recipes import StudentContext, tinybert
+from mtd_cache.runtime import seed_everything
 from mtd_cache.store import TeacherStore
-from mtd_cache.students import RunRequest, resolve_config, run_student
-from mtd_cache.train import seed_everything
-from test_text import tiny_mrpc_teachers
+from mtd_cache.students.context import StudentContext
+from mtd_cache.students.data import store_inputs
+from mtd_cache.students.recipes import tinybert, tinybert_stage1
+from mtd_cache.students.run import RunRequest, resolve_settings, run_student
+from mtd_cache.students.targets import make_targets
+from mtd_cache.sweeps.execute import SweepConfig, execute, run_sweep
+from mtd_cache.sweeps.plan import Job
+from mtd_cache.tasks.text_data import collate, task_inputs
+from mtd_cache.teachers import dump
+from mtd_cache.teachers.text import TextDumpSettings, primary_spec
 
 CPU = torch.device("cpu")
 FAST = {"init_from_teacher": True, "student_layers": 2, "batch_size": 8, "prefetch": 0, "ild_epochs": 1,
@@ -31,14 +38,19 @@ def mrpc4(tmp_path_factory):
     """Three 4-layer tiny BERT teachers on 32 real MRPC lines; a store with primaries 0 and 1 for 4 -> 2."""
     root = tmp_path_factory.mktemp("tinybert")
     data, teachers = tiny_mrpc_teachers(root, 32, 16, (0, 1, 2), layers=4)
-    store = text.dump("mrpc", teachers, root / "s.h5", [0, 1], {"batch_size": 8, "student_layers": 2}, "cpu")
+    store = dump.dump_teachers("mrpc", teachers, root / "s.h5", [0, 1], {"batch_size": 8, "student_layers": 2}, "cpu")
     return store, teachers, data
 
 
 def _ctx(store_path, teachers=(0, 1), primary=0, online=None, work_dir=None, **overrides) -> StudentContext:
     store = TeacherStore.open(store_path)
-    cfg = resolve_config(tinybert, store, {**FAST, **overrides})
-    return StudentContext("tinybert", cfg, store, tuple(teachers), primary, 0, CPU, online=online, work_dir=work_dir)
+    r = resolve_settings(tinybert, store, {**FAST, **overrides})
+    return StudentContext("tinybert", r.settings, r.requested, store, tuple(teachers), primary, 0, CPU, online=online,
+                          work_dir=work_dir)
+
+
+def _pspec(config, **options):
+    return primary_spec(config, TextDumpSettings.resolve(options).settings)
 
 
 # ----------------------------------------------------------------------------- layer map and dump
@@ -46,16 +58,16 @@ def _ctx(store_path, teachers=(0, 1), primary=0, online=None, work_dir=None, **o
 
 def test_dump_keeps_the_layers_of_the_tinybert_map():
     cfg = BertConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12)
-    spec = text._primary_spec(cfg, {**text.DUMP_DEFAULTS, "student_layers": 4})
+    spec = _pspec(cfg, student_layers=4)
     assert spec.hidden_layers == (0, 3, 6, 9, 12) and spec.attn_layers == (3, 6, 9, 12) and spec.num_heads == 12
     six = BertConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=12)
-    assert text._primary_spec(six, {**text.DUMP_DEFAULTS, "student_layers": 3}).hidden_layers == (0, 2, 4, 6)
+    assert _pspec(six, student_layers=3).hidden_layers == (0, 2, 4, 6)
     with pytest.raises(MtdError, match="teacher layers 6 is not a multiple of student layers 4: give an explicit"):
-        text._primary_spec(six, {**text.DUMP_DEFAULTS, "student_layers": 4})
-    mapped = text._primary_spec(six, {**text.DUMP_DEFAULTS, "student_layers": 4, "layer_map": "0,1,3,4,6"})
+        _pspec(six, student_layers=4)
+    mapped = _pspec(six, student_layers=4, layer_map="0,1,3,4,6")
     assert mapped.hidden_layers == (0, 1, 3, 4, 6) and mapped.attn_layers == (1, 3, 4, 6)
     with pytest.raises(MtdError, match="not both"):
-        text._primary_spec(six, {**text.DUMP_DEFAULTS, "student_layers": 3, "attn_layers": [6]})
+        _pspec(six, student_layers=3, attn_layers=[6])
 
 
 def test_size_estimate_is_the_size_on_disk_and_the_budget_refuses(mrpc4, tmp_path):
@@ -73,7 +85,7 @@ def test_size_estimate_is_the_size_on_disk_and_the_budget_refuses(mrpc4, tmp_pat
     out = tmp_path / "big.h5"
     with pytest.raises(MtdError, match=r"the store would take 0\.0 GB \(2 primary teacher\(s\)' states\), over the "
                                        r"1e-06 GB budget: raise it with --set size_budget_gb=N.*ild_source=online"):
-        text.dump("mrpc", teachers, out, [0, 1], {"student_layers": 2, "size_budget_gb": 1e-6}, "cpu")
+        dump.dump_teachers("mrpc", teachers, out, [0, 1], {"student_layers": 2, "size_budget_gb": 1e-6}, "cpu")
     assert not out.exists() and not out.with_name("big.h5.partial").exists()  # refused before writing
 
 
@@ -90,18 +102,18 @@ def test_dump_of_an_augmented_file_records_sources_and_is_checked(mrpc4, tmp_pat
         source += [i, i]
     aug.write_text("\n".join(lines) + "\n", encoding="utf-8")
     np.save(aug.with_suffix(".source.npy"), np.array(source, dtype=np.int64))
-    out = text.dump("mrpc", teachers[:1], tmp_path / "aug.h5", [0], {"augmented": str(aug), "student_layers": 2},
-                    "cpu")
+    out = dump.dump_teachers("mrpc", teachers[:1], tmp_path / "aug.h5", [0],
+                             {"augmented": str(aug), "student_layers": 2}, "cpu")
     with TeacherStore.open(out) as s:
         np.testing.assert_array_equal(s.sources, source)
         assert s.num_examples == 20 and s.spec.extra["augmented"]["path"] == str(aug.resolve())
-        tok, inputs = text.store_inputs(s)  # the student rebuilds the same inputs
+        tok, inputs = store_inputs(s)  # the student rebuilds the same inputs
         assert len(inputs.train) == 20 and inputs.augmented == s.spec.extra["augmented"]
-        plain = text.task_inputs("mrpc", tok, 128, data, train_subset=20)
+        plain = task_inputs("mrpc", tok, 128, data, train_subset=20)
         assert inputs.fingerprint(bert.tokenizer_identity(tok)) != plain.fingerprint(bert.tokenizer_identity(tok))
     aug.write_text("\n".join(lines[:-1] + [lines[-2]]) + "\n", encoding="utf-8")  # a row changed
     with TeacherStore.open(out) as s, pytest.raises(MtdError, match="the augmented file .* changed since the dump"):
-        text.store_inputs(s)
+        store_inputs(s)
 
 
 # ----------------------------------------------------------------------------- the student model
@@ -144,7 +156,7 @@ def test_init_from_teacher_copies_the_mapped_layers(mrpc4):
     path, teachers, _ = mrpc4
     ctx = _ctx(path)
     tok = bert.load_tokenizer(teachers[0].path)
-    net, init = tinybert._init_student(ctx, tok, 32)
+    net, init = tinybert_stage1.init_student(ctx, tok, 32)
     teacher = bert.load_classifier(teachers[0].path, 2)
     assert init == {"init": "teacher 0", "init_layers": [1, 3]}  # g(1), g(2) = teacher layers 2 and 4
     for s, t in ((0, 1), (1, 3)):
@@ -157,19 +169,21 @@ def test_init_from_teacher_copies_the_mapped_layers(mrpc4):
 
 
 def _one_batch(ctx, source, pad_to=None):
-    gmap = tinybert.layer_map(ctx)
-    fetch, target = tinybert._state_side(ctx, gmap, source, CPU)
-    train = text.store_inputs(ctx.store)[1].train
-    batch = fetch(text.collate(train, np.arange(8), pad_to=pad_to))
-    return batch, target(batch)
+    gmap = tinybert_stage1.layer_map(ctx)
+    targets = make_targets(ctx, kd=False, hidden_layers=gmap, attn_layers=gmap[1:], states_online=source == "online")
+    train = store_inputs(ctx.store)[1].train
+    batch = collate(train, np.arange(8), pad_to=pad_to)
+    batch.update(targets.read(batch["index"].numpy()))
+    out = targets(batch, batch, batch["input_ids"].shape[1])
+    return batch, (out.hidden, out.scores)
 
 
 def test_ild_loss_from_cached_states_equals_the_online_primary(mrpc4):
     path, teachers, _ = mrpc4
     ctx = _ctx(path, primary=1)
-    assert tinybert.ild_source(ctx, tinybert.layer_map(ctx)) == "store"
+    assert tinybert_stage1.ild_source(ctx, tinybert_stage1.layer_map(ctx)) == "store"
     seed_everything(0)
-    net = tinybert._init_student(ctx, bert.load_tokenizer(teachers[0].path), 32)[0].eval()
+    net = tinybert_stage1.init_student(ctx, bert.load_tokenizer(teachers[0].path), 32)[0].eval()
     with torch.no_grad():  # move the student off its teacher layers, so that both losses are far from 0
         for layer in net.bert.encoder.layer:
             layer.attention.self.query.weight.normal_(0, 0.3)
@@ -180,7 +194,7 @@ def test_ild_loss_from_cached_states_equals_the_online_primary(mrpc4):
         targets.append((hidden, scores, batch["attention_mask"].bool()))
         with torch.no_grad():
             out = net(**bert.model_inputs(net, batch), output_hidden_states=True, output_scores=True)
-            losses.append(tinybert.ild_loss(net, out, hidden, scores, batch["attention_mask"]))
+            losses.append(tinybert_stage1.ild_loss(net, out, hidden, scores, batch["attention_mask"]))
     (h_store, a_store, valid), (h_online, a_online, _) = targets
     pairs = (valid[:, :, None] & valid[:, None, :])[:, None, None].expand_as(a_store)
     assert float(a_online[pairs].abs().max()) > 1e-2  # real scores, not zeros
@@ -205,11 +219,11 @@ def _manual_scores(layer, h, mask):
 def test_reference_mode_reproduces_the_reference_padded_loss(mrpc4):
     path, teachers, _ = mrpc4
     ctx = _ctx(path, primary=0, ild_mask="reference", ild_source="auto")
-    assert tinybert.ild_source(ctx, [0, 2, 4]) == "online"
+    assert tinybert_stage1.ild_source(ctx, [0, 2, 4]) == "online"
     with pytest.raises(MtdError, match="ild_mask=reference averages over padded tensors"):
-        tinybert.ild_source(_ctx(path, ild_mask="reference", ild_source="store"), [0, 2, 4])
+        tinybert_stage1.ild_source(_ctx(path, ild_mask="reference", ild_source="store"), [0, 2, 4])
     seed_everything(0)
-    net = tinybert._init_student(ctx, bert.load_tokenizer(teachers[0].path), 32)[0].eval()
+    net = tinybert_stage1.init_student(ctx, bert.load_tokenizer(teachers[0].path), 32)[0].eval()
     with torch.no_grad():
         for layer in net.bert.encoder.layer:
             layer.attention.self.query.weight.normal_(0, 0.3)
@@ -217,7 +231,7 @@ def test_reference_mode_reproduces_the_reference_padded_loss(mrpc4):
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     assert ids.shape == (8, 128) and int(mask.sum()) < 8 * 128
     with torch.no_grad():
-        got = tinybert.ild_loss(net, net(ids, mask, types, output_hidden_states=True, output_scores=True),
+        got = tinybert_stage1.ild_loss(net, net(ids, mask, types, output_hidden_states=True, output_scores=True),
                                 hidden, scores, None)
         # task_distill.py, written out: teacher reps[i * 2] and atts[i * 2 + 1], MSELoss() over padded tensors
         teacher = bert.load_classifier(teachers[0].path, 2).eval()
@@ -227,13 +241,13 @@ def test_reference_mode_reproduces_the_reference_padded_loss(mrpc4):
         s_atts = [_manual_scores(net.bert.encoder.layer[i], s_reps[i], mask) for i in range(2)]
         mse = torch.nn.MSELoss()
         zero = lambda a: torch.where(a <= -1e2, torch.zeros_like(a), a)  # noqa: E731
-        att = sum(mse(zero(s), zero(t)) for s, t in zip(s_atts, [t_atts[1], t_atts[3]]))
-        rep = sum(mse(net.fit_dense(s), t) for s, t in zip(s_reps, [t_reps[0], t_reps[2], t_reps[4]]))
+        att = sum(mse(zero(s), zero(t)) for s, t in zip(s_atts, [t_atts[1], t_atts[3]], strict=True))
+        rep = sum(mse(net.fit_dense(s), t) for s, t in zip(s_reps, [t_reps[0], t_reps[2], t_reps[4]], strict=True))
     assert float(att) > 1e-2 and float(rep) > 0.1
     torch.testing.assert_close(got["att"], att, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["rep"], rep, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        valid = tinybert.ild_loss(net, net(ids, mask, types, output_hidden_states=True, output_scores=True),
+        valid = tinybert_stage1.ild_loss(net, net(ids, mask, types, output_hidden_states=True, output_scores=True),
                                   hidden, scores, mask)
     assert float(valid["att"]) != pytest.approx(float(att), rel=1e-3)  # the pad positions count there
 
@@ -244,8 +258,8 @@ def test_reference_mode_reproduces_the_reference_padded_loss(mrpc4):
 def test_stage1_is_trained_once_per_primary_and_reused(mrpc4, tmp_path, monkeypatch):
     path, _, _ = mrpc4
     trained = []
-    real = tinybert._train_stage1
-    monkeypatch.setattr(tinybert, "_train_stage1", lambda ctx, *a: trained.append(ctx.primary) or real(ctx, *a))
+    real = tinybert_stage1.build_stage1
+    monkeypatch.setattr(tinybert_stage1, "build_stage1", lambda ctx, *a: trained.append(ctx.primary) or real(ctx, *a))
 
     def run(teachers, primary, **extra):
         return run_student(RunRequest(store=str(path), student="tinybert", teachers=teachers, primary=primary,
@@ -262,9 +276,10 @@ def test_stage1_is_trained_once_per_primary_and_reused(mrpc4, tmp_path, monkeypa
     assert len(info["history"]) == 1 and {"rep", "att"} <= set(info["history"][0])
     third = run((0, 1), 1)  # another primary: its own stage 1
     assert trained == [0, 1] and third["stage1_id"] != first["stage1_id"]
-    req = RunRequest(store=str(path), student="tinybert", teachers=(1,), primary=1, out=str(tmp_path / "runs"),
-                     overrides=FAST, device="cpu")
-    assert tinybert.run_stage1(req)["status"] == "skipped" and trained == [0, 1]  # the sweep's stage-1 job
+    cfg = SweepConfig(stores=(str(path),), student="tinybert", pool=(0, 1, 2), repeats=1, out=str(tmp_path / "runs"),
+                      overrides=FAST, device="cpu")
+    job = Job("stage1", (1,), 1, 0, 0, 0)
+    assert execute(job, cfg)["status"] == "skipped" and trained == [0, 1]  # the sweep's stage-1 job
     assert first["loss_terms"] == ["kd"] and first["history"][-1]["kd"] > 0  # PLD: soft CE alone
     assert first["metric_name"] == "accuracy" and 0 <= first["metric"] <= 1
     baseline = run((), None)
@@ -274,15 +289,16 @@ def test_stage1_is_trained_once_per_primary_and_reused(mrpc4, tmp_path, monkeypa
 def test_pld_is_the_reference_soft_cross_entropy(mrpc4):
     path, _, _ = mrpc4
     ctx = _ctx(path, teachers=(0, 2), primary=0)
-    fetch, target = tinybert._logit_side(ctx, True, CPU)
-    train = text.store_inputs(ctx.store)[1].train
-    batch = fetch(text.collate(train, np.arange(6)))
-    z = target(batch)
+    targets = make_targets(ctx, kd=True)
+    train = store_inputs(ctx.store)[1].train
+    batch = collate(train, np.arange(6))
+    batch.update(targets.read(batch["index"].numpy()))
+    z = targets(batch, batch).logits
     np.testing.assert_allclose(z.numpy(), (ctx.store.logits[:6, 0] + ctx.store.logits[:6, 2]) / 2, rtol=1e-6)
     student = torch.tensor([[0.5, -1.0]] * 6)
     from mtd_cache.losses import kd_loss
 
-    got = kd_loss(student, z, ctx.config["temperature"], ctx.config["kd_scale"], ctx.config["divergence"])
+    got = kd_loss(student, z, ctx.settings.temperature, ctx.settings.kd_scale, ctx.settings.divergence)
     p = torch.softmax(z, -1)  # soft_cross_entropy: (-p * log_softmax(s)).mean(), t = 1
     want = (-p * torch.log_softmax(student, -1)).mean()
     torch.testing.assert_close(got, want)
@@ -307,23 +323,22 @@ def test_tinybert_refusals(mrpc4, tmp_path):
     path, _, _ = mrpc4
     with TeacherStore.open(path) as s:
         with pytest.raises(MtdError, match="unknown setting 'ild_lrr'"):
-            resolve_config(tinybert, s, {"ild_lrr": 1})
+            resolve_settings(tinybert, s, {"ild_lrr": 1})
     with pytest.raises(MtdError, match="unknown ild_mask 'padded'; valid: valid, reference"):
         tinybert.build(_ctx(path, ild_mask="padded"))
     with pytest.raises(MtdError, match="teacher layers 4 is not a multiple of student layers 3"):
-        tinybert.layer_map(_ctx(path, student_layers=3))
-    assert tinybert.layer_map(_ctx(path, student_layers=3, layer_map="0,1,2,4")) == [0, 1, 2, 4]
+        tinybert_stage1.layer_map(_ctx(path, student_layers=3))
+    assert tinybert_stage1.layer_map(_ctx(path, student_layers=3, layer_map="0,1,2,4")) == [0, 1, 2, 4]
     ctx = _ctx(path, teachers=(2,), primary=2, ild_source="store")
     with pytest.raises(MtdError, match="holds no states of primary 2: dump with --primary 2 --student-layers 2, or"):
-        tinybert.ild_source(ctx, [0, 2, 4])
-    assert tinybert.ild_source(_ctx(path, teachers=(2,), primary=2), [0, 2, 4]) == "online"  # auto
-    assert tinybert.ild_source(_ctx(path, student_layers=4), [0, 1, 2, 3, 4]) == "online"  # layers 1, 3 missing
-    assert tinybert.ild_epochs(_ctx(path, task_epochs=True)) == 20  # the reference's MRPC table entry
+        tinybert_stage1.ild_source(ctx, [0, 2, 4])
+    assert tinybert_stage1.ild_source(_ctx(path, teachers=(2,), primary=2), [0, 2, 4]) == "online"  # auto
+    assert tinybert_stage1.ild_source(_ctx(path, student_layers=4), [0, 1, 2, 3, 4]) == "online"  # layers 1, 3 missing
+    assert tinybert_stage1.ild_epochs(_ctx(path, task_epochs=True)) == 20  # the reference's MRPC table entry
 
 
 def test_sweep_trains_one_stage1_per_primary_first(mrpc4, tmp_path):
-    from mtd_cache.report import load_records
-    from mtd_cache.sweep import SweepConfig, run_sweep
+    from mtd_cache.sweeps.report import load_records
 
     path, _, _ = mrpc4
     cfg = SweepConfig(stores=(str(path),), student="tinybert", pool=(0, 1), repeats=1, out=str(tmp_path),

@@ -13,13 +13,16 @@ import torch
 
 from mtd_cache.errors import MtdError
 from mtd_cache.losses import kd_loss
-from mtd_cache.recipes import resnet as resnet_recipe
+from mtd_cache.models.factory import load_trained
+from mtd_cache.models.inference import view_logits
+from mtd_cache.optim import lr_factor
 from mtd_cache.store import TeacherStore
-from mtd_cache.students import RunRequest, run_student
+from mtd_cache.students.data import store_test_images
+from mtd_cache.students.run import RunRequest, run_student
+from mtd_cache.tasks.image_data import ImageData, image_fingerprint
 from mtd_cache.tasks.images import get_image_task, load_split, view_table, write_fake_cifar10
 from mtd_cache.teachers import find_teachers, train_teachers
-from mtd_cache.dump import run_dump
-from mtd_cache.vision import ImageData, image_fingerprint, lr_factor, load_teacher_model, view_logits
+from mtd_cache.teachers.dump import run_dump
 
 BIN = Path(sys.executable).parent
 
@@ -40,7 +43,7 @@ def test_cached_logits_of_view_v_are_the_teachers_logits_on_that_view(digits):
     data = ImageData.load("digits", "train", None, torch.device("cpu"))
     views = torch.as_tensor(view_table(get_image_task("digits")))
     idx, v = torch.tensor([0, 7, 1436]), torch.tensor([4, 0, 8])
-    model = load_teacher_model(teachers[1], torch.device("cpu"))
+    model = load_trained(teachers[1].path, teachers[1].info, 10)
     with torch.no_grad():
         direct = model(data.batch(idx, views[v]))
     np.testing.assert_allclose(s.logits[idx.numpy(), v.numpy(), 1], direct.numpy(), rtol=1e-5, atol=1e-5)
@@ -62,7 +65,7 @@ def test_kd_from_the_store_equals_kd_from_online_teachers(digits, tmp_path, dtyp
     x = data.batch(idx, views[v])
     student_logits = torch.randn(32, 10)
     cached = torch.from_numpy(s.mean_logits([0, 2], idx.numpy(), v.numpy()))
-    models = [load_teacher_model(t, torch.device("cpu")) for t in find_teachers(root / "teachers")]
+    models = [load_trained(t.path, t.info, 10) for t in find_teachers(root / "teachers")]
     with torch.no_grad():
         online = (models[0](x) + models[2](x)) / 2
     assert float(kd_loss(student_logits, cached, 4.0)) == pytest.approx(float(kd_loss(student_logits, online, 4.0)),
@@ -138,9 +141,9 @@ def test_test_subset_dump_scores_teachers_and_students_on_the_same_images(digits
     rec = run_student(RunRequest(store=str(path), student="resnet8", teachers=(0, 1), out=str(tmp_path),
                                  overrides={"epochs": 1}))
     assert round(rec["metric"] * 50, 6) == round(rec["metric"] * 50)  # scored on 50 images
-    full = SimpleNamespace(task="digits", spec=SimpleNamespace(extra={}), dev_labels=s.dev_labels, path=path)
+    full = SimpleNamespace(task="digits", data_dir=None, test_subset=None, dev_labels=s.dev_labels, path=path)
     with pytest.raises(MtdError, match=r"test images found here \(360\) are not those .* \(50\)"):
-        resnet_recipe._load_test(full, None, torch.device("cpu"))
+        store_test_images(full, None, torch.device("cpu"))
     with pytest.raises(MtdError, match="unknown image dump setting 'student_layers'"):
         run_dump("digits", root / "teachers", tmp_path / "t.h5", [], {"student_layers": 4})
     with pytest.raises(MtdError, match="test subset 400 is outside 1..360"):

@@ -74,7 +74,7 @@ def format_summary(info: dict) -> str:
 def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path | None, dev_labels: Path | None,
                views_path: Path | None, inputs_path: Path | None, label_names: str | None, metric: str | None,
                teacher_model: str, teacher_seeds: str | None, float16: bool, out: Path) -> None:
-    from ..importer import import_arrays
+    from ..teachers.importer import import_arrays
 
     arrays = {name: _load_npy(flag, path) for name, flag, path in [
         ("logits", "--logits", logits_path), ("labels", "--labels", labels_path),
@@ -116,7 +116,7 @@ def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    from ..plan import parse_index_set
+    from ..utils import parse_index_set
 
     return parse_index_set(text, option="--seeds")
 
@@ -168,8 +168,8 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--device")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
              train_subset, test_subset, float16, sets, out, device) -> None:
-    from ..dump import run_dump
-    from ..plan import parse_index_set
+    from ..teachers.dump import run_dump
+    from ..utils import parse_index_set
 
     prim = parse_index_set(primaries, option="--primary") if primaries else ()
     options = {"max_length": max_length, "batch_size": batch_size, "data_dir": data_dir,

@@ -15,7 +15,7 @@ from .common import run_command, setup_logging
 @click.option("--repeats", type=int, help="R for the equal-effort comparison (default: distinct seeds).")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(runs_dir: Path, out: Path | None, repeats: int | None, verbose: bool) -> None:
-    from ..report import make_report
+    from ..sweeps.report import make_report
 
     setup_logging(verbose)
     files = make_report(runs_dir, out or runs_dir / "report", repeats)

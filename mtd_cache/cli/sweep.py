@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..recipes import STUDENTS
+from ..students.recipes import STUDENTS
 from .cache import parse_sets
 from .common import run_command, setup_logging
 
@@ -36,8 +36,8 @@ from .common import run_command, setup_logging
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, executor, address, slurm_partition, slurm_time,
         slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, dry_run, verbose) -> None:
-    from ..plan import parse_index_set
-    from ..sweep import SweepConfig, run_sweep
+    from ..sweeps.execute import SweepConfig, run_sweep
+    from ..utils import parse_index_set
 
     setup_logging(verbose)
     overrides = {k: v for k, v in {"epochs": epochs, **parse_sets(sets)}.items() if v is not None}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..recipes import STUDENTS
+from ..students.recipes import STUDENTS
 from .cache import parse_sets
 from .common import run_command, setup_logging
 
@@ -39,8 +39,8 @@ from .common import run_command, setup_logging
 @click.option("-v", "--verbose", is_flag=True)
 def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
         sets, online, teachers_dir, init_from_teacher, select_on_dev, data_dir, device, force, verbose) -> None:
-    from ..plan import parse_index_set
-    from ..students import RunRequest, run_student
+    from ..students.run import RunRequest, run_student
+    from ..utils import parse_index_set
 
     setup_logging(verbose)
     chosen = () if teachers.strip().lower() == "none" else parse_index_set(teachers, option="--teachers")

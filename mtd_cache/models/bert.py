@@ -13,8 +13,9 @@ import inspect
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ def accepts_token_types(model: torch.nn.Module) -> bool:
     return _takes_types(type(model))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_types(cls: type) -> bool:  # inspect.signature costs ~50 us: once per class, not per step
     return "token_type_ids" in inspect.signature(cls.forward).parameters
 
@@ -211,39 +212,8 @@ def run_batches(model: torch.nn.Module, batches: Iterable[tuple[np.ndarray, dict
 def _scatter(parts: list, pos: np.ndarray, flat: torch.Tensor, counts: np.ndarray) -> None:
     """Split a batch's flat states per example (fp16, on the host) into ``parts`` at ``pos``."""
     pieces = np.split(flat.to(torch.float16).cpu().numpy(), np.cumsum(counts)[:-1])
-    for p, piece in zip(pos.tolist(), pieces):
+    for p, piece in zip(pos.tolist(), pieces, strict=True):
         parts[p] = piece
-
-
-# ----------------------------------------------------------------------------- optimisation
-
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
-
-
-def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
-                           total_steps: int, schedule: str = "linear") -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0
-    (``schedule="linear"``), or a constant lr (``"constant"``: TinyBERT's stage 1, BertAdam's schedule "none").
-
-    Weight decay spares biases and LayerNorm weights (TinyBERT task_distill.py's
-    groups: 0.01 / 0.0 on ``bias``, ``LayerNorm``; HF distiller.py's ``no_decay``).
-    Warm-up as a fraction of all steps: BERT's and TinyBERT's ``warmup_proportion``;
-    the schedule is ``transformers.get_linear_schedule_with_warmup``.
-    """
-    from transformers import get_linear_schedule_with_warmup
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=float(lr))
-    if schedule == "constant":
-        return optimizer, None
-    if schedule != "linear":
-        raise MtdError(f"unknown schedule {schedule!r}; valid: linear, constant")
-    warmup_steps = math.ceil(float(warmup) * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
 
 
 # ----------------------------------------------------------------------------- layer maps
@@ -354,7 +324,7 @@ class AttentionScores:
         self._out: dict[tuple[int, int], torch.Tensor] = {}
         self._hooks: list = []
 
-    def __enter__(self) -> "AttentionScores":
+    def __enter__(self) -> AttentionScores:
         for i, pair in enumerate(self._modules):
             for j, module in enumerate(pair):
                 self._hooks.append(module.register_forward_hook(self._hook(i, j)))

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,7 +93,7 @@ class TinyBertStudent(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TinyBertStudent":
+    def load(cls, folder: str | Path) -> TinyBertStudent:
         from safetensors.torch import load_file
         from transformers import BertConfig, BertModel
 

@@ -4,13 +4,15 @@ Public API::
 
     from mtd_cache.store import TeacherStore, StoreWriter, StoreSpec, PrimarySpec, Fingerprint, write_store
 
-``docs/FORMAT.md`` describes the file; ``format.py`` names its datasets.
+``docs/FORMAT.md`` describes the file; ``format.py`` names its datasets and attributes, and holds the
+rules shared by writing and reading (``partial_dir``, ``check_finite_logits``).
 """
 
-from .format import FORMAT, VERSION, Fingerprint, PrimarySpec, StoreSpec
-from .reader import PrimaryStates, RaggedBatch, TeacherStore
 from .compare import diff_stores
-from .writer import StoreWriter, partial_dir, write_store
+from .format import FORMAT, VERSION, Fingerprint, PrimarySpec, StoreSpec, check_finite_logits, partial_dir
+from .reader import TeacherStore
+from .states import PrimaryStates, RaggedBatch
+from .writer import StoreWriter, write_store
 
 __all__ = ["FORMAT", "VERSION", "Fingerprint", "PrimarySpec", "StoreSpec", "PrimaryStates", "RaggedBatch",
-           "TeacherStore", "StoreWriter", "diff_stores", "partial_dir", "write_store"]
+           "TeacherStore", "StoreWriter", "check_finite_logits", "diff_stores", "partial_dir", "write_store"]

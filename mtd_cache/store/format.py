@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,17 @@ PRIMARY = "primary"  # primary/<t>/{lengths,hidden,hidden_offsets,attn,attn_offs
 ATTR_FORMAT, ATTR_VERSION, ATTR_FINGERPRINT = "format", "version", "fingerprint"
 ATTR_WALL, ATTR_ENERGY = "dump_wall_s", "dump_energy_j"
 COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc")  # excluded from store equality
+
+# Keys of the spec's ``extra`` (settings a dump records for the students that read the store): named once
+# here; other modules read them through ``TeacherStore``'s typed properties and write them through ``extra``.
+EXTRA_TOKENIZER = "tokenizer"  # text: {"name", "sha256"} of the teachers' tokenizer
+EXTRA_MAX_LENGTH = "max_length"  # text: tokens per example
+EXTRA_DATA_DIR = "data_dir"  # where the task's data was read from (null: the default place)
+EXTRA_AUGMENTED = "augmented"  # text: {"path", "sha256"} of TinyBERT's augmented training file, or null
+EXTRA_TRAIN_SUBSET = "train_subset"  # only the first N training examples were cached
+EXTRA_TEST_SUBSET = "test_subset"  # images: teachers and students scored on the first N test images
+EXTRA_NUM_LAYERS = "num_layers"  # text: the teachers' depth L_T
+EXTRA_IMPORTED = "imported"  # written by ``mtd-cache import``
 
 PARTIAL_SUFFIX = ".partial"
 MERGE_ROWS = 8192  # examples per merge step: bounded memory whatever N is
@@ -132,7 +145,7 @@ class StoreSpec:
         return json.loads(json.dumps(d))  # tuples -> lists, for comparison with a loaded spec
 
     @classmethod
-    def from_json(cls, d: dict) -> "StoreSpec":
+    def from_json(cls, d: dict) -> StoreSpec:
         d = dict(d)
         prims = {int(k): PrimarySpec(**{n: tuple(x) if isinstance(x, list) else x for n, x in v.items()})
                  for k, v in d.pop("primaries", {}).items()}
@@ -151,7 +164,7 @@ class Fingerprint:
     def __init__(self) -> None:
         self._h = hashlib.sha256()
 
-    def update(self, name: str, value: Any) -> "Fingerprint":
+    def update(self, name: str, value: Any) -> Fingerprint:
         if isinstance(value, (str, int, float, bool)) or value is None:
             payload = json.dumps(value).encode()
             header = f"{name}|json|"
@@ -168,3 +181,23 @@ class Fingerprint:
         return self._h.hexdigest()
 
 
+def partial_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def check_finite_logits(logits: np.ndarray, what: str = "logits", first_example: int = 0,
+                        teacher: int | None = None) -> None:
+    """Refuse NaN or Inf logits, naming the teacher and example (axis -2 is the teacher axis).
+
+    With ``teacher``, ``logits`` are that one teacher's (n, C) block (a dump's chunk).
+    """
+    if teacher is not None:
+        logits = np.asarray(logits)[:, None, :]
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        view = f", view {int(where[1])}" if logits.ndim == 4 else ""
+        who = int(where[-2]) if teacher is None else teacher
+        raise StoreError(f"{what}: teacher {who} has a non-finite value ({logits[tuple(where)]}) "
+                         f"at example {first_example + int(where[0])}{view}")

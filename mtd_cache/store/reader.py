@@ -5,59 +5,48 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import StoreError
-from ..utils import prefetch
-from .format import (ATTR_FINGERPRINT, ATTR_FORMAT, ATTR_VERSION, DEV_LABEL, DEV_LOGITS, DEV_METRIC, FORMAT,
-                     LABEL, LOGITS, PRIMARY, SOURCE, VERSION, VIEWS, StoreSpec)
-from .writer import check_finite_logits, partial_dir
+from .format import (
+    ATTR_ENERGY,
+    ATTR_FINGERPRINT,
+    ATTR_FORMAT,
+    ATTR_VERSION,
+    ATTR_WALL,
+    DEV_LABEL,
+    DEV_LOGITS,
+    DEV_METRIC,
+    EXTRA_AUGMENTED,
+    EXTRA_DATA_DIR,
+    EXTRA_IMPORTED,
+    EXTRA_MAX_LENGTH,
+    EXTRA_NUM_LAYERS,
+    EXTRA_TEST_SUBSET,
+    EXTRA_TOKENIZER,
+    EXTRA_TRAIN_SUBSET,
+    FORMAT,
+    LABEL,
+    LOGITS,
+    PRIMARY,
+    SOURCE,
+    VERSION,
+    VIEWS,
+    StoreSpec,
+    check_finite_logits,
+    partial_dir,
+)
+from .states import PrimaryStates, _py, map_dataset
 
 log = logging.getLogger(__name__)
 
 FINITE_CHECK_ROWS = 1 << 16
 _FINITE_OK: set[tuple] = set()  # (path, device, inode, size, mtime) of files whose logits were scanned here
-
-
-@dataclass(frozen=True)
-class _Extent:
-    """Where a contiguous, uncompressed dataset's bytes lie in the file."""
-
-    offset: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-
-def _extent(ds: h5py.Dataset, file_size: int) -> _Extent | None:
-    """The dataset's byte extent, or None when it is chunked/compressed (read through h5py then)."""
-    if ds.chunks is not None or ds.compression is not None:
-        return None
-    ext = _Extent(ds.id.get_offset() or 0, tuple(ds.shape), ds.dtype)
-    if ext.nbytes and ds.id.get_offset() is None:
-        raise StoreError(f"{ds.file.filename}: dataset {ds.name} was never written")
-    if ext.offset + ext.nbytes > file_size:
-        raise StoreError(f"{ds.file.filename} is truncated: {ds.name} ends at byte {ext.offset + ext.nbytes:,} "
-                         f"but the file has {file_size:,}")
-    return ext
-
-
-def _map(path: Path, ds: h5py.Dataset, file_size: int) -> np.ndarray:
-    """A read-only view of a dataset: memory-mapped when contiguous (one copy per machine)."""
-    ext = _extent(ds, file_size)
-    if ext is None:
-        return ds[...]
-    if ext.nbytes == 0:
-        return np.zeros(ext.shape, ext.dtype)
-    return np.memmap(path, dtype=ext.dtype, mode="r", offset=ext.offset, shape=ext.shape)
 
 
 class TeacherStore:
@@ -74,7 +63,7 @@ class TeacherStore:
     """
 
     def __init__(self, path: Path, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
-                 primaries: dict[int, "PrimaryStates"]):
+                 primaries: dict[int, PrimaryStates]):
         self.path, self.attrs, self._arrays, self._primaries = path, attrs, arrays, primaries
         self.spec = StoreSpec.from_json(json.loads(attrs["spec_json"]))
         z = np.asarray(arrays[LOGITS])  # plain ndarray view: no memmap subclass overhead
@@ -84,7 +73,7 @@ class TeacherStore:
     # opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, expect_fingerprint: str | None = None,
-             check_finite: bool = True) -> "TeacherStore":
+             check_finite: bool = True) -> TeacherStore:
         path = Path(path)
         _refuse_unfinished(path)
         try:
@@ -96,7 +85,7 @@ class TeacherStore:
             _check_identity(path, attrs)
             st = path.stat()
             size = st.st_size
-            arrays = {name: _map(path, f[name], size) if name == LOGITS else f[name][...]
+            arrays = {name: map_dataset(path, f[name], size) if name == LOGITS else f[name][...]
                       for name in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if name in f}
             primaries = {int(t): PrimaryStates.from_group(path, g, size) for t, g in f.get(PRIMARY, {}).items()}
         store = cls(path, attrs, arrays, primaries)
@@ -110,7 +99,7 @@ class TeacherStore:
                              f"!= expected {expect_fingerprint}")
         return store
 
-    def __enter__(self) -> "TeacherStore":
+    def __enter__(self) -> TeacherStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -141,6 +130,24 @@ class TeacherStore:
     logits = property(lambda self: self._arrays[LOGITS])
     primaries = property(lambda self: sorted(self._primaries))
 
+    # where the teachers came from and what the dump recorded: typed, so no other module reads attributes
+    # or ``extra`` keys by string (absent ones are empty or None: stores written before they existed).
+    teacher_model = property(lambda self: str(self.attrs.get("teacher_model", "")))
+    teacher_seeds = property(lambda self: [int(s) for s in self.attrs.get("teacher_seeds", [])])
+    teacher_paths = property(lambda self: [str(p) for p in self.attrs.get("teacher_paths", [])])
+    teachers_sha256 = property(lambda self: [str(h) for h in self.attrs.get("teachers_sha256", [])])
+    precision = property(lambda self: self.attrs.get("precision"))
+    dump_wall_s = property(lambda self: _number(self.attrs.get(ATTR_WALL)))
+    dump_energy_j = property(lambda self: _number(self.attrs.get(ATTR_ENERGY)))
+    tokenizer = property(lambda self: self.spec.extra.get(EXTRA_TOKENIZER))  # {"name", "sha256"}: text stores
+    max_length = property(lambda self: _int(self.spec.extra.get(EXTRA_MAX_LENGTH)))
+    data_dir = property(lambda self: self.spec.extra.get(EXTRA_DATA_DIR))
+    augmented = property(lambda self: self.spec.extra.get(EXTRA_AUGMENTED))  # {"path", "sha256"} or None
+    train_subset = property(lambda self: _int(self.spec.extra.get(EXTRA_TRAIN_SUBSET)))
+    test_subset = property(lambda self: _int(self.spec.extra.get(EXTRA_TEST_SUBSET)))
+    teacher_depth = property(lambda self: _int(self.spec.extra.get(EXTRA_NUM_LAYERS)))
+    imported = property(lambda self: bool(self.spec.extra.get(EXTRA_IMPORTED)))
+
     # reading ----------------------------------------------------------------------------------
     def mean_logits(self, teachers: Sequence[int], index: Any, view: Any = None) -> np.ndarray:
         """The chosen teachers' raw logits averaged, for a batch: (B, C) float32.
@@ -169,6 +176,16 @@ class TeacherStore:
         out *= 1.0 / k
         return out
 
+    def mean_dev_logits(self, teachers: Sequence[int] | None = None) -> np.ndarray | None:
+        """The chosen teachers' (default: all) dev logits averaged, (M, C) float32: the ensemble's; None without dev."""
+        if self.dev_logits is None:
+            return None
+        w, k = self._selection(range(self.num_teachers) if teachers is None else teachers)
+        z = np.asarray(self.dev_logits, dtype=np.float32)
+        out = z.reshape(len(z), -1) @ w
+        out *= 1.0 / k
+        return out
+
     def _selection(self, teachers: Sequence[int]) -> tuple[np.ndarray, int]:
         """The (T*C, C) 0/1 matrix that sums the chosen teachers' logits, cached per set."""
         key = frozenset(teachers)
@@ -182,7 +199,7 @@ class TeacherStore:
             hit = self._selections[key] = (w.reshape(-1, self.num_classes), len(chosen))
         return hit
 
-    def primary(self, teacher: int) -> "PrimaryStates":
+    def primary(self, teacher: int) -> PrimaryStates:
         if teacher not in self._primaries:
             have = ", ".join(map(str, self.primaries)) or "none"
             raise StoreError(f"{self.path} holds no states of primary teacher {teacher} (it has: {have})")
@@ -205,8 +222,7 @@ class TeacherStore:
                           "dev_metric": None if np.isnan(m) else float(m)}
                          for t, m in enumerate(self.dev_metric)],
             "primaries": {str(t): p.describe() for t, p in self._primaries.items()},
-            "fingerprint": self.fingerprint, "dump_wall_s": a.get("dump_wall_s"),
-            "dump_energy_j": None if a.get("dump_energy_j") is None or np.isnan(a["dump_energy_j"]) else a["dump_energy_j"],
+            "fingerprint": self.fingerprint, "dump_wall_s": self.dump_wall_s, "dump_energy_j": self.dump_energy_j,
             "extra": self.spec.extra,
         }
 
@@ -216,7 +232,8 @@ class TeacherStore:
         if z is None or LABEL not in self._arrays or DEV_METRIC not in self._arrays:
             raise StoreError(f"{self.path} lacks a required dataset ({LOGITS}, {LABEL} or {DEV_METRIC})")
         checks = [(LOGITS, z.shape, s.logits_shape()), (LABEL, self.labels.shape, (s.num_examples,)),
-                  (SOURCE, self.sources.shape, (s.num_examples,)), (DEV_METRIC, self.dev_metric.shape, (s.num_teachers,))]
+                  (SOURCE, self.sources.shape, (s.num_examples,)),
+                  (DEV_METRIC, self.dev_metric.shape, (s.num_teachers,))]
         if s.num_views:
             checks.append((VIEWS, None if self.views is None else self.views.shape, (s.num_views, 3)))
         if s.num_dev:
@@ -233,92 +250,6 @@ class TeacherStore:
         z = self._arrays[LOGITS]
         for lo in range(0, z.shape[0], FINITE_CHECK_ROWS):
             check_finite_logits(np.asarray(z[lo:lo + FINITE_CHECK_ROWS]), f"{self.path}", first_example=lo)
-
-
-class PrimaryStates:
-    """One primary teacher's unpadded states, read as flat slices with ``os.preadv``.
-
-    ``read(index)`` returns the rows of a batch as one flat buffer plus the
-    lengths; padding happens on the training device (``mtd_cache.ragged``):
-    padding on the CPU costs more than the read itself (STORAGE.md).
-    """
-
-    def __init__(self, path: Path, attrs: dict[str, Any], lengths: np.ndarray, hidden_offsets: np.ndarray,
-                 hidden: _Extent, attn_offsets: np.ndarray | None, attn: _Extent | None):
-        self.path, self.attrs, self.lengths = path, attrs, lengths
-        self.hidden_offsets, self.attn_offsets = hidden_offsets, attn_offsets
-        self._hidden, self._attn, self._fd = hidden, attn, None
-        self.hidden_layers = tuple(int(x) for x in attrs["hidden_layers"])
-        self.attn_layers = tuple(int(x) for x in attrs.get("attn_layers", ()))
-        self.hidden_size, self.num_heads = int(attrs["hidden_size"]), int(attrs.get("num_heads", 0))
-
-    @classmethod
-    def from_group(cls, path: Path, g: h5py.Group, file_size: int) -> "PrimaryStates":
-        attrs = {k: _py(v) for k, v in g.attrs.items()}
-        hidden = _extent(g["hidden"], file_size)
-        attn = _extent(g["attn"], file_size) if "attn" in g else None
-        if hidden is None or ("attn" in g and attn is None):
-            raise StoreError(f"{path}: {g.name} must be contiguous and uncompressed (written by mtd-cache)")
-        return cls(path, attrs, g["lengths"][...], g["hidden_offsets"][...], hidden,
-                   g["attn_offsets"][...] if "attn" in g else None, attn)
-
-    def describe(self) -> dict[str, Any]:
-        return {"hidden_layers": list(self.hidden_layers), "attn_layers": list(self.attn_layers),
-                "hidden_size": self.hidden_size, "num_heads": self.num_heads,
-                "attn_pre_softmax": bool(self.attrs.get("attn_pre_softmax", True)),
-                "mean_length": float(self.lengths.mean()) if len(self.lengths) else 0.0,
-                "bytes": self._hidden.nbytes + (self._attn.nbytes if self._attn else 0)}
-
-    def _file(self) -> int:
-        if self._fd is None:  # opened lazily: each process (or DataLoader worker) gets its own
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None}
-
-    def read(self, index: Sequence[int]) -> "RaggedBatch":
-        index = np.asarray(index, dtype=np.int64)
-        hidden = _gather(self._file(), self._hidden, self.hidden_offsets, index, (self.hidden_size,))
-        attn = None
-        if self._attn is not None:
-            attn = _gather(self._file(), self._attn, self.attn_offsets, index, ())
-        return RaggedBatch(self.lengths[index], hidden, attn)
-
-    def iter_batches(self, batches: Iterable[Sequence[int]], depth: int = 3) -> Iterator["RaggedBatch"]:
-        """``read`` each batch of indices in a background thread, ``depth`` batches ahead."""
-        return prefetch(batches, depth=depth, fn=self.read)
-
-
-@dataclass
-class RaggedBatch:
-    """A batch of unpadded states: ``hidden`` (sum rows, H) and flat ``attn``, example by example."""
-
-    lengths: np.ndarray
-    hidden: np.ndarray
-    attn: np.ndarray | None
-
-
-def _gather(fd: int, ext: _Extent, offsets: np.ndarray, index: np.ndarray, row_shape: tuple) -> np.ndarray:
-    """Read rows ``offsets[i]:offsets[i+1]`` of each example straight into one buffer."""
-    starts, stops = offsets[index], offsets[index + 1]
-    counts = stops - starts
-    out = np.empty((int(counts.sum()), *row_shape), dtype=ext.dtype)
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * ext.dtype.itemsize
-    flat = out.reshape(-1).view(np.uint8)
-    pos = 0
-    for start, n in zip(starts.tolist(), counts.tolist()):
-        nbytes = n * row_bytes
-        got = os.preadv(fd, [flat[pos:pos + nbytes]], ext.offset + start * row_bytes)
-        if got != nbytes:
-            raise StoreError(f"short read of primary states ({got} of {nbytes} bytes): the store is truncated")
-        pos += nbytes
-    return out
 
 
 def _reopen(path: str, fingerprint: str) -> TeacherStore:
@@ -341,20 +272,19 @@ def _check_identity(path: Path, attrs: dict[str, Any]) -> None:
         raise StoreError(f"{path} is not an mtd-cache store (format attribute {attrs.get(ATTR_FORMAT)!r}, "
                          f"expected {FORMAT!r})")
     if attrs.get(ATTR_VERSION) != VERSION:
-        raise StoreError(f"{path} has store version {attrs.get(ATTR_VERSION)!r}; this mtd-cache reads version {VERSION}")
+        raise StoreError(f"{path} has store version {attrs.get(ATTR_VERSION)!r}; "
+                         f"this mtd-cache reads version {VERSION}")
     if "spec_json" not in attrs:
         raise StoreError(f"{path} lacks its spec attribute: not written by a complete dump")
 
 
-def _py(v: Any) -> Any:
-    """h5py attribute values as plain Python (bytes -> str, arrays -> lists)."""
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.ndarray):
-        return [_py(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
+def _number(v: Any) -> float | None:
+    """A float attribute, None when absent or NaN (unknown)."""
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
 
 
 def _short(exc: Exception) -> str:

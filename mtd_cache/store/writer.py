@@ -18,16 +18,29 @@ import numpy as np
 from .. import __version__
 from ..errors import StoreError
 from ..utils import atomic_path, atomic_write_json, fsync_dir
-from .format import (ATTR_ENERGY, ATTR_FINGERPRINT, ATTR_FORMAT, ATTR_VERSION, ATTR_WALL, DEV_LABEL,
-                     DEV_LOGITS, DEV_METRIC, FORMAT, LABEL, LOGITS, MERGE_ROWS, PARTIAL_SUFFIX, PRIMARY,
-                     SOURCE, VERSION, VIEWS, StoreSpec)
+from .format import (
+    ATTR_ENERGY,
+    ATTR_FINGERPRINT,
+    ATTR_FORMAT,
+    ATTR_VERSION,
+    ATTR_WALL,
+    DEV_LABEL,
+    DEV_LOGITS,
+    DEV_METRIC,
+    FORMAT,
+    LABEL,
+    LOGITS,
+    MERGE_ROWS,
+    PRIMARY,
+    SOURCE,
+    VERSION,
+    VIEWS,
+    StoreSpec,
+    check_finite_logits,
+    partial_dir,
+)
 
 log = logging.getLogger(__name__)
-
-
-def partial_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
 class StoreWriter:
@@ -46,7 +59,7 @@ class StoreWriter:
         self.path, self.spec, self.dir = path, spec, partial_dir(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, spec: StoreSpec) -> "StoreWriter":
+    def open(cls, path: str | os.PathLike, spec: StoreSpec) -> StoreWriter:
         path = Path(path)
         spec.validate()
         pdir = partial_dir(path)
@@ -105,7 +118,8 @@ class StoreWriter:
         """A teacher's dev-set logits (M, C) and its dev score."""
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (self.spec.num_dev, self.spec.num_labels):
-            raise StoreError(f"dev logits of shape {values.shape}, expected {(self.spec.num_dev, self.spec.num_labels)}")
+            want = (self.spec.num_dev, self.spec.num_labels)
+            raise StoreError(f"dev logits of shape {values.shape}, expected {want}")
         self._write(self._shard(DEV_LOGITS, teacher), values=values, metric=np.float64(metric))
 
     def has_dev(self, teacher: int) -> bool:
@@ -128,7 +142,8 @@ class StoreWriter:
         if ps.attn_layers:
             entries = int((lengths.astype(np.int64) ** 2).sum()) * len(ps.attn_layers) * ps.num_heads
             if attn is None or attn.shape != (entries,):
-                raise StoreError(f"attention block {None if attn is None else attn.shape} does not match lengths ({entries},)")
+                got = None if attn is None else attn.shape
+                raise StoreError(f"attention block {got} does not match lengths ({entries},)")
             arrays["attn"] = np.asarray(attn, dtype=np.float16)
         self._write(self._shard(PRIMARY, teacher, start, start + len(lengths)), **arrays)
 
@@ -177,8 +192,9 @@ class StoreWriter:
             "task": s.task, "metric": s.metric, "num_labels": s.num_labels, "label_names": list(s.label_names),
             "teacher_model": s.teacher_model, "teacher_seeds": list(s.teacher_seeds),
             "teacher_paths": list(s.teacher_paths), "teachers_sha256": list(s.teachers_sha256),
-            "precision": s.precision, ATTR_FINGERPRINT: s.fingerprint, "spec_json": json.dumps(s.to_json(), sort_keys=True),
-            ATTR_WALL: float(costs["wall_s"]), ATTR_ENERGY: np.nan if costs["energy_j"] is None else float(costs["energy_j"]),
+            "precision": s.precision, ATTR_FINGERPRINT: s.fingerprint,
+            "spec_json": json.dumps(s.to_json(), sort_keys=True), ATTR_WALL: float(costs["wall_s"]),
+            ATTR_ENERGY: np.nan if costs["energy_j"] is None else float(costs["energy_j"]),
             "created_utc": _utc_now(),
         }
         for k, v in attrs.items():
@@ -222,7 +238,8 @@ class StoreWriter:
                 raise StoreError(f"the dump is incomplete: teacher {teacher} {kind} lacks examples {pos}..{a - 1}")
             pos = b
         if pos != self.spec.num_examples:
-            raise StoreError(f"the dump is incomplete: teacher {teacher} {kind} lacks examples {pos}..{self.spec.num_examples - 1}")
+            raise StoreError(f"the dump is incomplete: teacher {teacher} {kind} lacks examples "
+                             f"{pos}..{self.spec.num_examples - 1}")
         return found
 
     def _merge_logits(self, f: h5py.File) -> None:
@@ -316,20 +333,3 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     if dev_labels is not None:
         w.put(DEV_LABEL, dev_labels)
     return w.finish()
-
-
-def check_finite_logits(logits: np.ndarray, what: str = "logits", first_example: int = 0,
-                        teacher: int | None = None) -> None:
-    """Refuse NaN or Inf logits, naming the teacher and example (axis -2 is the teacher axis).
-
-    With ``teacher``, ``logits`` are that one teacher's (n, C) block (a dump's chunk).
-    """
-    if teacher is not None:
-        logits = np.asarray(logits)[:, None, :]
-    bad = ~np.isfinite(logits)
-    if bad.any():
-        where = np.argwhere(bad)[0]
-        view = f", view {int(where[1])}" if logits.ndim == 4 else ""
-        who = int(where[-2]) if teacher is None else teacher
-        raise StoreError(f"{what}: teacher {who} has a non-finite value ({logits[tuple(where)]}) "
-                         f"at example {first_example + int(where[0])}{view}")

@@ -1,1 +1,3 @@
-"""What a task is: GLUE tasks (``glue``), image tasks and their augmentation views (``images``), one lookup over both (``registry``)."""
+"""What a task is: GLUE tasks (``glue``), image tasks and their views (``images``), one lookup over both
+(``registry``), and the data every stage reads: tokenised text (``text_data``, ``augmented``), images in memory
+(``image_data``)."""

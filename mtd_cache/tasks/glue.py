@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class GlueTask:
     hf_text_keys: tuple[str, str | None]
     hf_dev_split: str = "validation"
     aliases: tuple[str, ...] = ()
+    kind: ClassVar[str] = "text"
 
     @property
     def num_labels(self) -> int:
@@ -82,6 +84,10 @@ class GlueTask:
     def layout(self, split: str) -> TsvLayout:
         """The TSV layout of ``split`` ("train" or "dev"; "validation" is accepted for dev)."""
         return self.train if _split_name(split) == "train" else self.dev
+
+    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
+        """The task's primary metric of logits (N, C) or class ids (N,) against gold labels."""
+        return compute_metrics(self, predictions, labels)[self.metric]
 
 
 _BINARY = ("0", "1")

@@ -27,6 +27,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -59,10 +60,21 @@ class ImageTask:
     std: tuple[float, ...]
     metric: str = "accuracy"
     test_split: str = "test"  # the held-out split teachers and students are scored on
+    kind: ClassVar[str] = "image"
 
     @property
     def num_views(self) -> int:
         return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
+
+    @property
+    def num_labels(self) -> int:
+        return self.num_classes
+
+    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy of logits (N, C) or class ids (N,) against gold labels."""
+        pred = np.asarray(predictions)
+        pred = pred.argmax(-1) if pred.ndim == 2 else pred
+        return float((pred == np.asarray(labels)).mean())
 
 
 IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
@@ -284,7 +296,7 @@ def write_fake_cifar10(root: str | Path, n_train: int = 50, n_test: int = 20, se
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     sizes = [len(s) for s in np.array_split(np.arange(n_train), len(CIFAR_TRAIN))]
-    for name, n in list(zip(CIFAR_TRAIN, sizes)) + [("test_batch", n_test)]:
+    for name, n in list(zip(CIFAR_TRAIN, sizes, strict=True)) + [("test_batch", n_test)]:
         _dump_py2({_Py2Str(b"batch_label"): _Py2Str(f"fake {name}".encode()),
                    _Py2Str(b"labels"): [int(x) for x in rng.integers(0, 10, n)],
                    _Py2Str(b"data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),

@@ -1,4 +1,4 @@
-"""Seeded teachers: train each once, record it, find it again.
+"""Seeded teachers on disk: one folder per seed, found again by the dump and by ``--online`` students.
 
 Layout, one folder per seed::
 
@@ -9,8 +9,6 @@ Layout, one folder per seed::
 
 ``teacher.json`` is written last and atomically, so a seed counts as done only
 when it exists and the weights still hash to the ``sha256`` it records.
-The modality modules (``vision``, ``text``) train one teacher each; this module
-owns the loop over seeds, the record and the discovery used by dump and train.
 """
 
 from __future__ import annotations
@@ -19,12 +17,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .errors import MtdError
-from .record import provenance, utc_now
-from .tasks.registry import is_image_task
-from .utils import atomic_write_json, sha256_file
+from ..errors import MtdError
+from ..utils import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,45 +45,8 @@ class Teacher:
         return self.info["sha256"]
 
 
-def modality(task: str):
-    """The module that knows how to train, run and dump teachers of ``task``."""
-    if is_image_task(task):
-        from . import vision
-
-        return vision
-    from . import text
-
-    return text
-
-
 def seed_dir(out: Path, seed: int) -> Path:
     return Path(out) / f"seed{seed}"
-
-
-def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None, data_dir: str | None,
-                   options: dict[str, Any], device: str | None = None, force: bool = False) -> list[Teacher]:
-    """Train every seed not already done; returns all of them in seed order."""
-    impl = modality(task)
-    done = []
-    for seed in seeds:
-        folder = seed_dir(out, seed)
-        existing = load_teacher(folder, check=True)
-        if existing is not None:
-            log.info("teacher seed %d: done already (%s), skipped", seed, folder)
-            done.append(existing)
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        result = impl.train_teacher(task=task, seed=seed, model=model, data_dir=data_dir, out=folder,
-                                    options=options, device=device)
-        reason = result.pop("chance_reason", None)
-        if reason and not force:
-            raise MtdError(f"teacher seed {seed} is at chance level ({reason}); refusing to keep it "
-                           "(--force keeps it anyway)")
-        info = {"task": task, "seed": seed, **result, "sha256": sha256_file(folder / WEIGHTS),
-                "finished_utc": utc_now(), **provenance()}
-        atomic_write_json(folder / RECORD, info)
-        done.append(Teacher(seed, folder, info))
-    return done
 
 
 def load_teacher(folder: Path, check: bool = False) -> Teacher | None:
@@ -115,3 +74,11 @@ def find_teachers(teachers_dir: Path, task: str | None = None) -> list[Teacher]:
     if not found:
         raise MtdError(f"no finished teacher in {teachers_dir} (each needs {WEIGHTS} and {RECORD})")
     return sorted(found, key=lambda t: t.seed)
+
+
+def teacher_fields(teachers: list[Teacher]) -> dict[str, Any]:
+    """The store attributes that say where the teachers came from (``StoreSpec`` fields)."""
+    models = {t.info.get("model", "") for t in teachers}
+    return {"teacher_model": ", ".join(sorted(models)), "teacher_seeds": tuple(t.seed for t in teachers),
+            "teacher_paths": tuple(str(t.path.resolve()) for t in teachers),
+            "teachers_sha256": tuple(t.sha256 for t in teachers)}

@@ -31,27 +31,24 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from itertools import combinations
 from math import comb
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .utils import atomic_path  # noqa: E402
+from ..errors import MtdError
+from ..utils import atomic_path
+from .figures import MODES, figures
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
             "wall_s", "energy_j", "status")
 DONE_STATUSES = frozenset({"done", "ok"})
-MODES = ("multi", "single")
 # per-combination statistics; each becomes <name>_mean and <name>_std in the summary
 STATS = tuple(f"{m}_{s}" for m in MODES for s in ("min", "max", "n_runs", "time_s", "run_s")) + \
     tuple(f"eq_{m}_{s}" for m in MODES for s in ("min", "max"))
@@ -73,7 +70,9 @@ def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
         rec = _read_record(path)
         if rec is None:
             continue
-        if rec["status"] not in DONE_STATUSES:
+        if rec.get("kind") == "stage1":
+            log.debug("%s is a TinyBERT stage-1 run: a cost of the students that name it, not a result", path)
+        elif rec["status"] not in DONE_STATUSES:
             log.info("skipping %s: status %r", path, rec["status"])
         elif rec["run_id"] in seen:
             log.warning("skipping %s: run %s already loaded", path, rec["run_id"])
@@ -158,7 +157,7 @@ def _aggregate_runs(runs: pd.DataFrame, pool: Iterable[int] | None, repeats: int
     pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
     r = repeats if repeats is not None else int(runs["seed"].nunique())
     by_set: dict[tuple[int, ...], list[_Run]] = defaultdict(list)
-    for teachers, metric, wall in zip(runs["teachers"], runs["metric"], runs["wall_s"]):
+    for teachers, metric, wall in zip(runs["teachers"], runs["metric"], runs["wall_s"], strict=True):
         if set(teachers) <= set(pool):
             by_set[teachers].append((metric, wall))
     rows = []
@@ -271,7 +270,7 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
         baselines = df[(df["k"] == 0) & (df["task"] == task) & (df["student"] == student)]
         if len(baselines) and CE_ONLY_LABEL not in lines:
             lines[CE_ONLY_LABEL] = float(baselines["metric"].mean())
-        written += _figures(per_k, out / f"{task}_{student}", lines)
+        written += figures(per_k, out / f"{task}_{student}", lines)
     log.info("report: %d files in %s", len(written), out)
     return written
 
@@ -299,58 +298,12 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def _figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Path]:
-    """Score vs k (paper figs 2, 3, 6), vs distillation time (figs 4, 5, 7), equal effort vs k."""
-    metric = str(per_k["metric_name"].iloc[0])
-    title = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}"
-    k = per_k["k"].to_numpy(dtype=float)
-    specs = [("score_vs_k", "", {m: k for m in MODES}, "number of teachers k"),
-             ("score_vs_time", "", {m: per_k[f"{m}_time_s_mean"].to_numpy(float) for m in MODES},
-              "distillation time per combination (s, mean over combinations)"),
-             ("equal_effort_vs_k", "eq_", {m: k for m in MODES},
-              f"number of teachers k (expected over {int(per_k['eq_r'].iloc[0])} runs)")]
-    written = []
-    for name, prefix, xs, xlabel in specs:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        _plot_modes(ax, per_k, prefix, xs)
-        for i, (label, value) in enumerate(sorted(lines.items())):
-            ax.axhline(value, color=f"C{4 + i}", linestyle="--", linewidth=1, label=f"{label}: {value:.4g}")
-        ax.set(xlabel=xlabel, ylabel=metric, title=title)
-        if name != "score_vs_time":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize="small")
-        written.append(_save(fig, stem.with_name(f"{stem.name}_{name}.png")))
-    return written
-
-
-def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray]) -> None:
-    """Each mode's min and max curves with +-1 std shading."""
-    styles = {"multi": ("C0", "-"), "single": ("C1", ":")}
-    for mode in MODES:
-        color, ls = styles[mode]
-        for stat in ("min", "max"):
-            mean = per_k[f"{prefix}{mode}_{stat}_mean"].to_numpy(float)
-            std = per_k[f"{prefix}{mode}_{stat}_std"].to_numpy(float)
-            marker = "v" if stat == "min" else "^"
-            ax.plot(xs[mode], mean, color=color, linestyle=ls, marker=marker, label=f"{mode}-teacher {stat}")
-            ax.fill_between(xs[mode], mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats: int | None = None) -> list[Path]:
     """``mtd-report``: the records under ``runs_dir``, with reference lines and costs from their stores.
 
     The teacher ensemble's dev score (all teachers' dev logits averaged) is a
     reference line; the teachers' training cost and the dump's are shared costs.
     """
-    from .errors import MtdError
-
     df = load_records(runs_dir)
     if df.empty:
         raise MtdError(f"no finished run records under {runs_dir}")
@@ -362,13 +315,14 @@ def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats
         for name, c in costs.items():
             acc = shared.setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
             acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
-            acc["energy_j"] = None if acc["energy_j"] is None or c["energy_j"] is None else acc["energy_j"] + c["energy_j"]
+            known = acc["energy_j"] is not None and c["energy_j"] is not None
+            acc["energy_j"] = acc["energy_j"] + c["energy_j"] if known else None
     return write_report(df, out_dir, lines, repeats=repeats, shared_costs=shared)
 
 
 def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
-    from .store import TeacherStore
-    from .tasks.registry import score
+    from ..store import TeacherStore
+    from ..tasks.registry import score
 
     if not path.exists():
         log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
@@ -376,11 +330,9 @@ def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, 
     with TeacherStore.open(path, check_finite=False) as s:
         lines = {}
         if s.dev_logits is not None and len(s.dev_logits):
-            lines[f"teacher ensemble ({s.num_teachers}, dev)"] = score(s.task, s.dev_logits.mean(axis=1), s.dev_labels)
-        energy = s.attrs.get("dump_energy_j")
-        costs = {"dump": {"wall_s": s.attrs.get("dump_wall_s"),
-                          "energy_j": None if energy is None or math.isnan(energy) else energy}}
-        teachers = [_teacher_info(Path(p)) for p in s.attrs.get("teacher_paths", [])]
+            lines[f"teacher ensemble ({s.num_teachers}, dev)"] = score(s.task, s.mean_dev_logits(), s.dev_labels)
+        costs = {"dump": {"wall_s": s.dump_wall_s, "energy_j": s.dump_energy_j}}
+        teachers = [_teacher_info(Path(p)) for p in s.teacher_paths]
     if teachers and all(t is not None for t in teachers):
         known = all(t.get("energy_j") is not None for t in teachers)
         costs["teachers"] = {"wall_s": math.fsum(t.get("wall_s") or 0.0 for t in teachers),

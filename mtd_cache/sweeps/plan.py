@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
-from .errors import MtdError
+from ..errors import MtdError
 
 log = logging.getLogger(__name__)
 
 JobKind = Literal["student", "stage1", "baseline"]
-_INT = re.compile(r"^[0-9]+$")  # ASCII digits only: int() also takes other scripts' digits
 
 
 @dataclass(frozen=True)
@@ -101,62 +100,3 @@ def _check_plan_args(pool: list[int], repeats: int, bert_student: bool, two_stag
     if stores not in (1, repeats):
         raise MtdError(f"--store given {stores} times: give it once, or once per repeat ({repeats})")
     return tuple(sorted(pool))
-
-
-def parse_index_set(text: str, option: str = "--teachers") -> tuple[int, ...]:
-    """Parse ``"0,2,5"``, ``"0-5"`` or ``"0-2,4"`` into a sorted tuple of distinct indices.
-
-    Raises MtdError naming the bad token: an empty set or item, a negative
-    index, a malformed or descending range, a duplicate index.
-    """
-    if not text or not text.strip():
-        raise MtdError(f"{option}: empty set of indices")
-    seen: list[int] = []
-    for token in (t.strip() for t in text.split(",")):
-        for index in _parse_token(token, text, option):
-            if index in seen:
-                raise MtdError(f"{option}: duplicate index {index} in {text!r}")
-            seen.append(index)
-    return tuple(sorted(seen))
-
-
-def _parse_token(token: str, text: str, option: str) -> range:
-    """One comma-separated item: an index or an ascending range ``a-b``."""
-    if not token:
-        raise MtdError(f"{option}: empty item in {text!r}")
-    if token.startswith("-") and _INT.match(token[1:]):
-        raise MtdError(f"{option}: negative index {token!r}")
-    if _INT.match(token):
-        return range(int(token), int(token) + 1)
-    lo, sep, hi = (part.strip() for part in token.partition("-"))
-    if not (sep and _INT.match(lo) and _INT.match(hi)):
-        raise MtdError(f"{option}: malformed index or range {token!r} (expected e.g. 0,2,5 or 0-5)")
-    if int(lo) > int(hi):
-        raise MtdError(f"{option}: descending range {token!r} (write {hi}-{lo})")
-    return range(int(lo), int(hi) + 1)
-
-
-def validate_selection(teachers: Iterable[int], primary: int | None, num_teachers: int,
-                       primary_required: bool) -> None:
-    """Check a run's teacher set and primary against the store; MtdError with a one-line reason.
-
-    ``primary_required`` is True for BERT students (which need one) and False
-    for ResNets (for which a primary is an error).
-    """
-    teachers = tuple(teachers)
-    if not teachers:
-        raise MtdError("--teachers: empty set of indices")
-    for t in teachers:
-        if not 0 <= t < num_teachers:
-            raise MtdError(f"--teachers: index {t} out of range: the store has {num_teachers} teachers "
-                           f"(0-{num_teachers - 1})")
-    duplicates = sorted({t for t in teachers if teachers.count(t) > 1})
-    if duplicates:
-        raise MtdError(f"--teachers: duplicate index {duplicates[0]}")
-    if primary_required and primary is None:
-        raise MtdError("--primary is required for BERT students (one of --teachers)")
-    if not primary_required and primary is not None:
-        raise MtdError(f"--primary {primary} given, but this student takes no primary teacher (ResNet)")
-    if primary is not None and primary not in teachers:
-        listed = ",".join(map(str, sorted(teachers)))
-        raise MtdError(f"--primary {primary} is not in --teachers {listed}")

@@ -2,7 +2,10 @@
 
 Executors: ``local`` (N worker processes, each running many runs in one
 interpreter; one GPU each when there are GPUs), ``ray`` (a Ray cluster, or a
-local instance) and ``slurm`` (submitit; its local executor for tests).
+local instance) and ``slurm`` (submitit; its local executor for tests). All three
+share one scheduler that honours ``Job.depends_on``: a job is submitted once every
+job it depends on has finished (TinyBERT's stage-2 runs after their stage-1 run),
+and every job runs through the same run machinery (``students.run``), whatever its kind.
 
 Safety: a run writes its record atomically at the end, so a crash or kill
 loses at most the runs in flight (and those resume from their last epoch
@@ -14,24 +17,26 @@ and finish is appended to ``<out>/sweep-events.jsonl``.
 
 from __future__ import annotations
 
-import fcntl
+import concurrent.futures
 import json
 import logging
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import MtdError
+from ..errors import MtdError
+from ..record import load_done
+from ..students.recipes import student_traits
+from ..students.run import RunRequest, execute_run, plan_run
 from .plan import Job, plan_sweep
-from .record import load_done
-from .recipes import get_recipe, student_traits
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +67,11 @@ def make_plan(cfg: SweepConfig) -> list[Job]:
                       two_stage=two_stage, base_seed=cfg.base_seed, stores=stores)
 
 
-def request_for(job: Job, cfg: SweepConfig):
-    from .students import RunRequest
-
+def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
                       data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
-                      teachers_dir=cfg.teachers_dir)
+                      teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student")
 
 
 # ------------------------------------------------------------------------------------------ one job
@@ -76,31 +79,22 @@ def request_for(job: Job, cfg: SweepConfig):
 
 def execute(job: Job, cfg: SweepConfig) -> dict[str, Any]:
     """Run one job where this function is called (worker process, Ray task, Slurm job)."""
-    from .students import prepare, run_student
-
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    if job.kind == "stage1":
-        recipe = get_recipe(cfg.student)
-        return {"key": job.key, **recipe.run_stage1(request_for(job, cfg))}
-    req = request_for(job, cfg)
-    _, _, _, run_id, path = prepare(req)
-    if load_done(path) is not None:
-        return {"key": job.key, "run_id": run_id, "status": "skipped"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {"key": job.key, "run_id": run_id, "status": "locked"}  # another sweep runs it now
-        if load_done(path) is not None:
-            return {"key": job.key, "run_id": run_id, "status": "skipped"}
-        _event(cfg.out, "start", job, run_id)
-        rec = run_student(req)
-        _event(cfg.out, "finish", job, run_id)
-    return {"key": job.key, "run_id": run_id, "status": "done", "metric": rec["metric"], "wall_s": rec["wall_s"]}
+    planned = plan_run(request_for(job, cfg))
+    base = {"key": job.key, "run_id": planned.run_id}
+    if planned.done() is not None:
+        return {**base, "status": "skipped"}
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    rec = execute_run(planned, wait=False, on_start=lambda: _event(cfg.out, "start", job, planned.run_id))
+    if rec is None:
+        return {**base, "status": "locked"}  # another sweep runs it now
+    if rec.get("reused"):
+        return {**base, "status": "skipped"}
+    _event(cfg.out, "finish", job, planned.run_id)
+    return {**base, "status": "done", "metric": rec["metric"], "wall_s": rec["wall_s"]}
 
 
 def _event(out: str, what: str, job: Job, run_id: str) -> None:
@@ -109,14 +103,33 @@ def _event(out: str, what: str, job: Job, run_id: str) -> None:
         f.write(line + "\n")
 
 
-# ------------------------------------------------------------------------------------------ executors
+# ------------------------------------------------------------------------------------------ scheduling
 
 
-def phases(jobs: list[Job]) -> list[list[Job]]:
-    """Jobs that others depend on (TinyBERT stage 1) first, then the rest."""
-    first = [j for j in jobs if j.kind == "stage1"]
-    rest = [j for j in jobs if j.kind != "stage1"]
-    return [p for p in (first, rest) if p]
+def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
+                  next_done: Callable[[list[Any]], tuple[Any, dict]]) -> list[dict]:
+    """Run ``jobs`` in plan order, each once the jobs it ``depends_on`` (among ``jobs``) have finished.
+
+    ``submit`` starts a list of jobs and returns a handle for each; ``next_done`` waits for one of the
+    running handles and returns it with its job's result. A dependency outside ``jobs`` is done already.
+    """
+    keys = {j.key for j in jobs}
+    blockers = {j.key: set(j.depends_on) & keys for j in jobs}
+    queued, running, results = list(jobs), {}, []
+    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None) as bar:
+        while queued or running:
+            ready = [j for j in queued if not blockers[j.key]]
+            if ready:
+                queued = [j for j in queued if blockers[j.key]]
+                running.update(zip(submit(ready), ready, strict=True))
+            handle, result = next_done(list(running))
+            done = running.pop(handle)
+            for waiting in blockers.values():
+                waiting.discard(done.key)
+            results.append(result)
+            bar.update()
+            log.debug("%s: %s", result["key"], result["status"])
+    return results
 
 
 def run_local(jobs: list[Job], cfg: SweepConfig, workers: int) -> list[dict]:
@@ -125,13 +138,14 @@ def run_local(jobs: list[Job], cfg: SweepConfig, workers: int) -> list[dict]:
     devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
     workers = min(workers, len(devices)) if devices else workers
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
-    results = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads, devices)) as ex:
-        for phase in phases(jobs):
-            futures = [ex.submit(execute, job, cfg) for job in phase]
-            results += _collect(as_completed(futures), len(futures), lambda f: f.result())
-    return results
+        def next_done(futures: list) -> tuple[Any, dict]:
+            finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            f = next(f for f in futures if f in finished)  # the earliest submitted of those finished
+            return f, f.result()
+
+        return run_scheduled(jobs, lambda ready: [ex.submit(execute, job, cfg) for job in ready], next_done)
 
 
 def _init_worker(threads: int, devices: list[int]) -> None:
@@ -154,41 +168,30 @@ def run_ray(jobs: list[Job], cfg: SweepConfig, address: str | None, workers: int
              **({} if address else {"num_cpus": workers}))
     gpus = 1 if ray.cluster_resources().get("GPU") else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(execute)
-    results = []
-    for phase in phases(jobs):
-        pending = [remote.remote(job, cfg) for job in phase]
-        results += _collect(_ray_done(ray, pending), len(pending), lambda r: r)
-    return results
 
+    def next_done(refs: list) -> tuple[Any, dict]:
+        ready, _ = ray.wait(refs, num_returns=1)
+        return ready[0], ray.get(ready[0])
 
-def _ray_done(ray, pending: list) -> Iterable[Any]:
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(ready[0])
+    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg) for job in ready], next_done)
 
 
 def run_slurm(jobs: list[Job], cfg: SweepConfig, folder: Path, params: dict[str, Any],
-              cluster: str | None = None) -> list[dict]:
+              cluster: str | None = None, poll_s: float = 2.0) -> list[dict]:
     try:
         import submitit
     except ImportError:
         raise MtdError("the slurm executor needs submitit: pip install 'mtd-cache[slurm]'") from None
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**params)
-    results = []
-    for phase in phases(jobs):
-        submitted = executor.map_array(execute, phase, [cfg] * len(phase))
-        results += _collect(submitted, len(submitted), lambda j: j.result())
-    return results
 
+    def next_done(handles: list) -> tuple[Any, dict]:
+        while not (finished := [h for h in handles if h.done()]):
+            time.sleep(poll_s)
+        return finished[0], finished[0].result()
 
-def _collect(items: Iterable[Any], total: int, get: Callable[[Any], dict]) -> list[dict]:
-    out = []
-    for item in tqdm(items, total=total, desc="sweep", unit="run", disable=None):
-        res = get(item)
-        out.append(res)
-        log.debug("%s: %s", res["key"], res["status"])
-    return out
+    # the jobs ready together go in one job array
+    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready)), next_done)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -196,19 +199,11 @@ def _collect(items: Iterable[Any], total: int, get: Callable[[Any], dict]) -> li
 
 def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
     """Jobs whose record is not done yet, and how many are done."""
-    from .students import prepare
-
     missing = [s for s in cfg.stores if not Path(s).exists()]
     if missing:  # a plan for stores still to be made (make paper DRY_RUN=1): nothing can be done yet
         log.info("store %s does not exist yet: every job is pending", missing[0])
         return list(jobs), 0
-    todo = []
-    for job in jobs:
-        req = request_for(job, cfg)
-        done = get_recipe(cfg.student).stage1_done(req) if job.kind == "stage1" else \
-            load_done(prepare(req)[4]) is not None
-        if not done:
-            todo.append(job)
+    todo = [job for job in jobs if plan_run(request_for(job, cfg)).done() is None]
     return todo, len(jobs) - len(todo)
 
 
@@ -226,7 +221,8 @@ def estimate(todo: list[Job], cfg: SweepConfig, workers: int) -> str:
     return f"estimated {total / 3600:.2f} h of runs, {total / 3600 / workers:.2f} h on {workers} worker(s)"
 
 
-def describe(jobs: list[Job]) -> str:
+def describe(jobs: Iterable[Job]) -> str:
+    jobs = list(jobs)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("stage1", "baseline", "student")}
     return f"{len(jobs)} jobs: {kinds['student']} students, {kinds['baseline']} CE-only, {kinds['stage1']} stage-1"
 

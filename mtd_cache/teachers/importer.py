@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .errors import MtdError
-from .store import Fingerprint, StoreSpec, write_store
+from ..errors import MtdError
+from ..store import Fingerprint, StoreSpec, write_store
+from ..store.format import EXTRA_IMPORTED
+from ..tasks.registry import find_task
 
 
 def import_fingerprint(task: str, labels: np.ndarray, inputs: np.ndarray | None,
@@ -49,7 +51,7 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                      num_views=logits.shape[1] if logits.ndim == 4 else 0, logits_dtype=dtype,
                      fingerprint=import_fingerprint(task, labels, inputs, views), teacher_model=teacher_model,
                      teacher_seeds=tuple(int(s) for s in seeds), precision="imported",
-                     extra={"imported": True, "fingerprint_of": "labels" if inputs is None else "inputs"})
+                     extra={EXTRA_IMPORTED: True, "fingerprint_of": "labels" if inputs is None else "inputs"})
     return write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
                        dev_metric=dev_metric, views=views)
 
@@ -69,17 +71,16 @@ def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
             raise MtdError(f"dev logits have shape {dev_logits.shape}: expected {want}")
     if logits.ndim == 4 and (views is None or views.shape != (logits.shape[1], 3)):
         got = None if views is None else views.shape
-        raise MtdError(f"logits have {logits.shape[1]} views: --views must be a ({logits.shape[1]}, 3) table, got {got}")
+        raise MtdError(f"logits have {logits.shape[1]} views: --views must be a ({logits.shape[1]}, 3) table, "
+                       f"got {got}")
 
 
 def _task_defaults(task: str, num_classes: int) -> tuple[str, tuple[str, ...]]:
     """Metric and label names of a known task; accuracy and 0..C-1 otherwise."""
-    from .tasks.registry import describe_task
-
-    known = describe_task(task)
+    known = find_task(task)
     if known is None:
         return "accuracy", tuple(str(c) for c in range(num_classes))
-    metric, names = known
+    metric, names = known.metric, tuple(known.label_names)
     if len(names) != num_classes:
         raise MtdError(f"task {task} has {len(names)} classes but the logits have {num_classes}")
     return metric, tuple(names)

@@ -1,0 +1,65 @@
+"""The optimiser recipes: He et al.'s SGD for the CIFAR ResNets, BERT's AdamW for the BERT family.
+
+Shared by teachers and students: a student trains with its family's recipe, as the teachers did.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .errors import MtdError
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+
+
+def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
+                           total_steps: int, schedule: str = "linear") -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0
+    (``schedule="linear"``), or a constant lr (``"constant"``: TinyBERT's stage 1, BertAdam's schedule "none").
+
+    Weight decay spares biases and LayerNorm weights (TinyBERT task_distill.py's
+    groups: 0.01 / 0.0 on ``bias``, ``LayerNorm``; HF distiller.py's ``no_decay``).
+    Warm-up as a fraction of all steps: BERT's and TinyBERT's ``warmup_proportion``;
+    the schedule is ``transformers.get_linear_schedule_with_warmup``.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=float(lr))
+    if schedule == "constant":
+        return optimizer, None
+    if schedule != "linear":
+        raise MtdError(f"unknown schedule {schedule!r}; valid: linear, constant")
+    warmup_steps = math.ceil(float(warmup) * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
+
+
+def lr_factor(step: int, steps_per_epoch: int, milestones: list[int], warmup_iters: int, warmup_factor: float,
+              legacy: bool) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` (steps counted from 0)."""
+    decay = 0.1 ** sum(step // steps_per_epoch >= m for m in milestones)
+    if legacy and warmup_iters:
+        return warmup_factor * decay  # the reference: set to 0.01 once, never restored
+    return warmup_factor if step < warmup_iters else decay
+
+
+def sgd_recipe(model: torch.nn.Module, s: Any, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with momentum and weight decay, and the per-step schedule of ``lr_factor``.
+
+    ``s``: settings with ``lr``, ``momentum``, ``weight_decay``, ``epochs``, ``milestones`` (fractions of
+    the epochs), ``warmup_iters``, ``warmup_lr`` and ``legacy_warmup`` (the image teachers' and students').
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    milestones = [round(f * s.epochs) for f in s.milestones]
+    warm = s.warmup_iters or 0
+    factor = s.warmup_lr / s.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, steps_per_epoch, milestones, warm, factor, s.legacy_warmup))
+    return opt, sched

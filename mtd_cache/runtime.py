@@ -1,0 +1,56 @@
+"""Where and how a run executes: seeds, the device, the autocast precision.
+
+Shared by teachers, dumps and students, so that all three seed, place and cast alike.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .errors import MtdError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA); data order is seeded separately per epoch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A generator for one epoch's data order and augmentation draws.
+
+    Derived from (seed, epoch, stream) alone, so a run resumed at an epoch
+    boundary draws exactly what an uninterrupted one would, and the data order
+    is independent of the initialisation seed's use elsewhere.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream + 7)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MtdError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MtdError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None, the name recorded): "auto" is bf16 on a GPU that has it, else fp32."""
+    if precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if use_bf16 else "fp32"
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise MtdError(f"unknown precision {precision!r}; valid: auto, {', '.join(dtypes)}")
+    return dtypes[precision], precision

@@ -1,0 +1,84 @@
+"""Image students (ResNet-20 in the paper; ResNet-8 in the demo): CE + alpha_kd * KD^k, any model of the factory.
+
+The KD target of each image is the teachers' mean logits on exactly the view
+the student sees: the batch draws one view index per image and reads the
+targets for (image, view) (``students.targets``: the store's gather, or the
+``--online`` teachers run on the same augmented batch). Loss (DESIGN.md;
+Hinton et al. 2015):
+
+    L = CE(z_S, y) + alpha_kd * L_KD^k,   L_KD^k = -softmax(mean_i z_Ti / t) . log_softmax(z_S / t) * t^2
+
+with ``kd_scale`` "sum_t2" (sum over classes, mean over the batch, times t^2)
+and ``divergence`` "ce" as the contract writes it ("kl" differs by the teachers'
+entropy, a constant: same gradients). The optimiser and schedule are the
+teachers' (``optim.sgd_recipe``: He et al.'s CIFAR recipe), without warm-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...losses import KD_DIVERGENCES, KD_SCALES, kd_loss
+from ...models import factory
+from ...models.inference import accuracy
+from ...optim import sgd_recipe
+from ...settings import setting
+from ...tasks.image_data import view_batches
+from ...train import Fit
+from ..context import StudentContext
+from ..data import store_test_images, store_train_images
+from ..targets import make_targets
+from .common import StudentSettings
+
+NEEDS_PRIMARY = False
+
+
+@dataclass(frozen=True)
+class Settings(StudentSettings):
+    """He et al.'s CIFAR recipe for the student (akamaster trainer.py), KD as Hinton et al."""
+
+    epochs: int = setting(200, "trainer.py --epochs 200", low=1)
+    lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
+    momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
+    weight_decay: float = setting(1e-4, "trainer.py --weight-decay 1e-4", low=0)
+    batch_size: int = setting(128, "trainer.py --batch-size 128", low=1)
+    milestones: list[float] = setting([0.5, 0.75], "lr / 10 at these fractions of the epochs (100, 150 of 200)")
+    warmup_iters: int = setting(0, "no warm-up for students (ResNet-20 needs none: He et al.)", low=0)
+    warmup_lr: float = setting(0.01, "lr during warm-up, if any", above=0)
+    legacy_warmup: bool = setting(False, "the reference trainer's never-restored warm-up lr")
+    temperature: float = setting(4.0, "Hinton-style KD on CIFAR commonly uses t = 4 (e.g. CRD's benchmark)", above=0)
+    alpha_kd: float = setting(1.0, "weight of the KD term (CE weight 1)", low=0)
+    kd_scale: str = setting("sum_t2", "sum over classes, mean over the batch, times t^2 (Hinton)",
+                            choices=KD_SCALES)
+    divergence: str = setting("ce", "soft cross-entropy as DESIGN.md writes it (kl: same gradients)",
+                              choices=KD_DIVERGENCES)
+
+
+def build(ctx: StudentContext) -> Fit:
+    s, store, dev = ctx.settings, ctx.store, ctx.device
+    train = store_train_images(store, ctx.data_dir, dev)
+    test = store_test_images(store, ctx.data_dir, dev)
+    net = factory.build(ctx.student, train.task).to(dev)
+    views = torch.as_tensor(store.views, device=dev)
+    opt, sched = sgd_recipe(net, s, -(-len(train) // s.batch_size))
+    targets = make_targets(ctx, kd=True) if ctx.teachers else None
+
+    def step(batch):
+        idx, v = batch
+        x = train.batch(idx.to(dev), views[v.to(dev)])
+        logits = net(x)
+        ce = F.cross_entropy(logits, train.labels[idx.to(dev)])
+        if targets is None:
+            return {"loss": ce, "ce": ce}
+        z = targets(targets.read(idx.numpy(), v.numpy()), x).logits
+        kd = kd_loss(logits, z, s.temperature, s.kd_scale, s.divergence)
+        return {"loss": ce + s.alpha_kd * kd, "ce": ce, "kd": kd}
+
+    ctx.extra["views"] = int(len(views))
+    return Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
+               batches=lambda e: view_batches(len(train), len(views), s.batch_size, ctx.seed, e),
+               evaluate=lambda: {"metric": accuracy(net, test)}, checkpoint=ctx.checkpoint,
+               metrics_csv=ctx.metrics_csv, desc=f"{ctx.student} k={len(ctx.teachers)}")

@@ -1,0 +1,238 @@
+"""One run, any kind: plan it (check, resolve, name), then run it or find it done, under a lock, with its record.
+
+Kinds (DESIGN.md "Run record"): ``student`` (k >= 1 teachers), ``baseline`` (the CE-only student, k = 0)
+and the kinds a recipe adds (``RUN_KINDS``: TinyBERT's ``stage1``). Every kind goes through the same
+machinery: ``plan_run`` checks the request against the store and resolves the recipe's settings
+before anything is trained or written, and names the run (its id, record and lock); ``execute_run``
+returns the finished record of the same run, or takes the run's lock, trains it (energy metered,
+resumable per epoch) and commits its record atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..energy import EnergyMeter
+from ..errors import MtdError
+from ..record import device_description, load_done, make_run_id, provenance, record_path, utc_now, write_record
+from ..runtime import resolve_device, seed_everything
+from ..settings import Resolved
+from ..store import TeacherStore
+from ..teachers import Teacher
+from ..train import Fit, fit, remove_checkpoint
+from .context import StudentContext
+from .recipes import get_recipe
+from .targets import online_teachers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a user (or a sweep) asks for; ``overrides`` are recipe hyper-parameters."""
+
+    store: str
+    student: str
+    teachers: tuple[int, ...]  # () = the CE-only baseline (k = 0)
+    primary: int | None = None
+    seed: int = 0
+    out: str = "runs"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    online: bool = False
+    teachers_dir: str | None = None
+    data_dir: str | None = None
+    device: str | None = None
+    force: bool = False
+    kind: str = "student"  # "student" (a baseline when teachers is empty), or a kind of the recipe's RUN_KINDS
+
+
+@dataclass
+class PlannedRun:
+    """A request checked and named: everything known before training starts."""
+
+    request: RunRequest
+    recipe: ModuleType
+    store: TeacherStore
+    resolved: Resolved
+    kind: str  # student | baseline | a recipe's run kind
+    run_id: str
+    identity: dict[str, Any]  # what the run id hashes (with the store's fingerprint and teachers' hashes)
+    record: Path  # the run record; the run is done when it holds status "done" (``impl.done``)
+    lock: Path
+    checkpoint: Path | None = None
+    metrics_csv: Path | None = None
+    online: list[Teacher] | None = None
+    impl: Any = None  # the kind's plan/done/build/commit: this module for students, else a RUN_KINDS module
+
+    def context(self) -> StudentContext:
+        req = self.request
+        return StudentContext(
+            student=req.student, settings=self.resolved.settings, requested=dict(self.resolved.requested),
+            store=self.store, teachers=tuple(sorted(req.teachers)), primary=req.primary, seed=req.seed,
+            device=resolve_device(req.device), data_dir=req.data_dir, online=self.online,
+            checkpoint=self.checkpoint, metrics_csv=self.metrics_csv,
+            work_dir=Path(req.out) / self.store.task / req.student, prerequisite=self._prerequisite)
+
+    def done(self) -> dict[str, Any] | None:
+        return self.impl.done(self)
+
+    def _prerequisite(self, kind: str) -> dict[str, Any]:
+        """Run or reuse the run of ``kind`` this one starts from (same primary and seed), waiting for its lock."""
+        req = replace(self.request, kind=kind, teachers=(self.request.primary,), force=False)
+        return execute_run(plan_run(req), wait=True)
+
+
+def plan_run(req: RunRequest) -> PlannedRun:
+    """Every check that can fail, before anything is trained or written; the run's id, record and lock."""
+    recipe = get_recipe(req.student)
+    store = TeacherStore.open(req.store)
+    if req.teachers:
+        validate_selection(req.teachers, req.primary, store.num_teachers, recipe.NEEDS_PRIMARY)
+    elif req.primary is not None:
+        raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
+    if req.online and not req.teachers_dir:
+        raise MtdError("--online needs --teachers-dir (the teachers to run inside the loop)")
+    resolved = resolve_settings(recipe, store, req.overrides)
+    identity = {"task": store.task, "student": req.student, "teachers": sorted(req.teachers),
+                "primary": req.primary, "seed": req.seed, "online": req.online, "recipe": resolved.requested}
+    run_id = make_run_id(identity, store.fingerprint, store.teachers_sha256)
+    path = record_path(req.out, store.task, req.student, run_id)
+    planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
+                         kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
+                         record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.pt"),
+                         metrics_csv=path.with_suffix(".metrics.csv"),
+                         online=online_teachers(store, req.teachers_dir) if req.online else None,
+                         impl=_STUDENT)
+    if req.kind == "student":
+        return planned
+    kinds = getattr(recipe, "RUN_KINDS", {})
+    if req.kind not in kinds:
+        raise MtdError(f"student {req.student!r} has no run kind {req.kind!r}; it has: student, {', '.join(kinds)}")
+    return kinds[req.kind].plan(planned)
+
+
+def resolve_settings(recipe: ModuleType, store: TeacherStore, overrides: dict[str, Any]) -> Resolved:
+    """The recipe's settings for ``store``: its defaults, then what the store recorded (a text store's tokenizer
+    and length fill settings whose default None means "the store's"), then the user's ``overrides``."""
+    recorded = {"max_length": store.max_length, "tokenizer": (store.tokenizer or {}).get("name")}
+    return recipe.Settings.resolve(overrides, recorded=recorded)
+
+
+def run_student(req: RunRequest) -> dict[str, Any]:
+    """Train one run (or return the finished record of the same run), waiting for another process running it."""
+    return execute_run(plan_run(req), wait=True)
+
+
+def execute_run(planned: PlannedRun, wait: bool = True,
+                on_start: Callable[[], None] | None = None) -> dict[str, Any] | None:
+    """The run's record: found done, or trained here under its lock; None when locked and ``wait`` is False.
+
+    ``on_start`` is called once the lock is held and the run is about to train (a sweep's event log).
+    """
+    force = planned.request.force
+    if not force and (done := planned.done()) is not None:
+        log.info("%s %s is done already: %s", planned.kind, planned.run_id[:12], planned.record)
+        return {**done, "reused": True}
+    with run_lock(planned.lock, wait) as held:
+        if not held:
+            return None  # another process runs it now
+        if not force and (done := planned.done()) is not None:
+            return {**done, "reused": True}
+        if on_start is not None:
+            on_start()
+        record = _train(planned)
+        # Safe under the lock: whoever opened this file before the unlink re-checks the record, now done.
+        planned.lock.unlink(missing_ok=True)
+        return record
+
+
+@contextmanager
+def run_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` for the run (released by the kernel when the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _train(planned: PlannedRun) -> dict[str, Any]:
+    req = planned.request
+    ctx = planned.context()
+    started = utc_now()
+    seed_everything(req.seed)
+    job = planned.impl.build(planned, ctx)
+    job.identity = {"run_id": planned.run_id} if planned.impl is _STUDENT else {f"{planned.kind}_id": planned.run_id}
+    with EnergyMeter() as meter:
+        history = fit(job, ctx.device)
+    record = {
+        "run_id": planned.run_id, "kind": planned.kind, "task": planned.store.task, "student": req.student,
+        "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
+        "metric_name": planned.store.metric, "metric": float(history[-1]["metric"]) if "metric" in history[-1]
+        else None, "wall_s": meter.reading.wall_s, "energy_j": meter.reading.energy_j,
+        "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
+        "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,
+        "config": planned.identity, "store": str(Path(req.store).resolve()), "history": history, **ctx.extra,
+        "started_utc": started, "finished_utc": utc_now(), "status": "done", **provenance(),
+    }
+    record = planned.impl.commit(planned, ctx, job, record)
+    log.info("%s %s: %s %s -> %s", planned.kind, planned.run_id[:12], record["metric_name"], record["metric"],
+             planned.record)
+    return record
+
+
+class _StudentKind:
+    """The student and baseline kinds: a record ``<out>/<task>/<student>/<run_id>.json``."""
+
+    @staticmethod
+    def done(planned: PlannedRun) -> dict[str, Any] | None:
+        return load_done(planned.record)
+
+    @staticmethod
+    def build(planned: PlannedRun, ctx: StudentContext) -> Fit:
+        return planned.recipe.build(ctx)
+
+    @staticmethod
+    def commit(planned: PlannedRun, ctx: StudentContext, job: Fit, record: dict[str, Any]) -> dict[str, Any]:
+        write_record(planned.record, record)
+        remove_checkpoint(job)
+        return record
+
+
+_STUDENT = _StudentKind()
+
+
+def validate_selection(teachers: Iterable[int], primary: int | None, num_teachers: int,
+                       primary_required: bool) -> None:
+    """Check a run's teacher set and primary against the store; MtdError with a one-line reason.
+
+    ``primary_required`` is True for BERT students (which need one) and False
+    for image students (for which a primary is an error).
+    """
+    teachers = tuple(teachers)
+    if not teachers:
+        raise MtdError("--teachers: empty set of indices")
+    for t in teachers:
+        if not 0 <= t < num_teachers:
+            raise MtdError(f"--teachers: index {t} out of range: the store has {num_teachers} teachers "
+                           f"(0-{num_teachers - 1})")
+    duplicates = sorted({t for t in teachers if teachers.count(t) > 1})
+    if duplicates:
+        raise MtdError(f"--teachers: duplicate index {duplicates[0]}")
+    if primary_required and primary is None:
+        raise MtdError("--primary is required for BERT students (one of --teachers)")
+    if not primary_required and primary is not None:
+        raise MtdError(f"--primary {primary} given, but this student takes no primary teacher (ResNet)")
+    if primary is not None and primary not in teachers:
+        listed = ",".join(map(str, sorted(teachers)))
+        raise MtdError(f"--primary {primary} is not in --teachers {listed}")

@@ -1,0 +1,190 @@
+"""Teacher targets: the chosen teachers' outputs for a batch, from the store or from the teachers themselves.
+
+Every recipe gets its teacher side from here, through one small interface:
+
+    targets = make_targets(ctx, kd=True, hidden_layers=(-1,))
+    host = targets.read(index, view)          # host side (a prefetch thread): what the store holds
+    out = targets(host, inputs, width)        # device side: TeacherOutputs(logits, hidden, scores)
+
+``logits`` are the k chosen teachers' raw logits averaged (paper eq. 9: logits, not probabilities,
+before any temperature). From the store that is the store's own fast gather
+(``TeacherStore.mean_logits``); online (``--online``, the baseline the store is measured against)
+the teachers run on the batch and ``losses.mean_teacher_logits`` averages them. ``hidden`` and
+``scores`` are the primary teacher's states of the layers asked for, padded to the batch's width.
+The teacher-hash checks live here too: a teacher folder used by a run must hold the weights the
+store was dumped from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MtdError
+from ..losses import mean_teacher_logits
+from ..models import bert, factory
+from ..ragged import pad_attention, pad_hidden
+from ..store import TeacherStore
+from ..teachers import Teacher, find_teachers
+from ..utils import sha256_file
+from .context import StudentContext
+
+
+@dataclass
+class TeacherOutputs:
+    """What the teachers give one batch, on the training device (None: not asked for)."""
+
+    logits: torch.Tensor | None = None  # (B, C) the chosen teachers' logits, averaged
+    hidden: torch.Tensor | None = None  # (B, layers, L, H) float32: the primary's hidden states
+    scores: torch.Tensor | None = None  # (B, layers, heads, L, L) float32: its pre-softmax attention scores
+
+
+class StoreTargets:
+    """Targets read from the store: the averaged logits by the store's gather, the primary's stored states."""
+
+    def __init__(self, store: TeacherStore, teachers: Sequence[int], kd: bool, device: torch.device,
+                 primary: int | None = None, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+        self.store, self.teachers, self.kd, self.device = store, list(teachers), kd, device
+        self.states = store.primary(primary) if (hidden_layers or attn_layers) else None
+        depth = store.teacher_depth
+        hidden = [g if g >= 0 else (depth or 0) + 1 + g for g in hidden_layers]
+        if self.states is not None:
+            _check_kept(store, primary, self.states.hidden_layers, hidden, "hidden")
+            _check_kept(store, primary, self.states.attn_layers, attn_layers, "attention")
+            self.hpos = [self.states.hidden_layers.index(g) for g in hidden]
+            self.apos = [self.states.attn_layers.index(g) for g in attn_layers]
+
+    def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        host: dict[str, torch.Tensor] = {}
+        if self.kd:
+            host["teacher_logits"] = torch.from_numpy(self.store.mean_logits(self.teachers, index, view))
+        if self.states is not None:
+            rb = self.states.read(index)
+            host["hidden"], host["state_lengths"] = torch.from_numpy(rb.hidden), torch.from_numpy(rb.lengths)
+            if rb.attn is not None:
+                host["attn"] = torch.from_numpy(rb.attn)
+        return host
+
+    def __call__(self, host: dict[str, Any], inputs: Any = None, width: int | None = None) -> TeacherOutputs:
+        out = TeacherOutputs()
+        if self.kd:
+            out.logits = host["teacher_logits"].to(self.device, non_blocking=True)
+        if self.states is not None:
+            lengths = host["state_lengths"]
+            if self.hpos:
+                hidden = pad_hidden(host["hidden"], lengths, len(self.states.hidden_layers), max_length=width)
+                out.hidden = hidden[:, self.hpos].float()
+            if self.apos:
+                scores = pad_attention(host["attn"], lengths, len(self.states.attn_layers), self.states.num_heads,
+                                       max_length=width)
+                out.scores = scores[:, self.apos].float()
+        return out
+
+
+class OnlineTargets:
+    """Targets computed by running the teachers on the batch (text: the collated batch; images: the pixels)."""
+
+    def __init__(self, models: dict[int, torch.nn.Module], kd: bool, text: bool, primary: int | None = None,
+                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+        self.models, self.kd, self.text, self.primary = models, kd, text, primary
+        self.hidden_layers, self.attn_layers = list(hidden_layers), list(attn_layers)
+
+    def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        return {}
+
+    @torch.no_grad()
+    def __call__(self, host: dict[str, Any], inputs: Any = None, width: int | None = None) -> TeacherOutputs:
+        out = TeacherOutputs()
+        logits = []
+        for t in sorted(self.models):
+            primary = t == self.primary and bool(self.hidden_layers or self.attn_layers)
+            if not (self.kd or primary):
+                continue
+            z, hidden, scores = self._forward(self.models[t], inputs, primary)
+            logits.append(z)
+            if primary:
+                out.hidden, out.scores = hidden, scores
+        if self.kd:
+            out.logits = mean_teacher_logits(torch.stack(logits, dim=1))
+        return out
+
+    def _forward(self, model: torch.nn.Module, inputs: Any, primary: bool):
+        if not self.text:
+            return model(inputs).float(), None, None
+        if not primary:
+            return model(**bert.model_inputs(model, inputs)).logits, None, None
+        with bert.AttentionScores(model, self.attn_layers) as cap:
+            o = model(**bert.model_inputs(model, inputs), output_hidden_states=bool(self.hidden_layers))
+            scores = cap.scores(inputs["attention_mask"]) if self.attn_layers else None
+        hidden = torch.stack([o.hidden_states[g] for g in self.hidden_layers], dim=1).float() \
+            if self.hidden_layers else None
+        return o.logits, hidden, None if scores is None else torch.stack(scores, dim=1)
+
+
+Targets = StoreTargets | OnlineTargets
+
+
+def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (),
+                 states_online: bool | None = None) -> Targets:
+    """The run's targets: online when ``--online`` (or ``states_online``, the primary alone), else the store.
+
+    ``kd``: the chosen teachers' averaged logits; ``hidden_layers`` (teacher layer, 0 = embeddings,
+    -1 = last) and ``attn_layers`` (1-based): the primary's states.
+    """
+    states = bool(hidden_layers or attn_layers)
+    online = bool(ctx.online) if states_online is None else states_online
+    if not online:
+        return StoreTargets(ctx.store, ctx.teachers, kd, ctx.device, ctx.primary, hidden_layers, attn_layers)
+    wanted = set(ctx.teachers if kd else ()) | ({ctx.primary} if states else set())
+    models = {t: load_teacher_model(ctx, t) for t in sorted(wanted)}
+    return OnlineTargets(models, kd, ctx.store.tokenizer is not None, ctx.primary, hidden_layers, attn_layers)
+
+
+# ----------------------------------------------------------------------------- teachers, checked
+
+
+def teacher_path(ctx: StudentContext, t: int) -> str:
+    """Teacher ``t``'s folder (the ``--online`` one, else the store's record), checked against the store's hash."""
+    paths, hashes = ctx.store.teacher_paths, ctx.store.teachers_sha256
+    if not 0 <= t < len(paths):
+        raise MtdError(f"teacher {t} is outside the store's teachers 0..{len(paths) - 1}")
+    path = str(ctx.online[t].path) if ctx.online else paths[t]
+    got = sha256_file(f"{path}/model.safetensors")
+    if hashes and got != hashes[t]:
+        raise MtdError(f"teacher {t} at {path} is not the one the store was dumped from (sha256 {got[:12]} != "
+                       f"{hashes[t][:12]})")
+    return path
+
+
+def load_teacher_model(ctx: StudentContext, t: int) -> torch.nn.Module:
+    """Teacher ``t`` on the run's device, frozen, in eval mode (hash-checked against the store)."""
+    folder = Path(teacher_path(ctx, t))
+    info = ctx.online[t].info if ctx.online else {}
+    model = factory.load_trained(folder, info, ctx.store.num_classes).to(ctx.device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def online_teachers(store: TeacherStore, teachers_dir: str) -> list[Teacher]:
+    """The teachers of ``--online --teachers-dir``, in store order, each the one the store was dumped from."""
+    found = find_teachers(Path(teachers_dir), store.task)
+    if len(found) != store.num_teachers:
+        raise MtdError(f"--teachers-dir {teachers_dir} has {len(found)} teachers, the store {store.num_teachers}")
+    want = store.teachers_sha256
+    for i, t in enumerate(found):
+        if want and want[i] and want[i] != t.sha256:
+            raise MtdError(f"teacher {i} in {t.path} is not the one the store was dumped from (sha256 differs)")
+    return found
+
+
+def _check_kept(store: TeacherStore, primary: int | None, kept: Sequence[int], wanted: Sequence[int],
+                what: str) -> None:
+    missing = [g for g in wanted if g not in kept]
+    if missing:
+        raise MtdError(f"{store.path} keeps {what} layers {list(kept)} of primary {primary}, not {missing}")
+

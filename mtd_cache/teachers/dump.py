@@ -1,0 +1,109 @@
+"""The dump stage: every finished teacher over the task's data, once, into a store (resumable).
+
+One loop for every modality: resolve the plan (``text.dump_plan`` or ``vision.dump_plan``: the spec,
+the small datasets, how to run a chunk), check the size against the budget and the free disk, then per
+teacher write each missing chunk's logits (and a primary's states) and its dev pass as shards, and
+merge them into the store (``store.StoreWriter``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..energy import EnergyMeter
+from ..errors import MtdError
+from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, partial_dir
+from ..tasks.registry import get_task
+from .adapter import DumpPlan
+from .folders import Teacher, find_teachers, teacher_fields
+from .modalities import modality
+
+log = logging.getLogger(__name__)
+
+
+def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int], options: dict[str, Any],
+             device: str | None = None) -> Path:
+    """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis)."""
+    if out.exists():
+        log.info("%s is complete already; remove it to dump again", out)
+        TeacherStore.open(out).close()  # still refuse a damaged file loudly
+        return out
+    teachers = find_teachers(teachers_dir, task)
+    bad = [p for p in primaries if not 0 <= p < len(teachers)]
+    if bad:
+        raise MtdError(f"--primary {bad[0]} is out of range: {teachers_dir} has {len(teachers)} teachers "
+                       f"(0-{len(teachers) - 1})")
+    return dump_teachers(task, teachers, out, primaries, options, device)
+
+
+def dump_teachers(task: str, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
+                  device: str | None = None) -> Path:
+    """The dump loop over ``teachers`` (their order is the store's teacher axis)."""
+    spec_task = get_task(task)
+    if partial_dir(out).exists():
+        log.info("resuming the unfinished dump in %s", partial_dir(out))
+    plan = modality(spec_task).dump_plan(spec_task, teachers, list(primaries), options, device)
+    spec = replace(plan.spec, **teacher_fields(teachers))
+    check_size(spec, plan.lengths, out, plan.budget_gb)
+    w = StoreWriter.open(out, spec)
+    for name, values in plan.small.items():
+        if not w.has(name):
+            w.put(name, values)
+    with EnergyMeter() as meter:
+        for t, teacher in enumerate(teachers):
+            dump_teacher(w, plan, t, teacher)
+    w.add_cost(meter.reading.wall_s, meter.reading.energy_j)
+    return w.finish()
+
+
+def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> None:
+    """One teacher's missing shards: logits (and a primary's states) per chunk of examples, then dev."""
+    ps, n = w.spec.primaries.get(t), w.spec.num_examples
+    chunks = [(a, min(a + plan.chunk, n)) for a in range(0, n, plan.chunk)]
+    todo = [(a, b) for a, b in chunks if not w.has_logits(t, a, b) or (ps and not w.has_primary(t, a, b))]
+    if not todo and w.has_dev(t):
+        log.info("teacher %d: dumped already", t)
+        return
+    model = plan.load(teacher)
+    with tqdm(total=sum(b - a for a, b in todo), desc=f"dump teacher {t}", unit="ex", leave=False,
+              disable=None if sys.stderr.isatty() else True) as bar:
+        for a, b in todo:
+            out = plan.forward(model, a, b, ps, bar.update)
+            check_finite_logits(out.logits, "train logits", a, teacher=t)
+            if ps:
+                w.put_primary(t, a, out.lengths, out.hidden, out.attn)
+            w.put_logits(t, a, out.logits)
+    if not w.has_dev(t):
+        logits, metric = plan.dev(model)
+        check_finite_logits(logits, "dev logits", teacher=t)
+        w.put_dev(t, logits, metric)
+        log.info("teacher %d: dev %s %.4f", t, w.spec.metric, metric)
+
+
+def check_size(spec: StoreSpec, lengths: np.ndarray | None, out: Path, budget_gb: float) -> int:
+    """Refuse, before writing, a store over the budget or over the free disk space; returns the estimate."""
+    size = spec.estimate_bytes(lengths)
+    log.info("estimated store size: %.2f GB (%s)", size / 1e9, out)
+    what = f"{len(spec.primaries)} primary teacher(s)' states" if spec.primaries else "logits alone"
+    if size > budget_gb * 1e9:
+        hint = ("keep fewer layers or examples, or dump without --primary and let the student compute the "
+                "primary online (mtd-train --set ild_source=online)") if spec.primaries else \
+            "cache fewer examples (--train-subset) or store float16 logits (--float16)"
+        raise MtdError(f"the store would take {size / 1e9:.1f} GB ({what}), over the {budget_gb:g} GB budget: "
+                       f"raise it with --set size_budget_gb=N, {hint}")
+    folder = Path(out).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if 2 * size > free:  # the merge writes the store beside its shards: twice the size at the peak
+        raise MtdError(f"the store would take {size / 1e9:.1f} GB and its shards as much again; {folder} has "
+                       f"{free / 1e9:.1f} GB free")
+    return size

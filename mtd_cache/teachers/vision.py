@@ -1,0 +1,159 @@
+"""Image teachers and their dump: what differs from text is how a teacher trains and how a chunk is run.
+
+The augmentation is a finite set of discrete *views* (crop offset, flip), so a
+teacher's logits can be cached for every view of every training image and a
+student's KD target is always the teacher's output on exactly the image the
+student sees (``tasks.images.view_table``).
+
+Recipe (akamaster/pytorch_resnet_cifar10 ``trainer.py``, He et al. 2016): SGD,
+lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr / 10 at
+epochs 100 and 150 (here: at 50% and 75% of the epochs, the same at 200).
+ResNet-110 warms up at lr 0.01 for the first 400 iterations, then returns to
+0.1. The reference sets 0.01 and never restores it (with MultiStepLR on any
+PyTorch >= 1.4 it trains at 0.01/0.001/0.0001): ``legacy_warmup`` reproduces that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..errors import MtdError
+from ..models import factory
+from ..models.inference import accuracy, predict, view_logits
+from ..optim import sgd_recipe
+from ..runtime import resolve_device, seed_everything
+from ..settings import Settings, setting
+from ..store import StoreSpec
+from ..store.format import DEV_LABEL, LABEL, VIEWS
+from ..tasks.image_data import ImageData, image_fingerprint, view_batches
+from ..tasks.images import view_table
+from ..train import Fit
+from .adapter import DumpPlan, Forward, TeacherJob
+from .folders import Teacher
+
+
+@dataclass(frozen=True)
+class ImageTeacherSettings(Settings):
+    """He et al.'s CIFAR recipe (akamaster/pytorch_resnet_cifar10 ``trainer.py``)."""
+
+    WHAT = "image-teacher"
+    model: str = setting("resnet110", "the paper's teachers: ResNet-110 (He et al. 2016, sec. 4.2)")
+    epochs: int = setting(200, "trainer.py --epochs 200", low=1)
+    lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
+    momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
+    weight_decay: float = setting(1e-4, "trainer.py --weight-decay 1e-4", low=0)
+    batch_size: int = setting(128, "trainer.py --batch-size 128", low=1)
+    milestones: list[float] = setting([0.5, 0.75], "lr / 10 at these fractions of the epochs: 100 and 150 of 200")
+    warmup_iters: int | None = setting(None, "None: 400 for resnet110 and deeper (He et al.), else 0", low=0)
+    warmup_lr: float = setting(0.01, "ResNet-110's warm-up lr (trainer.py)", above=0)
+    legacy_warmup: bool = setting(False, "reproduce trainer.py's warm-up that never restores lr 0.1")
+    eval_batch_size: int = setting(1000, "test inference batch", low=1)
+    train_subset: int | None = setting(None, "train on the first N training images only (a quick CPU run)", low=1)
+
+    def check(self) -> None:
+        if not all(0 < f <= 1 for f in self.milestones):
+            raise MtdError(f"image-teacher setting milestones={self.milestones}: fractions of the epochs in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ImageDumpSettings(Settings):
+    WHAT = "image dump"
+    batch_size: int = setting(512, "images x views per inference batch", low=1)
+    chunk: int = setting(512, "images per shard: what an interrupted dump may lose", low=1)
+    logits_dtype: str | None = setting(None, "None: float32, float16 when the logits pass 2 GiB",
+                                       choices=("float32", "float16"))
+    data_dir: str | None = setting(None, "None: cache/data (and Debian's Fashion-MNIST)")
+    train_subset: int | None = setting(None, "cache only the first N training images", low=1)
+    test_subset: int | None = setting(None, "score teachers and students on the first N test images only", low=1)
+    size_budget_gb: float = setting(50.0, "refuse a store estimated larger than this (GB = 1e9 bytes)", above=0,
+                                    since="0.2")
+
+
+# ------------------------------------------------------------------------------------------ teachers
+
+
+def teacher_settings(model: str | None, options: dict[str, Any]) -> ImageTeacherSettings:
+    """The resolved recipe; ``warmup_iters`` None becomes 400 for ResNet-110 and deeper, else 0."""
+    s = ImageTeacherSettings.resolve({**options, "model": model}).settings
+    if s.warmup_iters is None:
+        s = replace(s, warmup_iters=400 if (factory.resnet_depth(s.model) or 0) >= 110 else 0)
+    return s
+
+
+def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, out: Path, options: dict[str, Any],
+                device: str | None) -> TeacherJob:
+    """One seeded image teacher: its ``Fit``, how to save it, and what its record says."""
+    s = teacher_settings(model, options)
+    dev = resolve_device(device)
+    train = ImageData.load(task.name, "train", data_dir, dev, s.train_subset)
+    test = ImageData.load(task.name, "test", data_dir, dev)
+    seed_everything(seed)
+    net = factory.build(s.model, train.task).to(dev)
+    views = torch.as_tensor(view_table(train.task), device=dev)
+    opt, sched = sgd_recipe(net, s, -(-len(train) // s.batch_size))
+    cfg = s.as_dict()
+
+    def step(batch):
+        idx, v = batch
+        logits = net(train.batch(idx.to(dev), views[v.to(dev)]))
+        ce = F.cross_entropy(logits, train.labels[idx.to(dev)])
+        return {"loss": ce, "ce": ce}
+
+    fit = Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
+              batches=lambda e: view_batches(len(train), len(views), s.batch_size, seed, e),
+              evaluate=lambda: {"metric": accuracy(net, test, s.eval_batch_size)},
+              checkpoint=out / "checkpoint.pt", identity={"task": task.name, "seed": seed, "config": cfg},
+              metrics_csv=out / "metrics.csv", desc=f"teacher seed {seed}")
+
+    def save() -> None:
+        save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+
+    def result(history: list[dict[str, float]]) -> dict[str, Any]:
+        return {"model": s.model, "in_channels": train.task.channels, "num_classes": train.task.num_classes,
+                "metric_name": "accuracy", "metric": history[-1]["metric"],
+                "metrics": {"accuracy": history[-1]["metric"]}, "config": cfg}
+
+    return TeacherJob(fit=fit, device=dev, save=save, result=result)
+
+
+# ------------------------------------------------------------------------------------------ dump
+
+
+def dump_plan(task: Any, teachers: list[Teacher], primaries: list[int], options: dict[str, Any],
+              device: str | None) -> DumpPlan:
+    """Every teacher's raw logits for every training image under every view, plus test logits."""
+    if primaries:
+        raise MtdError("--primary is for BERT teachers; image stores keep logits only")
+    s = ImageDumpSettings.resolve(options).settings
+    dev = resolve_device(device)
+    train = ImageData.load(task.name, "train", s.data_dir, dev, s.train_subset)
+    test = ImageData.load(task.name, "test", s.data_dir, dev, s.test_subset)
+    views = view_table(train.task)
+    dtype = s.logits_dtype or ("float16" if len(train) * len(views) * len(teachers) * train.task.num_classes
+                               * 4 > 2**31 else "float32")
+    spec = StoreSpec(task=task.name, metric="accuracy", label_names=tuple(train.task.label_names),
+                     num_examples=len(train), num_teachers=len(teachers), num_views=len(views), num_dev=len(test),
+                     logits_dtype=dtype, fingerprint=image_fingerprint(train, views), precision="fp32",
+                     extra={"data_dir": s.data_dir, "train_subset": s.train_subset, "test_subset": s.test_subset})
+    view_rows = torch.as_tensor(views, device=dev)
+
+    def forward(model: torch.nn.Module, a: int, b: int, ps: Any, progress: Any) -> Forward:
+        out = Forward(view_logits(model, train, torch.arange(a, b, device=dev), view_rows, s.batch_size))
+        progress(b - a)
+        return out
+
+    def dev_pass(model: torch.nn.Module) -> tuple[np.ndarray, float]:
+        logits = predict(model, test)
+        return logits.numpy(), float((logits.argmax(1) == test.labels.cpu()).float().mean())
+
+    small = {LABEL: train.labels.cpu().numpy(), VIEWS: views, DEV_LABEL: test.labels.cpu().numpy()}
+    return DumpPlan(spec=spec, small=small, chunk=s.chunk, budget_gb=s.size_budget_gb,
+                    load=lambda t: factory.load_trained(t.path, t.info, spec.num_labels).to(dev),
+                    forward=forward, dev=dev_pass)

@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_read import compare_reads  # noqa: E402  (bench/ is run as scripts)
 
-from mtd_cache import text  # noqa: E402
 from mtd_cache.store import TeacherStore  # noqa: E402
 from mtd_cache.teachers import Teacher  # noqa: E402
+from mtd_cache.teachers.dump import dump_teachers  # noqa: E402
 from mtd_cache.utils import sha256_file  # noqa: E402
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
@@ -82,7 +82,7 @@ def main() -> None:
     if not out.exists():
         options = {"student_layers": 4, "max_length": MAX_LENGTH, "data_dir": str(args.glue),
                    "train_subset": args.examples, "batch_size": 32}
-        text.dump("mrpc", [teacher], out, [0], options, "cpu")
+        dump_teachers("mrpc", [teacher], out, [0], options, "cpu")
         print(f"dumped {out} in {time.perf_counter() - t0:.0f} s (random BERT-base, CPU)")
     s = TeacherStore.open(out)
     p = s.primary(0)

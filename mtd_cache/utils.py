@@ -52,9 +52,21 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
         fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.filename is None:  # a write into an open file names no path: name the file being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def human_bytes(n: float) -> str:
+    """``1.2 GB``, ``340 MB``, ``12 kB``: decimal units, two or three significant digits."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:

@@ -33,7 +33,8 @@ def arrays(tmp_path) -> dict[str, Path]:
 
 
 def _import(arrays, out, *extra):
-    return cli("import", "--task", "digits", "--logits", arrays["logits"], "--labels", arrays["labels"],
+    # a task of the user's own (image tasks need a view axis: tests/test_store_hardening.py)
+    return cli("import", "--task", "reviews", "--logits", arrays["logits"], "--labels", arrays["labels"],
                "--dev-logits", arrays["dev_logits"], "--dev-labels", arrays["dev_labels"],
                "--teacher-seeds", "4,5,6", "--teacher-model", "numpy", "--out", out, *extra)
 
@@ -48,7 +49,7 @@ def test_import_then_inspect(tmp_path, arrays):
         assert s.metric == "accuracy" and s.label_names == [str(i) for i in range(10)]
     r = cli("inspect", out)
     assert r.returncode == 0, r.stderr
-    for text in ("task         digits (metric accuracy", "N=20, C=10, dev M=8", "[1] seed 5  dev accuracy 1.0000",
+    for text in ("task         reviews (metric accuracy", "N=20, C=10, dev M=8", "[1] seed 5  dev accuracy 1.0000",
                  "3 x numpy", "primaries    none", f"fingerprint  {s.fingerprint}"):
         assert text in r.stdout
     info = json.loads(cli("inspect", out, "--json").stdout)
@@ -74,7 +75,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, arrays, chan
 
 
 def test_cli_usage_errors_are_one_line(tmp_path, arrays):
-    r = cli("import", "--task", "digits", "--logits", tmp_path / "nope.npy", "--labels", arrays["labels"],
+    r = cli("import", "--task", "reviews", "--logits", tmp_path / "nope.npy", "--labels", arrays["labels"],
             "--out", tmp_path / "s.h5")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "'--logits'" in r.stderr and "nope.npy" in r.stderr and "no such file" in r.stderr

@@ -219,7 +219,7 @@ def test_nan_logits_are_refused_naming_teacher_and_example(tmp_path):
 
 
 def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_path, monkeypatch):
-    from mtd_cache.store import reader
+    from mtd_cache.store import validate
 
     spec = _spec(num_dev=0)
     z = np.zeros(spec.logits_shape(), dtype=np.float32)
@@ -230,7 +230,7 @@ def test_finite_scan_runs_once_per_file_version_and_catches_a_later_edit(tmp_pat
         calls.append(args[1])
         return check_finite_logits(*args, **kwargs)
 
-    monkeypatch.setattr(reader, "check_finite_logits", counting)
+    monkeypatch.setattr(validate, "check_finite_logits", counting)
     TeacherStore.open(path).close()
     TeacherStore.open(path).close()
     assert calls == [str(path)]  # the second open trusts the first scan

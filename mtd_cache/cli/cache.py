@@ -21,15 +21,21 @@ def cli(verbose: bool) -> None:
 @cli.command("inspect", help="Print what a store holds (task, sizes, teachers, primaries, fingerprint).")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def inspect_cmd(store: Path, as_json: bool) -> None:
+@click.option("--verify", is_flag=True, help="Hash every dataset against its recorded checksum (reads the whole "
+                                             "file); a mismatch exits 2 naming the dataset.")
+def inspect_cmd(store: Path, as_json: bool, verify: bool) -> None:
+    from ..errors import StoreError
     from ..store import TeacherStore
 
     with TeacherStore.open(store) as s:
         info = s.summary()
-    if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True))
-    else:
-        click.echo(format_summary(info))
+        checked = s.verify() if verify else None
+    if checked is not None:
+        info["verify"] = checked
+    click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_summary(info))
+    if checked is not None and checked["bad"]:
+        raise StoreError(f"{store}: the dataset {checked['bad'][0]} does not match its checksum "
+                         f"({len(checked['bad'])} of {len(checked['bad']) + len(checked['checked'])} checked)")
 
 
 def format_summary(info: dict) -> str:
@@ -52,6 +58,14 @@ def format_summary(info: dict) -> str:
     energy = "unknown" if info["dump_energy_j"] is None else f"{info['dump_energy_j']:.0f} J"
     lines.append(f"dump cost    {info['dump_wall_s']:.1f} s, energy {energy}")
     lines.append(f"fingerprint  {info['fingerprint']}")
+    v = info.get("verify")
+    if v is not None:
+        if not v["checked"] and not v["bad"]:
+            lines.append("checksums    no checksums recorded (a store written before mtd-cache recorded them)")
+        else:
+            state = f"MISMATCH in {', '.join(v['bad'])}" if v["bad"] else "all match"
+            lines.append(f"checksums    {len(v['checked']) + len(v['bad'])} datasets verified: {state}"
+                         + (f"; {len(v['unrecorded'])} without a checksum" if v["unrecorded"] else ""))
     return "\n".join(lines)
 
 

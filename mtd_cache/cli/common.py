@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import MtdError
+from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
 
 
 def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | None = None) -> None:
@@ -18,15 +18,22 @@ def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | N
         rc = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:  # usage errors, bad parameters
         click.echo(f"{prog}: error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     except MtdError as exc:
         click.echo(f"{prog}: error: {_one_line(str(exc))}", err=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
+    except OSError as exc:  # a path that cannot be written or read, a full disk: one line, no traceback
+        code = EXIT_RESOURCE if is_resource_fault(exc) else EXIT_BAD_INPUT
+        click.echo(f"{prog}: error: {_one_line(os_error_line(exc))}", err=True)
+        sys.exit(code)
+    except MemoryError:
+        click.echo(f"{prog}: error: out of memory (use a smaller --batch-size, or fewer workers)", err=True)
+        sys.exit(EXIT_RESOURCE)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -12,7 +12,8 @@ from .compare import diff_stores
 from .format import FORMAT, VERSION, Fingerprint, PrimarySpec, StoreSpec, check_finite_logits, partial_dir
 from .reader import TeacherStore
 from .states import PrimaryStates, RaggedBatch
-from .writer import StoreWriter, write_store
+from .writer import StoreWriter, output_lock, write_store
 
 __all__ = ["FORMAT", "VERSION", "Fingerprint", "PrimarySpec", "StoreSpec", "PrimaryStates", "RaggedBatch",
-           "TeacherStore", "StoreWriter", "check_finite_logits", "diff_stores", "partial_dir", "write_store"]
+           "TeacherStore", "StoreWriter", "check_finite_logits", "diff_stores", "output_lock", "partial_dir",
+           "write_store"]

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError
+from . import validate
 from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
@@ -30,22 +31,18 @@ from .format import (
     EXTRA_TEST_SUBSET,
     EXTRA_TOKENIZER,
     EXTRA_TRAIN_SUBSET,
-    FORMAT,
     LABEL,
     LOGITS,
     PRIMARY,
     SOURCE,
-    VERSION,
     VIEWS,
     StoreSpec,
-    check_finite_logits,
-    partial_dir,
 )
+from .integrity import CHECKSUM, verify_file
 from .states import PrimaryStates, _py, map_dataset
 
 log = logging.getLogger(__name__)
 
-FINITE_CHECK_ROWS = 1 << 16
 _FINITE_OK: set[tuple] = set()  # (path, device, inode, size, mtime) of files whose logits were scanned here
 
 
@@ -75,24 +72,27 @@ class TeacherStore:
     def open(cls, path: str | os.PathLike, expect_fingerprint: str | None = None,
              check_finite: bool = True) -> TeacherStore:
         path = Path(path)
-        _refuse_unfinished(path)
+        validate.refuse_unfinished(path)
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
             raise StoreError(f"{path} is not a readable HDF5 store (truncated or not HDF5): {_short(exc)}") from None
         with f:
             attrs = {k: _py(v) for k, v in f.attrs.items()}
-            _check_identity(path, attrs)
+            validate.check_identity(path, attrs)
+            validate.check_required(path, f, StoreSpec.from_json(json.loads(attrs["spec_json"])))
             st = path.stat()
             size = st.st_size
-            arrays = {name: map_dataset(path, f[name], size) if name == LOGITS else f[name][...]
-                      for name in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if name in f}
+            names = [n for n in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if n in f]
+            arrays = {n: map_dataset(path, f[n], size) if n == LOGITS else f[n][...] for n in names}
+            checksums = {n: _py(f[n].attrs[CHECKSUM]) for n in names if CHECKSUM in f[n].attrs}
             primaries = {int(t): PrimaryStates.from_group(path, g, size) for t, g in f.get(PRIMARY, {}).items()}
         store = cls(path, attrs, arrays, primaries)
-        store._check_shapes()
+        validate.check_shapes(store)
+        validate.check_attributes(store)
         stamp = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if check_finite and stamp not in _FINITE_OK:  # a finished store does not change: scan it once per process
-            store._check_finite()
+            validate.scan(store, checksums)
             _FINITE_OK.add(stamp)
         if expect_fingerprint is not None and expect_fingerprint != store.fingerprint:
             raise StoreError(f"{path} was made from other inputs: store fingerprint {store.fingerprint} "
@@ -205,6 +205,10 @@ class TeacherStore:
             raise StoreError(f"{self.path} holds no states of primary teacher {teacher} (it has: {have})")
         return self._primaries[teacher]
 
+    def verify(self) -> dict[str, Any]:
+        """Every dataset hashed against its recorded checksum (``mtd-cache inspect --verify``)."""
+        return verify_file(self.path)
+
     def summary(self) -> dict[str, Any]:
         """What ``mtd-cache inspect`` prints."""
         a = self.attrs
@@ -226,56 +230,9 @@ class TeacherStore:
             "extra": self.spec.extra,
         }
 
-    # validation -------------------------------------------------------------------------------
-    def _check_shapes(self) -> None:
-        s, z = self.spec, self._arrays.get(LOGITS)
-        if z is None or LABEL not in self._arrays or DEV_METRIC not in self._arrays:
-            raise StoreError(f"{self.path} lacks a required dataset ({LOGITS}, {LABEL} or {DEV_METRIC})")
-        checks = [(LOGITS, z.shape, s.logits_shape()), (LABEL, self.labels.shape, (s.num_examples,)),
-                  (SOURCE, self.sources.shape, (s.num_examples,)),
-                  (DEV_METRIC, self.dev_metric.shape, (s.num_teachers,))]
-        if s.num_views:
-            checks.append((VIEWS, None if self.views is None else self.views.shape, (s.num_views, 3)))
-        if s.num_dev:
-            checks.append((DEV_LOGITS, None if self.dev_logits is None else self.dev_logits.shape,
-                           (s.num_dev, s.num_teachers, s.num_labels)))
-        for name, got, want in checks:
-            if got != tuple(want):
-                raise StoreError(f"{self.path}: {name} has shape {got}, expected {tuple(want)}")
-        for t, p in self._primaries.items():
-            if len(p.lengths) != s.num_examples:
-                raise StoreError(f"{self.path}: primary {t} covers {len(p.lengths)} of {s.num_examples} examples")
-
-    def _check_finite(self) -> None:
-        z = self._arrays[LOGITS]
-        for lo in range(0, z.shape[0], FINITE_CHECK_ROWS):
-            check_finite_logits(np.asarray(z[lo:lo + FINITE_CHECK_ROWS]), f"{self.path}", first_example=lo)
-
 
 def _reopen(path: str, fingerprint: str) -> TeacherStore:
     return TeacherStore.open(path, expect_fingerprint=fingerprint, check_finite=False)
-
-
-def _refuse_unfinished(path: Path) -> None:
-    if path.name.endswith(".partial") or (not path.exists() and partial_dir(path).exists()):
-        target = path.with_name(path.name.removesuffix(".partial")) if path.name.endswith(".partial") else path
-        raise StoreError(f"{target} is an unfinished dump (its progress is in {partial_dir(target)}): "
-                         "run the dump again to resume and finish it")
-    if not path.exists():
-        raise StoreError(f"no store at {path}")
-    if path.is_dir():
-        raise StoreError(f"{path} is a folder, not a store file")
-
-
-def _check_identity(path: Path, attrs: dict[str, Any]) -> None:
-    if attrs.get(ATTR_FORMAT) != FORMAT:
-        raise StoreError(f"{path} is not an mtd-cache store (format attribute {attrs.get(ATTR_FORMAT)!r}, "
-                         f"expected {FORMAT!r})")
-    if attrs.get(ATTR_VERSION) != VERSION:
-        raise StoreError(f"{path} has store version {attrs.get(ATTR_VERSION)!r}; "
-                         f"this mtd-cache reads version {VERSION}")
-    if "spec_json" not in attrs:
-        raise StoreError(f"{path} lacks its spec attribute: not written by a complete dump")
 
 
 def _number(v: Any) -> float | None:

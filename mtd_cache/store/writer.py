@@ -5,40 +5,32 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-from dataclasses import asdict
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import StoreError
-from ..utils import atomic_path, atomic_write_json, fsync_dir
+from ..errors import ResourceError, StoreError, is_resource_fault
+from ..locks import describe_owner, file_lock
+from ..utils import atomic_path, atomic_write_json, fsync_dir, human_bytes
 from .format import (
-    ATTR_ENERGY,
-    ATTR_FINGERPRINT,
-    ATTR_FORMAT,
-    ATTR_VERSION,
-    ATTR_WALL,
     DEV_LABEL,
     DEV_LOGITS,
-    DEV_METRIC,
-    FORMAT,
     LABEL,
     LOGITS,
-    MERGE_ROWS,
     PRIMARY,
     SOURCE,
-    VERSION,
     VIEWS,
     StoreSpec,
     check_finite_logits,
     partial_dir,
 )
+from .integrity import verify_file
+from .merge import merge_into, primary_datasets
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +52,22 @@ class StoreWriter:
 
     @classmethod
     def open(cls, path: str | os.PathLike, spec: StoreSpec) -> StoreWriter:
+        """Start a dump of ``spec``, or resume the unfinished one with the same spec.
+
+        The caller holds ``output_lock(path)``: one writer at a time. A partial folder without a
+        readable ``spec.json`` (left by a crash between its creation and the spec's write, or by a
+        removal racing a writer) cannot say what its pieces are: it is discarded, never adopted.
+        """
         path = Path(path)
         spec.validate()
         pdir = partial_dir(path)
         spec_file = pdir / "spec.json"
-        if spec_file.exists():
-            old = json.loads(spec_file.read_text())
+        old = _read_spec(spec_file)
+        if old is None and pdir.exists():
+            log.warning("discarding %s: its pieces have no readable spec.json, so nothing says which teachers and "
+                        "settings made them", pdir)
+            shutil.rmtree(pdir)
+        if old is not None:
             if old != spec.to_json():
                 diff = sorted(k for k in set(old) | set(spec.to_json()) if old.get(k) != spec.to_json().get(k))
                 raise StoreError(
@@ -78,7 +80,7 @@ class StoreWriter:
         return cls(path, spec)
 
     # shard names -----------------------------------------------------------
-    def _shard(self, kind: str, teacher: int | None = None, start: int | None = None,
+    def shard(self, kind: str, teacher: int | None = None, start: int | None = None,
                stop: int | None = None) -> Path:
         name = kind.replace("/", "_")
         if teacher is not None:
@@ -95,10 +97,10 @@ class StoreWriter:
     # whole small arrays ----------------------------------------------------
     def put(self, name: str, values: np.ndarray) -> None:
         """A whole small dataset: ``examples/label``, ``examples/source``, ``views``, ``dev/label``…"""
-        self._write(self._shard(name), values=np.asarray(values))
+        self._write(self.shard(name), values=np.asarray(values))
 
     def has(self, name: str) -> bool:
-        return self._shard(name).exists()
+        return self.shard(name).exists()
 
     # logits -------------------------------------------------------------------
     def put_logits(self, teacher: int, start: int, values: np.ndarray) -> None:
@@ -108,11 +110,11 @@ class StoreWriter:
         values = np.asarray(values)
         if values.shape[1:] != want or start + len(values) > self.spec.num_examples:
             raise StoreError(f"logits block of shape {values.shape} at {start} does not fit {self.spec.logits_shape()}")
-        shard = self._shard(LOGITS, teacher, start, start + len(values))
+        shard = self.shard(LOGITS, teacher, start, start + len(values))
         self._write(shard, values=values.astype(self.spec.logits_dtype))
 
     def has_logits(self, teacher: int, start: int, stop: int) -> bool:
-        return self._shard(LOGITS, teacher, start, stop).exists()
+        return self.shard(LOGITS, teacher, start, stop).exists()
 
     def put_dev(self, teacher: int, values: np.ndarray, metric: float) -> None:
         """A teacher's dev-set logits (M, C) and its dev score."""
@@ -120,10 +122,10 @@ class StoreWriter:
         if values.shape != (self.spec.num_dev, self.spec.num_labels):
             want = (self.spec.num_dev, self.spec.num_labels)
             raise StoreError(f"dev logits of shape {values.shape}, expected {want}")
-        self._write(self._shard(DEV_LOGITS, teacher), values=values, metric=np.float64(metric))
+        self._write(self.shard(DEV_LOGITS, teacher), values=values, metric=np.float64(metric))
 
     def has_dev(self, teacher: int) -> bool:
-        return self._shard(DEV_LOGITS, teacher).exists()
+        return self.shard(DEV_LOGITS, teacher).exists()
 
     # primary states -----------------------------------------------------------
     def put_primary(self, teacher: int, start: int, lengths: np.ndarray, hidden: np.ndarray,
@@ -145,10 +147,10 @@ class StoreWriter:
                 got = None if attn is None else attn.shape
                 raise StoreError(f"attention block {got} does not match lengths ({entries},)")
             arrays["attn"] = np.asarray(attn, dtype=np.float16)
-        self._write(self._shard(PRIMARY, teacher, start, start + len(lengths)), **arrays)
+        self._write(self.shard(PRIMARY, teacher, start, start + len(lengths)), **arrays)
 
     def has_primary(self, teacher: int, start: int, stop: int) -> bool:
-        return self._shard(PRIMARY, teacher, start, stop).exists()
+        return self.shard(PRIMARY, teacher, start, stop).exists()
 
     # costs ---------------------------------------------------------------------
     def add_cost(self, wall_s: float, energy_j: float | None) -> None:
@@ -161,146 +163,71 @@ class StoreWriter:
 
     # finish ------------------------------------------------------------------
     def finish(self) -> Path:
-        """Merge the shards into ``NAME.h5`` (atomically) and remove the partial folder."""
+        """Merge the shards into ``NAME.h5`` (atomically) and remove the partial folder.
+
+        Before merging, the free space must hold the merged file (about the shards' size): a full disk
+        is refused in one line with the work kept, not met half-way in HDF5. The primary teachers'
+        states are read back and checked against the checksums written with them before the file is
+        renamed into place.
+        """
         tmp = self.dir / "merge.tmp"
         if tmp.exists():
             tmp.unlink()  # a merge killed half-way: start it again
+        self._check_space()
         try:
             with h5py.File(tmp, "w") as f:
-                self._write_attrs(f)
-                self._merge_small(f)
-                self._merge_logits(f)
-                self._merge_dev(f)
-                for t in sorted(self.spec.primaries):
-                    self._merge_primary(f, t)
-        except BaseException:
+                merge_into(self, f)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            bad = verify_file(tmp, primary_datasets(self))["bad"]
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, RuntimeError)):  # h5py's errors: disk full, I/O
+                raise _merge_failure(tmp, self.dir, exc) from None
             raise
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if bad:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"{bad[0]} read back from {tmp} does not match what was written (checksum): the disk "
+                             f"returned other bytes; the pieces are kept in {self.dir}, run the dump again")
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.path
 
-    def _write_attrs(self, f: h5py.File) -> None:
-        s = self.spec
-        costs_file = self.dir / "costs.json"
-        costs = json.loads(costs_file.read_text()) if costs_file.exists() else {"wall_s": 0.0, "energy_j": None}
-        attrs = {
-            ATTR_FORMAT: FORMAT, ATTR_VERSION: VERSION, "package_version": __version__,
-            "task": s.task, "metric": s.metric, "num_labels": s.num_labels, "label_names": list(s.label_names),
-            "teacher_model": s.teacher_model, "teacher_seeds": list(s.teacher_seeds),
-            "teacher_paths": list(s.teacher_paths), "teachers_sha256": list(s.teachers_sha256),
-            "precision": s.precision, ATTR_FINGERPRINT: s.fingerprint,
-            "spec_json": json.dumps(s.to_json(), sort_keys=True), ATTR_WALL: float(costs["wall_s"]),
-            ATTR_ENERGY: np.nan if costs["energy_j"] is None else float(costs["energy_j"]),
-            "created_utc": _utc_now(),
-        }
-        for k, v in attrs.items():
-            f.attrs[k] = v if not isinstance(v, list) else _attr_list(v)
-
-    def _load(self, shard: Path) -> dict[str, np.ndarray]:
-        if not shard.exists():
-            raise StoreError(f"the dump is incomplete: {shard.name} is missing from {self.dir}")
-        with np.load(shard) as z:
-            return {k: z[k] for k in z.files}
-
-    def _merge_small(self, f: h5py.File) -> None:
-        n, s = self.spec.num_examples, self.spec
-        required = {LABEL: (n,), SOURCE: (n,)}
-        if s.num_views:
-            required[VIEWS] = (s.num_views, 3)
-        if s.num_dev:
-            required[DEV_LABEL] = (s.num_dev,)
-        dtypes = {LABEL: np.int64, SOURCE: np.int64, VIEWS: np.int16, DEV_LABEL: np.int64}
-        for name, shape in required.items():
-            if name == SOURCE and not self.has(SOURCE):
-                values = np.arange(n, dtype=np.int64)  # no augmentation: every example is its own source
-            else:
-                values = self._load(self._shard(name))["values"]
-            if values.shape != shape:
-                raise StoreError(f"{name} has shape {values.shape}, expected {shape}")
-            f.create_dataset(name, data=values.astype(dtypes[name]))
-
-    def _ranges(self, kind: str, teacher: int) -> list[tuple[int, int, Path]]:
-        """The shards of one teacher, sorted, checked to tile 0..N exactly."""
-        prefix = f"{kind.replace('/', '_')}.t{teacher}."
-        found = []
-        for p in self.dir.glob(prefix + "*.npz"):
-            m = re.fullmatch(r"(\d+)-(\d+)\.npz", p.name[len(prefix):])
-            if m:
-                found.append((int(m[1]), int(m[2]), p))
-        found.sort()
-        pos = 0
-        for a, b, _ in found:
-            if a != pos:
-                raise StoreError(f"the dump is incomplete: teacher {teacher} {kind} lacks examples {pos}..{a - 1}")
-            pos = b
-        if pos != self.spec.num_examples:
-            raise StoreError(f"the dump is incomplete: teacher {teacher} {kind} lacks examples "
-                             f"{pos}..{self.spec.num_examples - 1}")
-        return found
-
-    def _merge_logits(self, f: h5py.File) -> None:
-        s = self.spec
-        ds = f.create_dataset(LOGITS, shape=s.logits_shape(), dtype=s.logits_dtype)  # contiguous
-        for t in range(s.num_teachers):
-            for a, b, shard in self._ranges(LOGITS, t):
-                block = self._load(shard)["values"]
-                for lo in range(0, b - a, MERGE_ROWS):  # bounded memory
-                    hi = min(b - a, lo + MERGE_ROWS)
-                    ds[a + lo:a + hi, ..., t, :] = block[lo:hi]
-
-    def _merge_dev(self, f: h5py.File) -> None:
-        s = self.spec
-        metrics = np.zeros(s.num_teachers, dtype=np.float64)
-        dev = np.zeros((s.num_dev, s.num_teachers, s.num_labels), dtype=np.float32) if s.num_dev else None
-        for t in range(s.num_teachers):
-            got = self._load(self._shard(DEV_LOGITS, t)) if (s.num_dev or self.has_dev(t)) else None
-            if got is None:
-                metrics[t] = np.nan
-                continue
-            metrics[t] = float(got["metric"])
-            if dev is not None:
-                dev[:, t] = got["values"]
-        f.create_dataset(DEV_METRIC, data=metrics)
-        if dev is not None:
-            f.create_dataset(DEV_LOGITS, data=dev)
-
-    def _merge_primary(self, f: h5py.File, t: int) -> None:
-        ps = self.spec.primaries[t]
-        shards = self._ranges(PRIMARY, t)
-        lengths = np.concatenate([self._load(p)["lengths"] for _, _, p in shards]).astype(np.int32)
-        g = f.create_group(f"{PRIMARY}/{t}")
-        for k, v in asdict(ps).items():
-            g.attrs[k] = _attr_list(list(v)) if isinstance(v, tuple) else v
-        g.create_dataset("lengths", data=lengths)
-        per_hidden = lengths.astype(np.int64) * len(ps.hidden_layers)
-        h_off = np.concatenate([[0], np.cumsum(per_hidden)]).astype(np.int64)
-        g.create_dataset("hidden_offsets", data=h_off)
-        hidden = g.create_dataset("hidden", shape=(int(h_off[-1]), ps.hidden_size), dtype=np.float16)
-        attn = None
-        if ps.attn_layers:
-            per_attn = lengths.astype(np.int64) ** 2 * len(ps.attn_layers) * ps.num_heads
-            a_off = np.concatenate([[0], np.cumsum(per_attn)]).astype(np.int64)
-            g.create_dataset("attn_offsets", data=a_off)
-            attn = g.create_dataset("attn", shape=(int(a_off[-1]),), dtype=np.float16)
-        for a, b, p in shards:
-            z = self._load(p)
-            hidden[h_off[a]:h_off[b]] = z["hidden"]
-            if attn is not None:
-                attn[a_off[a]:a_off[b]] = z["attn"]
+    def _check_space(self) -> None:
+        need = sum(p.stat().st_size for p in self.dir.glob("*.npz")) + (1 << 20)  # the data once more, + metadata
+        free = shutil.disk_usage(self.dir).free
+        if need > free:
+            raise ResourceError(f"not enough free space to merge {self.path}: it needs about {human_bytes(need)}, "
+                                f"{self.dir.parent} has {human_bytes(free)} free; the dump's pieces are kept in "
+                                f"{self.dir}: free some space and run the dump again to finish it")
 
 
-def _attr_list(values: list) -> Any:
-    if values and all(isinstance(v, str) for v in values):
-        return np.array(values, dtype=h5py.string_dtype())
-    return np.asarray(values, dtype=np.int64 if all(isinstance(v, (int, np.integer)) for v in values) else None)
+def _read_spec(spec_file: Path) -> dict | None:
+    try:
+        return json.loads(spec_file.read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _merge_failure(tmp: Path, pieces: Path, exc: BaseException) -> Exception:
+    cause = " ".join(str(exc).split())[:200]
+    if is_resource_fault(exc):
+        return ResourceError(f"writing {tmp} failed: {cause}; the dump's pieces are kept in {pieces}: free some "
+                             "space and run the dump again to finish it")
+    return StoreError(f"writing {tmp} failed: {cause}")
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """One writer per store: a second dump or import of the same output is refused, naming the first."""
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    with file_lock(lock, wait=False) as held:
+        if not held:
+            raise StoreError(f"{path} is being written by {describe_owner(lock)}: wait for it to finish, "
+                             "or write to another --out")
+        yield
 
 
 def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, labels: np.ndarray,
@@ -318,18 +245,19 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     check_finite_logits(logits, "logits")
     if dev_logits is not None:
         check_finite_logits(np.asarray(dev_logits), "dev logits")
-    if Path(path).exists():
-        raise StoreError(f"{path} exists already: remove it or choose another --out")
-    w = StoreWriter.open(path, spec)
-    for t in range(spec.num_teachers):
-        w.put_logits(t, 0, logits[..., t, :])
-        if dev_logits is not None:
-            w.put_dev(t, np.asarray(dev_logits)[:, t], np.nan if dev_metric is None else dev_metric[t])
-    w.put(LABEL, labels)
-    if sources is not None:
-        w.put(SOURCE, sources)
-    if views is not None:
-        w.put(VIEWS, views)
-    if dev_labels is not None:
-        w.put(DEV_LABEL, dev_labels)
-    return w.finish()
+    with output_lock(path):
+        if Path(path).exists():
+            raise StoreError(f"{path} exists already: remove it or choose another --out")
+        w = StoreWriter.open(path, spec)
+        for t in range(spec.num_teachers):
+            w.put_logits(t, 0, logits[..., t, :])
+            if dev_logits is not None:
+                w.put_dev(t, np.asarray(dev_logits)[:, t], np.nan if dev_metric is None else dev_metric[t])
+        w.put(LABEL, labels)
+        if sources is not None:
+            w.put(SOURCE, sources)
+        if views is not None:
+            w.put(VIEWS, views)
+        if dev_labels is not None:
+            w.put(DEV_LABEL, dev_labels)
+        return w.finish()

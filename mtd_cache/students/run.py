@@ -10,10 +10,8 @@ resumable per epoch) and commits its record atomically.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +19,7 @@ from typing import Any
 
 from ..energy import EnergyMeter
 from ..errors import MtdError
+from ..locks import file_lock
 from ..record import device_description, load_done, make_run_id, provenance, record_path, utc_now, write_record
 from ..runtime import resolve_device, seed_everything
 from ..settings import Resolved
@@ -140,30 +139,14 @@ def execute_run(planned: PlannedRun, wait: bool = True,
     if not force and (done := planned.done()) is not None:
         log.info("%s %s is done already: %s", planned.kind, planned.run_id[:12], planned.record)
         return {**done, "reused": True}
-    with run_lock(planned.lock, wait) as held:
+    with file_lock(planned.lock, wait) as held:
         if not held:
             return None  # another process runs it now
         if not force and (done := planned.done()) is not None:
             return {**done, "reused": True}
         if on_start is not None:
             on_start()
-        record = _train(planned)
-        # Safe under the lock: whoever opened this file before the unlink re-checks the record, now done.
-        planned.lock.unlink(missing_ok=True)
-        return record
-
-
-@contextmanager
-def run_lock(path: Path, wait: bool) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` for the run (released by the kernel when the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+        return _train(planned)
 
 
 def _train(planned: PlannedRun) -> dict[str, Any]:

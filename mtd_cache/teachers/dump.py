@@ -20,9 +20,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..energy import EnergyMeter
-from ..errors import MtdError
-from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, partial_dir
+from ..errors import MtdError, ResourceError
+from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..tasks.registry import get_task
+from ..utils import human_bytes
 from .adapter import DumpPlan
 from .folders import Teacher, find_teachers, teacher_fields
 from .modalities import modality
@@ -32,22 +33,32 @@ log = logging.getLogger(__name__)
 
 def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int], options: dict[str, Any],
              device: str | None = None) -> Path:
-    """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis)."""
-    if out.exists():
-        log.info("%s is complete already; remove it to dump again", out)
-        TeacherStore.open(out).close()  # still refuse a damaged file loudly
-        return out
-    teachers = find_teachers(teachers_dir, task)
-    bad = [p for p in primaries if not 0 <= p < len(teachers)]
-    if bad:
-        raise MtdError(f"--primary {bad[0]} is out of range: {teachers_dir} has {len(teachers)} teachers "
-                       f"(0-{len(teachers) - 1})")
-    return dump_teachers(task, teachers, out, primaries, options, device)
+    """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis).
+
+    One dump per output at a time (``store.output_lock``): a second is refused, naming the first.
+    """
+    with output_lock(out):
+        if out.exists():
+            log.info("%s is complete already; remove it to dump again", out)
+            TeacherStore.open(out).close()  # still refuse a damaged file loudly
+            return out
+        teachers = find_teachers(teachers_dir, task)
+        bad = [p for p in primaries if not 0 <= p < len(teachers)]
+        if bad:
+            raise MtdError(f"--primary {bad[0]} is out of range: {teachers_dir} has {len(teachers)} teachers "
+                           f"(0-{len(teachers) - 1})")
+        return _dump(task, teachers, out, primaries, options, device)
 
 
 def dump_teachers(task: str, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
                   device: str | None = None) -> Path:
-    """The dump loop over ``teachers`` (their order is the store's teacher axis)."""
+    """The dump loop over ``teachers`` (their order is the store's teacher axis), under the output's lock."""
+    with output_lock(out):
+        return _dump(task, teachers, out, primaries, options, device)
+
+
+def _dump(task: str, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
+          device: str | None) -> Path:
     spec_task = get_task(task)
     if partial_dir(out).exists():
         log.info("resuming the unfinished dump in %s", partial_dir(out))
@@ -92,7 +103,7 @@ def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> No
 def check_size(spec: StoreSpec, lengths: np.ndarray | None, out: Path, budget_gb: float) -> int:
     """Refuse, before writing, a store over the budget or over the free disk space; returns the estimate."""
     size = spec.estimate_bytes(lengths)
-    log.info("estimated store size: %.2f GB (%s)", size / 1e9, out)
+    log.info("estimated store size: %s (%s)", human_bytes(size), out)
     what = f"{len(spec.primaries)} primary teacher(s)' states" if spec.primaries else "logits alone"
     if size > budget_gb * 1e9:
         hint = ("keep fewer layers or examples, or dump without --primary and let the student compute the "
@@ -104,6 +115,6 @@ def check_size(spec: StoreSpec, lengths: np.ndarray | None, out: Path, budget_gb
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if 2 * size > free:  # the merge writes the store beside its shards: twice the size at the peak
-        raise MtdError(f"the store would take {size / 1e9:.1f} GB and its shards as much again; {folder} has "
-                       f"{free / 1e9:.1f} GB free")
+        raise ResourceError(f"the store would take {human_bytes(size)} and its pieces as much again while it is "
+                            f"merged; {folder} has {human_bytes(free)} free")
     return size

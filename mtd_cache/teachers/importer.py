@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import MtdError
 from ..store import Fingerprint, StoreSpec, write_store
 from ..store.format import EXTRA_IMPORTED
+from ..tasks.images import get_image_task
 from ..tasks.registry import find_task
 
 
@@ -31,14 +32,20 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                   dtype: str = "float32") -> Path:
     """Validate the arrays, then write the store (nothing is written when anything is wrong)."""
     _check_arrays(logits, labels, dev_logits, dev_labels, views)
+    known = find_task(task)
+    if known is not None and known.kind == "image" and logits.ndim != 4:
+        raise MtdError(f"{task} is an image task: its logits need a view axis, (N, V, T, C) with --views (V, 3); "
+                       f"got {logits.shape}. Logits of the unaugmented images are (N, 1, T, C) with the one view "
+                       f"row ({get_image_task(task).pad}, {get_image_task(task).pad}, 0)")
     num_classes, num_teachers = logits.shape[-1], logits.shape[-2]
     task_metric, task_labels = _task_defaults(task, num_classes)
     names = tuple(label_names) if label_names else task_labels
     if len(names) != num_classes:
         raise MtdError(f"{len(names)} label names ({', '.join(names)}) for {num_classes} classes in the logits")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise MtdError(f"label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
-                       f"is outside 0..{num_classes - 1}")
+    for name, y in (("label", labels), ("dev label", dev_labels)):
+        if y is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise MtdError(f"{name} {int(y.max() if y.max() >= num_classes else y.min())} "
+                           f"is outside 0..{num_classes - 1}")
     seeds = tuple(teacher_seeds) if teacher_seeds else tuple(range(num_teachers))
     if len(seeds) != num_teachers:
         raise MtdError(f"{len(seeds)} teacher seeds for {num_teachers} teachers in the logits")
@@ -59,6 +66,12 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
 def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
     if logits.ndim not in (3, 4):
         raise MtdError(f"logits have shape {logits.shape}: expected (N, T, C) or (N, V, T, C)")
+    for name, z in (("logits", logits), ("dev logits", dev_logits)):
+        if z is not None and not np.issubdtype(z.dtype, np.floating):
+            raise MtdError(f"{name} have dtype {z.dtype}: expected raw floating-point logits (class ids or "
+                           "one-hot labels are not logits)")
+    if 0 in logits.shape:
+        raise MtdError(f"logits have shape {logits.shape}: no examples, views, teachers or classes")
     if labels.shape != (logits.shape[0],):
         raise MtdError(f"labels have shape {labels.shape}: expected ({logits.shape[0]},) to match the logits")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -66,6 +79,8 @@ def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
     if (dev_logits is None) != (dev_labels is None):
         raise MtdError("--dev-logits and --dev-labels go together")
     if dev_logits is not None:
+        if not np.issubdtype(dev_labels.dtype, np.integer):
+            raise MtdError(f"dev labels have dtype {dev_labels.dtype}: expected integers")
         want = (len(dev_labels), logits.shape[-2], logits.shape[-1])
         if dev_logits.shape != want:
             raise MtdError(f"dev logits have shape {dev_logits.shape}: expected {want}")

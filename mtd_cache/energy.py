@@ -229,6 +229,15 @@ class EnergyMeter:
             for g in self._groups:
                 g.sample()
 
+    def peek(self) -> EnergyReading:
+        """What the meter has measured so far, without stopping it (a checkpoint's cost)."""
+        if self._t0 is None:
+            raise RuntimeError("EnergyMeter.peek() before start()")
+        self.sample()
+        good = [g for g in self._groups if not g.failed]
+        return EnergyReading(wall_s=self.clock() - self._t0, energy_j=sum(g.joules() for g in good) if good else None,
+                             sources=[c.name for g in good for c in g.counters])
+
     def stop(self) -> EnergyReading:
         """Stop the clock, take a last sample and return the reading (also kept as ``.reading``)."""
         if self._t0 is None:

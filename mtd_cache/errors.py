@@ -6,7 +6,8 @@ line (no traceback) and exits with the error's status. Messages name the bad val
 Exit statuses (README "Exit statuses"): 0 done; 1 an unexpected error (a bug: a traceback);
 2 bad input (a bad value or path, a read-only or missing folder, a store that does not match);
 3 a resource fault (disk full, quota exceeded, an I/O error, out of memory): the work done so
-far is kept, and the same command resumes it once the resource is there; 130 interrupted.
+far is kept, and the same command resumes it once the resource is there; 4 a sweep ended with runs
+not done (a run failed: the sweep names it, the others are done); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import errno
 
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCE = 3
+EXIT_INCOMPLETE = 4  # a sweep ended with runs not done (failed): it names them
 EXIT_INTERRUPTED = 130
 
 # errnos that say the machine ran out of something, not that the user asked for something wrong

@@ -21,11 +21,13 @@ only when it differs from its default, so existing run ids stay valid.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -34,6 +36,23 @@ from .errors import MtdError
 S = TypeVar("S", bound="Settings")
 
 LayerList = tuple[int, ...]  # "0,6", 6 or [0, 6] in overrides; a tuple of ints once resolved
+
+# key -> how the user typed it ("--batch-size 0", "--set lr=abc"): set by the command line, read by messages
+_TYPED: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("typed", default=types.MappingProxyType({}))
+
+
+@contextmanager
+def typed_as(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, a bad setting ``key`` is named as the user typed it (``names[key]``)."""
+    token = _TYPED.set({**_TYPED.get(), **names})
+    try:
+        yield
+    finally:
+        _TYPED.reset(token)
+
+
+def _label(what: str, key: str, raw: Any) -> str:
+    return _TYPED.get().get(key) or f"{what} setting {key}={raw!r}"
 
 
 def setting(default: Any, source: str = "", *, low: float | None = None, high: float | None = None,
@@ -145,7 +164,7 @@ def _optional(hint: Any) -> tuple[Any, bool]:
 
 def _type_name(hint: Any) -> str:
     base, optional = _optional(hint)
-    names = {int: "int", float: "float", bool: "bool", str: "text", LayerList: "layers (e.g. 0,6)"}
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text", LayerList: "layers (e.g. 0,6)"}
     name = names.get(base) or ("list of floats" if typing.get_origin(base) is list else str(base))
     return f"{name} or null" if optional else name
 
@@ -156,10 +175,10 @@ def _coerce(key: str, hint: Any, value: Any, what: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise MtdError(f"{what} setting {key}=null: expected {_type_name(hint)}")
+        raise MtdError(f"{_label(what, key, None)}: expected {_type_name(hint)}")
 
     def bad() -> MtdError:
-        return MtdError(f"{what} setting {key}={value!r}: expected {_type_name(hint)}")
+        return MtdError(f"{_label(what, key, value)}: expected {_type_name(hint)}")
 
     if base is bool:
         if isinstance(value, bool):
@@ -212,9 +231,10 @@ def _check(what: str, f: dataclasses.Field, hint: Any, raw: Any) -> Any:
     value = _coerce(f.name, hint, raw, what)
     meta = f.metadata
     if meta.get("choices") and value is not None and value not in meta["choices"]:
-        raise MtdError(f"unknown {f.name} {raw!r}; valid: {_choices(meta)}")
+        typed = _TYPED.get().get(f.name)
+        raise MtdError(f"unknown {f.name} {raw!r}; valid: {_choices(meta)}" + (f" ({typed})" if typed else ""))
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value, meta):
-        raise MtdError(f"{what} setting {f.name}={raw!r} is out of range: expected {_range_text(meta)}")
+        raise MtdError(f"{_label(what, f.name, raw)} is out of range: expected {_range_text(meta)}")
     return value
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .energy import EnergyMeter, EnergyReading
+from .errors import MtdError, ResourceError, is_resource_fault
 from .losses import check_finite
 from .utils import atomic_path, canonical_json
 
@@ -53,12 +55,18 @@ class Fit:
     autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision on GPU
     grad_clip: float | None = None
     on_step: Callable[[int], None] | None = None  # called after every optimizer step with the step count (from 1)
+    # what the parts of this run before its resume cost ({"wall_s", "energy_j"}), set by ``fit`` on resuming
+    prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
 
 
-def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
-    """Train ``job.model``; returns one row of metrics per epoch (also written to ``metrics_csv``)."""
+def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> list[dict[str, float]]:
+    """Train ``job.model``; returns one row of metrics per epoch (also written to ``metrics_csv``).
+
+    With ``meter`` (running around this call), each checkpoint records the run's cost so far, so a
+    resumed run's cost is the sum of its parts (``job.prior_cost`` holds what came before the resume).
+    """
     scaler = torch.amp.GradScaler(device.type, enabled=job.autocast_dtype == torch.float16)
-    start, history = _resume(job, scaler)
+    start, history = _resume(job, scaler, device)
     for epoch in range(start, job.epochs):
         t0 = time.perf_counter()
         row = _train_epoch(job, epoch, device, scaler)
@@ -72,7 +80,7 @@ def fit(job: Fit, device: torch.device) -> list[dict[str, float]]:
         history.append(row)
         log.log(logging.INFO if last else logging.DEBUG, "%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
-        _save_checkpoint(job, scaler, epoch + 1, history)
+        _save_checkpoint(job, scaler, epoch + 1, history, meter)
         _write_csv(job.metrics_csv, history)
     return history
 
@@ -115,28 +123,48 @@ def _identity_key(job: Fit) -> str:
     return canonical_json(job.identity)
 
 
-def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history: list[dict]) -> None:
+def total_cost(job: Fit, reading: EnergyReading) -> dict[str, float | None]:
+    """This part's reading plus the parts before a resume: unknown energy in any part is unknown overall."""
+    prior = job.prior_cost
+    energy = None if reading.energy_j is None or prior["energy_j"] is None else reading.energy_j + prior["energy_j"]
+    return {"wall_s": reading.wall_s + prior["wall_s"], "energy_j": energy}
+
+
+def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history: list[dict],
+                     meter: EnergyMeter | None) -> None:
     if job.checkpoint is None:
         return
     state = {
         "identity": _identity_key(job), "epoch": epoch, "history": history,
         "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
         "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
-        "scaler": scaler.state_dict(),
+        "scaler": scaler.state_dict(), "threads": torch.get_num_threads(),
+        "cost": total_cost(job, meter.peek()) if meter is not None else None,
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     with atomic_path(job.checkpoint) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
+            if is_resource_fault(exc):
+                raise ResourceError(f"writing the checkpoint {job.checkpoint} failed: {' '.join(str(exc).split())}"
+                                    "; the run resumes from its last checkpoint once there is space") from None
+            raise
 
 
-def _resume(job: Fit, scaler: torch.amp.GradScaler) -> tuple[int, list[dict]]:
+def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tuple[int, list[dict]]:
     if job.checkpoint is None or not job.checkpoint.exists():
         return 0, []
     state = torch.load(job.checkpoint, map_location="cpu", weights_only=False)
     if state.get("identity") != _identity_key(job):
         log.warning("ignoring checkpoint %s: it belongs to another configuration", job.checkpoint)
         return 0, []
+    threads, now = state.get("threads"), torch.get_num_threads()
+    if device.type == "cpu" and threads is not None and threads != now:
+        raise MtdError(f"{job.checkpoint} was written by a run on {threads} CPU threads, this process has {now}: "
+                       f"resumed, it would compute other numbers than it began with; run it with {threads} threads "
+                       f"(OMP_NUM_THREADS={threads}, or mtd-sweep --threads {threads}), or remove the checkpoint")
     job.model.load_state_dict(state["model"])
     job.optimizer.load_state_dict(state["optimizer"])
     if job.scheduler is not None and state["scheduler"] is not None:
@@ -148,6 +176,7 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler) -> tuple[int, list[dict]]:
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    job.prior_cost = state.get("cost") or {"wall_s": 0.0, "energy_j": None}  # older checkpoints: energy unknown
     log.info("%s: resumed from %s after epoch %d", job.desc, job.checkpoint, state["epoch"])
     return state["epoch"], list(state["history"])
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 
-from .common import bad, run_command, setup_logging
+from .common import SEED, bad, check_out_folder, overrides_from, run_command, setup_logging
 
 
 @click.group(help="Train seeded teachers once, cache their outputs in an HDF5 store, inspect stores.")
@@ -115,26 +114,6 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
         raise bad(flag, str(path), f"not a readable .npy array ({' '.join(str(exc).split())[:80]})") from None
 
 
-def parse_sets(items: tuple[str, ...]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs; values are JSON when they parse (numbers, true, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise bad("--set", item, "expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    from ..utils import parse_index_set
-
-    return parse_index_set(text, option="--seeds")
-
-
 @cli.command("teachers", help="Train seeded teachers (skips seeds already done; resumes per epoch).")
 @click.option("--task", required=True, help="Task: cifar10, fashion-mnist, digits, mrpc, cola, sst-2, ...")
 @click.option("--model", help="Teacher model: resnet110 (images) or a Hugging Face name/path (GLUE).")
@@ -152,12 +131,20 @@ def _seeds(text: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Keep teachers even at chance level.")
 def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_length, legacy_warmup, sets,
                  device, force) -> None:
+    from ..settings import typed_as
     from ..teachers import train_teachers
+    from ..utils import parse_index_set
 
-    options = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length,
-               **({"legacy_warmup": True} if legacy_warmup else {}), **parse_sets(sets)}
+    check_out_folder("--out", out)
+    options, typed = overrides_from({"epochs": ("--epochs", epochs), "lr": ("--lr", lr),
+                                     "batch_size": ("--batch-size", batch_size),
+                                     "max_length": ("--max-length", max_length),
+                                     "legacy_warmup": ("--legacy-warmup", legacy_warmup or None)}, sets)
     out = out or Path("cache") / task / "teachers"
-    done = train_teachers(task, _seeds(seeds), out, model, data_dir, options, device=device, force=force)
+    chosen = parse_index_set(seeds, option="--seeds", bound=2**32, what="seeds go up to 2^32-1:",
+                             max_count=10_000)
+    with typed_as(typed):
+        done = train_teachers(task, chosen, out, model, data_dir, options, device=device, force=force)
     for t in done:
         click.echo(f"seed {t.seed}: {t.info['metric_name']} {t.info['metric']:.4f}  {t.path}")
 
@@ -182,16 +169,22 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--device")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
              train_subset, test_subset, float16, sets, out, device) -> None:
+    from ..settings import typed_as
     from ..teachers.dump import run_dump
     from ..utils import parse_index_set
 
-    prim = parse_index_set(primaries, option="--primary") if primaries else ()
-    options = {"max_length": max_length, "batch_size": batch_size, "data_dir": data_dir,
-               "augmented": str(augmented) if augmented else None, "train_subset": train_subset,
-               "test_subset": test_subset, "student_layers": student_layers,
-               "logits_dtype": "float16" if float16 else None, **parse_sets(sets)}
+    prim = parse_index_set(primaries, option="--primary", max_count=1000) if primaries else ()
+    options, typed = overrides_from({
+        "max_length": ("--max-length", max_length), "batch_size": ("--batch-size", batch_size),
+        "data_dir": ("--data-dir", data_dir), "augmented": ("--augmented", str(augmented) if augmented else None),
+        "train_subset": ("--train-subset", train_subset), "test_subset": ("--test-subset", test_subset),
+        "student_layers": ("--student-layers", student_layers),
+        "logits_dtype": ("--float16", "float16" if float16 else None)}, sets)
     out = out or Path("cache") / task / "store.h5"
-    path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)
+    if out.is_dir():
+        raise bad("--out", str(out), "is a folder: give the store's file name (e.g. cache/task/store.h5)")
+    with typed_as(typed):
+        path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)
     click.echo(f"wrote {path}")
 
 
@@ -207,7 +200,7 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
 @click.option("--rounds", type=int, help="N rounds (default per task: CoLA 30, MRPC 30, SST-2 20, ...).")
 @click.option("--top-k", type=int, default=15, show_default=True, help="K candidates per position.")
 @click.option("--p", "p", type=float, default=0.4, show_default=True, help="Probability of replacing a word.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--force-mlm", is_flag=True, help="Accept an MLM whose prediction head is newly initialised.")
 @click.option("--limit", type=int, help="Augment only the first N training examples.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")

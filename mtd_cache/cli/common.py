@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
+
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range; torch takes it too
 
 
 def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | None = None) -> None:
@@ -44,6 +48,34 @@ def _one_line(msg: str) -> str:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def overrides_from(named: dict[str, tuple[str, Any]], sets: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(overrides, how each was typed) from named options ``{key: (flag, value)}`` and ``--set KEY=VALUE`` items.
+
+    ``--set`` values are JSON when they parse (numbers, true, lists), else strings; ``--set`` has the last
+    word over a named option for the same key (as it always had).
+    """
+    overrides, typed = {}, {}
+    for key, (flag, value) in named.items():
+        if value is not None:
+            overrides[key], typed[key] = value, f"{flag} {value}"
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise bad("--set", item, "expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+        typed[key] = f"--set {item}"
+    return overrides, typed
+
+
+def check_out_folder(option: str, path: Any) -> None:
+    """An output folder must not be an existing file (refused before any work)."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise bad(option, str(path), "is a file, not a folder")
 
 
 def bad(param: str, value: Any, why: str) -> click.BadParameter:

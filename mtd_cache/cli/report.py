@@ -6,18 +6,22 @@ from pathlib import Path
 
 import click
 
-from .common import run_command, setup_logging
+from .common import bad, check_out_folder, run_command, setup_logging
 
 
 @click.command(help="Tables (CSV, markdown) and figures (PNG) from the run records under RUNS_DIR.")
 @click.argument("runs_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Default: RUNS_DIR/report.")
-@click.option("--repeats", type=int, help="R for the equal-effort comparison (default: distinct seeds).")
+@click.option("--repeats", type=click.IntRange(min=1),
+              help="R for the equal-effort comparison (default: distinct seeds).")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(runs_dir: Path, out: Path | None, repeats: int | None, verbose: bool) -> None:
     from ..sweeps.report import make_report
 
     setup_logging(verbose)
+    check_out_folder("--out", out)
+    if not runs_dir.is_dir():
+        raise bad("RUNS_DIR", str(runs_dir), "is not a folder of run records")
     files = make_report(runs_dir, out or runs_dir / "report", repeats)
     for f in files:
         click.echo(str(f))

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from ..students.recipes import STUDENTS
-from .cache import parse_sets
-from .common import run_command, setup_logging
+from .common import SEED, check_out_folder, overrides_from, run_command, setup_logging
 
 
 @click.command(help="Distil one student from the averaged logits of the chosen teachers.")
@@ -17,8 +16,9 @@ from .common import run_command, setup_logging
 @click.option("--student", required=True, type=click.Choice(list(STUDENTS)), help="Student recipe.")
 @click.option("--teachers", required=True,
               help="Teacher indices: 0,2,5 or 0-5; 'none' for the CE-only baseline (k = 0).")
-@click.option("--primary", type=int, help="Primary teacher (BERT students): its states drive the extra losses.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--primary", type=click.IntRange(min=0),
+              help="Primary teacher (BERT students): its states drive the extra losses.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--epochs", type=int, help="Training epochs (recipe default).")
 @click.option("--lr", type=float, help="Learning rate (recipe default).")
@@ -39,22 +39,27 @@ from .common import run_command, setup_logging
 @click.option("-v", "--verbose", is_flag=True)
 def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
         sets, online, teachers_dir, init_from_teacher, select_on_dev, data_dir, device, force, verbose) -> None:
+    from ..settings import typed_as
+    from ..store import TeacherStore
     from ..students.run import RunRequest, run_student
     from ..utils import parse_index_set
 
     setup_logging(verbose)
-    chosen = () if teachers.strip().lower() == "none" else parse_index_set(teachers, option="--teachers")
-    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "temperature": temperature,
-                 "alpha_kd": alpha_kd, "kd_scale": kd_scale, **parse_sets(sets)}
-    if init_from_teacher:
-        overrides["init_from_teacher"] = True
-    if select_on_dev:
-        overrides["select_on_dev"] = True
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed, out=str(out),
-                     overrides=overrides, online=online, teachers_dir=str(teachers_dir) if teachers_dir else None,
-                     data_dir=data_dir, device=device, force=force)
-    rec = run_student(req)
+    check_out_folder("--out", out)
+    overrides, typed = overrides_from({
+        "epochs": ("--epochs", epochs), "lr": ("--lr", lr), "batch_size": ("--batch-size", batch_size),
+        "temperature": ("--temperature", temperature), "alpha_kd": ("--alpha-kd", alpha_kd),
+        "kd_scale": ("--kd-scale", kd_scale), "init_from_teacher": ("--init-from-teacher", init_from_teacher or None),
+        "select_on_dev": ("--select-on-dev", select_on_dev or None)}, sets)
+    with typed_as(typed):
+        with TeacherStore.open(store) as s:  # the teacher count bounds --teachers before it is expanded
+            chosen = () if teachers.strip().lower() == "none" else \
+                parse_index_set(teachers, option="--teachers", bound=s.num_teachers)
+        req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed,
+                         out=str(out), overrides=overrides, online=online,
+                         teachers_dir=str(teachers_dir) if teachers_dir else None, data_dir=data_dir, device=device,
+                         force=force)
+        rec = run_student(req)
     click.echo(json.dumps({k: rec[k] for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
                                                 "metric", "wall_s")}))
 

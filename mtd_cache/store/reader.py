@@ -44,6 +44,8 @@ from .states import PrimaryStates, _py, map_dataset
 log = logging.getLogger(__name__)
 
 _FINITE_OK: set[tuple] = set()  # (path, device, inode, size, mtime) of files whose logits were scanned here
+_OPENED: dict[tuple, TeacherStore] = {}  # the same key -> the store opened (read-only: safe to share), oldest first
+_KEEP_OPENED = 8  # a sweep's R repeat stores and a few more
 
 
 class TeacherStore:
@@ -73,6 +75,18 @@ class TeacherStore:
              check_finite: bool = True) -> TeacherStore:
         path = Path(path)
         validate.refuse_unfinished(path)
+        st = path.stat()
+        stamp = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        store = _OPENED.get(stamp) if check_finite else None
+        if store is None:
+            store = cls._read(path, stamp, check_finite)
+        if expect_fingerprint is not None and expect_fingerprint != store.fingerprint:
+            raise StoreError(f"{path} was made from other inputs: store fingerprint {store.fingerprint} "
+                             f"!= expected {expect_fingerprint}")
+        return store
+
+    @classmethod
+    def _read(cls, path: Path, stamp: tuple, check_finite: bool) -> TeacherStore:
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
@@ -81,8 +95,7 @@ class TeacherStore:
             attrs = {k: _py(v) for k, v in f.attrs.items()}
             validate.check_identity(path, attrs)
             validate.check_required(path, f, StoreSpec.from_json(json.loads(attrs["spec_json"])))
-            st = path.stat()
-            size = st.st_size
+            size = stamp[3]
             names = [n for n in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if n in f]
             arrays = {n: map_dataset(path, f[n], size) if n == LOGITS else f[n][...] for n in names}
             checksums = {n: _py(f[n].attrs[CHECKSUM]) for n in names if CHECKSUM in f[n].attrs}
@@ -90,13 +103,13 @@ class TeacherStore:
         store = cls(path, attrs, arrays, primaries)
         validate.check_shapes(store)
         validate.check_attributes(store)
-        stamp = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if check_finite and stamp not in _FINITE_OK:  # a finished store does not change: scan it once per process
             validate.scan(store, checksums)
             _FINITE_OK.add(stamp)
-        if expect_fingerprint is not None and expect_fingerprint != store.fingerprint:
-            raise StoreError(f"{path} was made from other inputs: store fingerprint {store.fingerprint} "
-                             f"!= expected {expect_fingerprint}")
+        if check_finite:  # validated in full: later opens of this file version in this process reuse it
+            if len(_OPENED) >= _KEEP_OPENED:
+                del _OPENED[next(iter(_OPENED))]
+            _OPENED[stamp] = store
         return store
 
     def __enter__(self) -> TeacherStore:

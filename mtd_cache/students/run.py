@@ -17,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..locks import file_lock
@@ -25,7 +27,7 @@ from ..runtime import resolve_device, seed_everything
 from ..settings import Resolved
 from ..store import TeacherStore
 from ..teachers import Teacher
-from ..train import Fit, fit, remove_checkpoint
+from ..train import Fit, fit, remove_checkpoint, total_cost
 from .context import StudentContext
 from .recipes import get_recipe
 from .targets import online_teachers
@@ -157,13 +159,15 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
     job = planned.impl.build(planned, ctx)
     job.identity = {"run_id": planned.run_id} if planned.impl is _STUDENT else {f"{planned.kind}_id": planned.run_id}
     with EnergyMeter() as meter:
-        history = fit(job, ctx.device)
+        history = fit(job, ctx.device, meter)
+    cost = total_cost(job, meter.reading)  # every part of a resumed run
     record = {
         "run_id": planned.run_id, "kind": planned.kind, "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
         "metric_name": planned.store.metric, "metric": float(history[-1]["metric"]) if "metric" in history[-1]
-        else None, "wall_s": meter.reading.wall_s, "energy_j": meter.reading.energy_j,
+        else None, "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
+        "threads": torch.get_num_threads(),
         "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,
         "config": planned.identity, "store": str(Path(req.store).resolve()), "history": history, **ctx.extra,
         "started_utc": started, "finished_utc": utc_now(), "status": "done", **provenance(),

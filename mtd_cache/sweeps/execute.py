@@ -18,10 +18,13 @@ and finish is appended to ``<out>/sweep-events.jsonl``.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import json
 import logging
 import os
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,9 +35,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import MtdError
+from ..errors import EXIT_INCOMPLETE, MtdError
 from ..record import load_done
-from ..students.recipes import student_traits
+from ..store import TeacherStore
+from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .plan import Job, plan_sweep
 
@@ -77,18 +81,28 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
 # ------------------------------------------------------------------------------------------ one job
 
 
-def execute(job: Job, cfg: SweepConfig) -> dict[str, Any]:
-    """Run one job where this function is called (worker process, Ray task, Slurm job)."""
+def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
+    """Run one job where this function is called (worker process, Ray task, Slurm job).
+
+    A run another process holds is "locked" (``wait`` off) or waited for; a run that fails is reported
+    as "failed" with its one-line reason, and the sweep goes on with the others.
+    """
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    planned = plan_run(request_for(job, cfg))
-    base = {"key": job.key, "run_id": planned.run_id}
-    if planned.done() is not None:
-        return {**base, "status": "skipped"}
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    rec = execute_run(planned, wait=False, on_start=lambda: _event(cfg.out, "start", job, planned.run_id))
+    base: dict[str, Any] = {"key": job.key, "run_id": None}
+    try:
+        planned = plan_run(request_for(job, cfg))
+        base["run_id"] = planned.run_id
+        if planned.done() is not None:
+            return {**base, "status": "skipped"}
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        rec = execute_run(planned, wait=wait, on_start=lambda: _event(cfg.out, "start", job, planned.run_id))
+    except Exception as exc:  # noqa: BLE001 - one failed run must not stop the others; named at the end
+        log.error("%s failed: %s", job.key, " ".join(str(exc).split()), exc_info=not isinstance(exc, MtdError))
+        _event(cfg.out, "failed", job, base["run_id"] or "")
+        return {**base, "status": "failed", "error": " ".join(str(exc).split()) or type(exc).__name__}
     if rec is None:
         return {**base, "status": "locked"}  # another sweep runs it now
     if rec.get("reused"):
@@ -132,34 +146,67 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
     return results
 
 
-def run_local(jobs: list[Job], cfg: SweepConfig, workers: int) -> list[dict]:
+def run_local(jobs: list[Job], cfg: SweepConfig, workers: int, wait: bool = False) -> list[dict]:
     import torch
 
     devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
     workers = min(workers, len(devices)) if devices else workers
-    threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads, devices)) as ex:
+                             initargs=(threads_per_run(cfg, workers), devices, os.getpid())) as ex:
         def next_done(futures: list) -> tuple[Any, dict]:
             finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
             f = next(f for f in futures if f in finished)  # the earliest submitted of those finished
             return f, f.result()
 
-        return run_scheduled(jobs, lambda ready: [ex.submit(execute, job, cfg) for job in ready], next_done)
+        return run_scheduled(jobs, lambda ready: [ex.submit(execute, job, cfg, wait) for job in ready], next_done)
 
 
-def _init_worker(threads: int, devices: list[int]) -> None:
+def threads_per_run(cfg: SweepConfig, workers: int) -> int:
+    """Torch threads of each run: ``--threads``, else OMP_NUM_THREADS when set, else the cores split over workers."""
+    if cfg.threads:
+        return cfg.threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _init_worker(threads: int, devices: list[int], parent: int) -> None:
     import multiprocessing
 
     import torch
 
+    _die_with(parent)
     torch.set_num_threads(threads)
     if devices:  # one GPU per worker, by the worker's number in the pool
         ident = multiprocessing.current_process()._identity
         os.environ["CUDA_VISIBLE_DEVICES"] = str(devices[(ident[0] - 1) % len(devices) if ident else 0])
 
 
-def run_ray(jobs: list[Job], cfg: SweepConfig, address: str | None, workers: int) -> list[dict]:
+def _die_with(parent: int) -> None:
+    """End this worker when the sweep that started it ends, however it ends (a SIGKILL included).
+
+    Linux delivers SIGKILL to the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
+    and as a second line of defence, a watchdog thread checks every second that the parent is there.
+    A worker's run locks are released by the kernel with it, so another sweep can take its runs over.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog alone
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mtd-parent-watchdog").start()
+
+
+def run_ray(jobs: list[Job], cfg: SweepConfig, address: str | None, workers: int,
+            wait: bool = False) -> list[dict]:
     try:
         import ray
     except ImportError:
@@ -173,11 +220,11 @@ def run_ray(jobs: list[Job], cfg: SweepConfig, address: str | None, workers: int
         ready, _ = ray.wait(refs, num_returns=1)
         return ready[0], ray.get(ready[0])
 
-    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg) for job in ready], next_done)
+    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg, wait) for job in ready], next_done)
 
 
 def run_slurm(jobs: list[Job], cfg: SweepConfig, folder: Path, params: dict[str, Any],
-              cluster: str | None = None, poll_s: float = 2.0) -> list[dict]:
+              cluster: str | None = None, poll_s: float = 2.0, wait: bool = False) -> list[dict]:
     try:
         import submitit
     except ImportError:
@@ -191,19 +238,26 @@ def run_slurm(jobs: list[Job], cfg: SweepConfig, folder: Path, params: dict[str,
         return finished[0], finished[0].result()
 
     # the jobs ready together go in one job array
-    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready)), next_done)
+    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),
+                                                                [wait] * len(ready)), next_done)
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
-    """Jobs whose record is not done yet, and how many are done."""
+def survey(jobs: list[Job], cfg: SweepConfig) -> dict[str, dict[str, Any] | None]:
+    """Each job's finished record, or None; every job None while a store is still to be made."""
     missing = [s for s in cfg.stores if not Path(s).exists()]
     if missing:  # a plan for stores still to be made (make paper DRY_RUN=1): nothing can be done yet
         log.info("store %s does not exist yet: every job is pending", missing[0])
-        return list(jobs), 0
-    todo = [job for job in jobs if plan_run(request_for(job, cfg)).done() is None]
+        return {job.key: None for job in jobs}
+    return {job.key: plan_run(request_for(job, cfg)).done() for job in jobs}
+
+
+def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
+    """Jobs whose record is not done yet, and how many are done."""
+    records = survey(jobs, cfg)
+    todo = [job for job in jobs if records[job.key] is None]
     return todo, len(jobs) - len(todo)
 
 
@@ -229,19 +283,87 @@ def describe(jobs: Iterable[Job]) -> str:
 
 def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", address: str | None = None,
               dry_run: bool = False, slurm: dict[str, Any] | None = None) -> list[dict]:
+    """Plan, check, run; then wait for the runs other sweeps held, and take over those whose owner died.
+
+    Raises ``SweepIncomplete`` (exit status 4) naming what is not done at the end (a failed run).
+    """
     if executor not in EXECUTORS:
         raise MtdError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    check_config(cfg)
     jobs = make_plan(cfg)
-    todo, done = pending_jobs(jobs, cfg)
+    records = survey(jobs, cfg)
+    todo, done = [j for j in jobs if records[j.key] is None], sum(r is not None for r in records.values())
     log.info("%s %s: %s; %d done, %d to run; %s", cfg.stores[0], cfg.student, describe(jobs), done, len(todo),
              estimate(todo, cfg, workers))
     if dry_run or not todo:
         return [{"key": j.key, "status": "planned"} for j in todo]
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if executor == "local":
-        return run_local(todo, cfg, workers)
+        check_threads(records, cfg, threads_per_run(cfg, workers))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    results = _run(todo, cfg, workers, executor, address, slurm, wait=False)
+    locked = {r["key"] for r in results if r["status"] == "locked"}
+    if locked:  # held by another sweep: wait for it, and run what it did not finish (its owner died)
+        log.info("%d runs were held by another process: waiting for them", len(locked))
+        again = _run([j for j in todo if j.key in locked], cfg, workers, executor, address, slurm, wait=True)
+        results = [r for r in results if r["key"] not in locked] + again
+    missing, _ = pending_jobs(jobs, cfg)
+    if missing:
+        failed = {r["key"]: r.get("error") for r in results if r["status"] == "failed"}
+        first = missing[0].key
+        why = f": {failed[first]}" if failed.get(first) else ""
+        raise SweepIncomplete(f"{len(missing)} of {len(jobs)} runs are not done ({sweep_outcome(results)}); "
+                              f"the first is {first}{why}; run the sweep again to retry them")
+    return results
+
+
+def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address: str | None,
+         slurm: dict[str, Any] | None, wait: bool) -> list[dict]:
+    if executor == "local":
+        return run_local(jobs, cfg, workers, wait)
     if executor == "ray":
-        return run_ray(todo, cfg, address, workers)
+        return run_ray(jobs, cfg, address, workers, wait)
     slurm = dict(slurm or {})
     cluster = slurm.pop("cluster", None)
-    return run_slurm(todo, cfg, Path(cfg.out) / "slurm", slurm, cluster)
+    return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait=wait)
+
+
+def check_config(cfg: SweepConfig) -> None:
+    """Before the first job: the recipe's settings (type and range), and the pool against each store."""
+    get_recipe(cfg.student).Settings.resolve(cfg.overrides)
+    for path in cfg.stores:
+        if Path(path).exists():
+            with TeacherStore.open(path) as s:
+                bad = [t for t in cfg.pool if t >= s.num_teachers]
+            if bad:
+                raise MtdError(f"--pool: index {max(bad)} out of range: {path} has {s.num_teachers} teachers "
+                               f"(0-{s.num_teachers - 1})")
+
+
+def check_threads(records: dict[str, dict[str, Any] | None], cfg: SweepConfig, threads: int) -> None:
+    """One thread count per sweep on the CPU: a run's numbers depend on it, so a resume must not mix counts."""
+    if cfg.device not in (None, "auto", "cpu") or (cfg.device != "cpu" and _has_cuda()):
+        return
+    for key, rec in records.items():
+        if rec is not None and rec.get("threads") not in (None, threads):
+            raise MtdError(f"this sweep's runs so far ran on {rec['threads']} CPU threads each (e.g. {key}); "
+                           f"this one would use {threads}: the results would mix thread counts. Run it with "
+                           f"--threads {rec['threads']}")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class SweepIncomplete(MtdError):
+    """Some planned runs are not done at the end of a sweep (failed): exit status 4."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+def sweep_outcome(results: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to run"

@@ -84,6 +84,10 @@ class TextDumpSettings(Settings):
 # ----------------------------------------------------------------------------- teachers
 
 
+def teacher_settings(model: str | None, options: dict[str, Any]) -> TextTeacherSettings:
+    return TextTeacherSettings.resolve(options).settings
+
+
 def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, out: Path, options: dict[str, Any],
                 device: str | None) -> TeacherJob:
     """Fine-tune one seeded BERT teacher on a text task; ``save`` writes weights, config and tokenizer.
@@ -91,7 +95,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     A per-epoch checkpoint in ``out/checkpoint.pt`` makes a killed run resume; the record carries the
     dev metrics and ``chance_reason`` (None unless the teacher is at chance level).
     """
-    s = TextTeacherSettings.resolve(options).settings
+    s = teacher_settings(model, options)
     cfg = s.as_dict()
     name, dev = str(model or bert.DEFAULT_TEACHER), resolve_device(device)
     dtype, precision = autocast_dtype(s.precision, dev)

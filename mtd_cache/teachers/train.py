@@ -16,7 +16,7 @@ from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..record import provenance, utc_now
 from ..tasks.registry import get_task
-from ..train import fit, remove_checkpoint
+from ..train import fit, remove_checkpoint, total_cost
 from ..utils import atomic_write_json, sha256_file
 from .folders import RECORD, WEIGHTS, Teacher, load_teacher, seed_dir
 from .modalities import modality
@@ -28,6 +28,7 @@ def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None
                    options: dict[str, Any], device: str | None = None, force: bool = False) -> list[Teacher]:
     """Train every seed not already done; returns all of them in seed order."""
     spec = get_task(task)
+    modality(spec).teacher_settings(model, options)  # type and range of every setting, before any folder is made
     done = []
     for seed in seeds:
         folder = seed_dir(out, seed)
@@ -54,7 +55,7 @@ def train_one(task: Any, seed: int, model: str | None, data_dir: str | None, out
     """Train one seeded teacher into ``out`` (resumable per epoch); the fields of its record."""
     job = modality(task).teacher_job(task, seed, model, data_dir, out, options, device)
     with EnergyMeter() as meter:
-        history = fit(job.fit, job.device)
+        history = fit(job.fit, job.device, meter)
     job.save()
     remove_checkpoint(job.fit)
-    return {**job.result(history), "wall_s": meter.reading.wall_s, "energy_j": meter.reading.energy_j}
+    return {**job.result(history), **total_cost(job.fit, meter.reading)}  # every part of a resumed training

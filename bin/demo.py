@@ -42,7 +42,15 @@ def main() -> None:
             "single_min_mean": "single min", "single_max_mean": "single max"}
     print("\nResNet-8 students on digits, test accuracy averaged over the teacher combinations of each k")
     print(summary[list(cols)].rename(columns=cols).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\nreport: {RUNS / 'report'} (summary.md, cost.md, *.png); "
+    m = int(summary["eval_examples"].iloc[0])
+    print(f"\ntest set: {m} images: one image = {100 / m:.3g} points of accuracy")
+    diffs = pd.read_csv(RUNS / "report" / "differences.csv")
+    worst = diffs[diffs["difference"] == "worst"]
+    print("worst case, multi-teacher minus single-teacher (points), 95% paired bootstrap interval, P(> 0):")
+    for _, d in worst.iterrows():
+        print(f"  k={int(d['k'])}: {100 * d['estimate']:+.2f}  [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
+              f"  P(>0) = {d['p_positive']:.2f}")
+    print(f"\nreport: {RUNS / 'report'} (summary.md, differences.md, cost.md, *.png); "
           f"demo finished in {time.perf_counter() - t0:.0f} s")
 
 

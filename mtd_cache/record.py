@@ -16,9 +16,9 @@ from . import __version__
 from .utils import atomic_write_json, canonical_json, sha256_text
 
 # Fields of DESIGN.md's run record, in order.
-RECORD_FIELDS = ("run_id", "kind", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
-                 "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256", "config",
-                 "started_utc", "finished_utc", "status")
+RECORD_FIELDS = ("run_id", "kind", "experiment", "task", "student", "teachers", "primary", "k", "seed", "metric_name",
+                 "metric", "predictions", "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256",
+                 "config", "started_utc", "finished_utc", "status")
 
 
 def make_run_id(config: dict[str, Any], store_fingerprint: str, teachers_sha256: Sequence[str]) -> str:
@@ -30,6 +30,31 @@ def make_run_id(config: dict[str, Any], store_fingerprint: str, teachers_sha256:
     """
     return sha256_text(canonical_json({"config": config, "store_fingerprint": store_fingerprint,
                                        "teachers_sha256": list(teachers_sha256)}))
+
+
+def experiment_identity(task: str, student: str, recipe: dict[str, Any], store_fingerprints: Sequence[str],
+                        teachers_sha256: Sequence[str], online: bool) -> dict[str, Any]:
+    """What defines a comparison: everything a run depends on except what a sweep varies (teachers, primary, seed,
+    which repeat store). ``store_fingerprints`` are all the stores of the sweep (R repeat stores), sorted."""
+    return {"task": task, "student": student, "recipe": recipe, "stores": sorted(store_fingerprints),
+            "teachers_sha256": list(teachers_sha256), "online": bool(online)}
+
+
+def make_experiment_id(identity: dict[str, Any]) -> str:
+    return sha256_text(canonical_json(identity))
+
+
+def experiment_of(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None, str]:
+    """(experiment id, its identity, how it was found) of a run record; recomputed for records written before
+    the key existed (from their configuration and store); (None, None, why) when it cannot be."""
+    if record.get("experiment") and record.get("experiment_identity"):
+        return record["experiment"], record["experiment_identity"], "recorded"
+    cfg = record.get("config")
+    if not isinstance(cfg, dict) or "recipe" not in cfg or not record.get("store_fingerprint"):
+        return None, None, "the record holds no configuration or store fingerprint to rebuild it from"
+    ident = experiment_identity(record["task"], record["student"], cfg["recipe"], [record["store_fingerprint"]],
+                                record.get("teachers_sha256") or [], bool(cfg.get("online")))
+    return make_experiment_id(ident), ident, "recomputed"
 
 
 def record_path(out_dir: str | Path, task: str, student: str, run_id: str) -> Path:

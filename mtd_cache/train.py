@@ -57,6 +57,8 @@ class Fit:
     on_step: Callable[[int], None] | None = None  # called after every optimizer step with the step count (from 1)
     # what the parts of this run before its resume cost ({"wall_s", "energy_j"}), set by ``fit`` on resuming
     prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
+    # the last evaluation's predictions (class ids), when ``evaluate`` returns them under "predictions"
+    predictions: np.ndarray | None = None
 
 
 def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> list[dict[str, float]]:
@@ -73,7 +75,7 @@ def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> lis
         last = epoch == job.epochs - 1
         if job.evaluate is not None and (last or (job.eval_every and (epoch + 1) % job.eval_every == 0)):
             t_eval = time.perf_counter()
-            row.update(job.evaluate())
+            row.update(_evaluate(job))
             row["eval_s"] = time.perf_counter() - t_eval  # epoch_s includes it
         row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0,
                    lr=job.optimizer.param_groups[0]["lr"])
@@ -82,7 +84,18 @@ def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> lis
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
         _save_checkpoint(job, scaler, epoch + 1, history, meter)
         _write_csv(job.metrics_csv, history)
+    if start == job.epochs and job.evaluate is not None:  # resumed after the last epoch: nothing evaluated yet
+        _evaluate(job)
     return history
+
+
+def _evaluate(job: Fit) -> dict[str, float]:
+    """The metrics of ``job.evaluate()``; its predictions, if any, kept on the job (not in the history)."""
+    metrics = dict(job.evaluate())
+    predictions = metrics.pop("predictions", None)
+    if predictions is not None:
+        job.predictions = np.asarray(predictions)
+    return metrics
 
 
 def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.GradScaler) -> dict[str, float]:

@@ -12,15 +12,10 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from mtd_cache.sweeps.report import (
-    CE_ONLY_LABEL,
-    SUMMARY_COLUMNS,
-    aggregate,
-    cost_summary,
-    expected_extremes,
-    load_records,
-    write_report,
-)
+from mtd_cache.sweeps.aggregate import SUMMARY_COLUMNS, aggregate, expected_extremes
+from mtd_cache.sweeps.costs import cost_summary
+from mtd_cache.sweeps.records import load_records
+from mtd_cache.sweeps.report import CE_ONLY_LABEL, write_report
 
 # A ResNet sweep by hand: pool of 3 teachers, R = 2 repeats (seeds 0, 1), scores in %.
 # teacher set -> (score at seed 0, score at seed 1); wall_s is 10 s for k = 1, 12 s for k = 2, 14 s for k = 3.
@@ -85,7 +80,7 @@ def test_load_records_keeps_finished_records(df: pd.DataFrame) -> None:
 
 
 def test_load_records_warns_about_non_records(runs_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="mtd_cache.report"):
+    with caplog.at_level(logging.WARNING, logger="mtd_cache.sweeps.records"):
         load_records(runs_dir)
     text = caplog.text
     assert "notes.json: not a run record" in text and "broken.json: not readable JSON" in text
@@ -264,7 +259,9 @@ def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
     assert runs.loc[runs["run_id"] == "r0-2s1", "teachers"].item() == "0,2"
 
     md = (out / "summary.md").read_text().splitlines()
-    assert md[0].startswith("| task | student |") and len(md) == 2 + 3
+    assert md[0].startswith("| task | student |") and md[5:] == [  # the table: header + 3 rows, then its notes
+        "", "- no confidence intervals: 14 of 14 runs kept no predictions"]
+    assert md[3].startswith(f"| cifar10 | resnet20 | 2 | 3 | 84.0000 ±{pstd(81, 88, 83):.4f} |")  # mean ± std
 
     for png in out.glob("*.png"):
         image = matplotlib.image.imread(png)

@@ -96,8 +96,8 @@ def test_same_configuration_same_run_id_and_same_cpu_metric(digits, tmp_path):
     c = run_student(RunRequest(**{**req.__dict__, "seed": 4}))
     assert c["run_id"] != a["run_id"]
     files = sorted(p.name for p in (tmp_path / "digits" / "resnet8").iterdir())
-    assert files == sorted([f"{a['run_id']}.json", f"{a['run_id']}.metrics.csv", f"{c['run_id']}.json",
-                            f"{c['run_id']}.metrics.csv"])  # checkpoints removed once the record is written
+    assert files == sorted([f"{r}.{ext}" for r in (a["run_id"], c["run_id"])  # checkpoints removed once the
+                            for ext in ("json", "metrics.csv", "predictions.npz")])  # record is written
 
 
 def test_ce_only_baseline_and_online_run(digits, tmp_path):

@@ -14,15 +14,19 @@ from .common import bad, check_out_folder, run_command, setup_logging
 @click.option("--out", type=click.Path(path_type=Path), help="Default: RUNS_DIR/report.")
 @click.option("--repeats", type=click.IntRange(min=1),
               help="R for the equal-effort comparison (default: distinct seeds).")
+@click.option("--experiment", help="Report only the experiment whose id starts with this (runs.csv lists them).")
+@click.option("--bootstrap", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Resamples of the evaluation examples for the 95% intervals.")
 @click.option("-v", "--verbose", is_flag=True)
-def cli(runs_dir: Path, out: Path | None, repeats: int | None, verbose: bool) -> None:
+def cli(runs_dir: Path, out: Path | None, repeats: int | None, experiment: str | None, bootstrap: int,
+        verbose: bool) -> None:
     from ..sweeps.report import make_report
 
     setup_logging(verbose)
     check_out_folder("--out", out)
     if not runs_dir.is_dir():
         raise bad("RUNS_DIR", str(runs_dir), "is not a folder of run records")
-    files = make_report(runs_dir, out or runs_dir / "report", repeats)
+    files = make_report(runs_dir, out or runs_dir / "report", repeats, experiment=experiment, n_resamples=bootstrap)
     for f in files:
         click.echo(str(f))
 

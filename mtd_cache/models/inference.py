@@ -50,6 +50,13 @@ def accuracy(model: torch.nn.Module, data: ImageData, batch_size: int = 1000) ->
 
 
 @torch.no_grad()
+def image_metrics(model: torch.nn.Module, data: ImageData, batch_size: int = 1000) -> dict[str, Any]:
+    """``{"metric": accuracy, "predictions": class ids}`` on the unaugmented split (a student's evaluation)."""
+    pred = predict(model, data, batch_size).argmax(1)
+    return {"metric": float((pred == data.labels.cpu()).float().mean()), "predictions": pred.numpy()}
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, data: ImageData, batch_size: int = 1000) -> torch.Tensor:
     """Logits of the unaugmented split, (N, C) float32 on the CPU."""
     was = model.training

@@ -17,17 +17,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..locks import file_lock
-from ..record import device_description, load_done, make_run_id, provenance, record_path, utc_now, write_record
+from ..record import (
+    device_description,
+    experiment_identity,
+    load_done,
+    make_experiment_id,
+    make_run_id,
+    provenance,
+    record_path,
+    utc_now,
+    write_record,
+)
 from ..runtime import resolve_device, seed_everything
 from ..settings import Resolved
 from ..store import TeacherStore
 from ..teachers import Teacher
 from ..train import Fit, fit, remove_checkpoint, total_cost
+from ..utils import atomic_path
 from .context import StudentContext
 from .recipes import get_recipe
 from .targets import online_teachers
@@ -52,6 +64,9 @@ class RunRequest:
     device: str | None = None
     force: bool = False
     kind: str = "student"  # "student" (a baseline when teachers is empty), or a kind of the recipe's RUN_KINDS
+    # the fingerprints of every store of the sweep this run belongs to (R repeat stores): its experiment's;
+    # () = the run's own store alone. Never in the run id: the same run is the same run in any sweep.
+    experiment_stores: tuple[str, ...] = ()
 
 
 @dataclass
@@ -65,6 +80,7 @@ class PlannedRun:
     kind: str  # student | baseline | a recipe's run kind
     run_id: str
     identity: dict[str, Any]  # what the run id hashes (with the store's fingerprint and teachers' hashes)
+    experiment: dict[str, Any]  # what defines the comparison the run belongs to (``record.experiment_identity``)
     record: Path  # the run record; the run is done when it holds status "done" (``impl.done``)
     lock: Path
     checkpoint: Path | None = None
@@ -105,8 +121,11 @@ def plan_run(req: RunRequest) -> PlannedRun:
                 "primary": req.primary, "seed": req.seed, "online": req.online, "recipe": resolved.requested}
     run_id = make_run_id(identity, store.fingerprint, store.teachers_sha256)
     path = record_path(req.out, store.task, req.student, run_id)
+    experiment = experiment_identity(store.task, req.student, resolved.requested,
+                                     req.experiment_stores or [store.fingerprint], store.teachers_sha256, req.online)
     planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
                          kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
+                         experiment=experiment,
                          record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.pt"),
                          metrics_csv=path.with_suffix(".metrics.csv"),
                          online=online_teachers(store, req.teachers_dir) if req.online else None,
@@ -161,8 +180,11 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
     with EnergyMeter() as meter:
         history = fit(job, ctx.device, meter)
     cost = total_cost(job, meter.reading)  # every part of a resumed run
+    predictions = _write_predictions(planned, job)
     record = {
-        "run_id": planned.run_id, "kind": planned.kind, "task": planned.store.task, "student": req.student,
+        "run_id": planned.run_id, "kind": planned.kind, "experiment": make_experiment_id(planned.experiment),
+        "experiment_identity": planned.experiment, "predictions": predictions,
+        "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
         "metric_name": planned.store.metric, "metric": float(history[-1]["metric"]) if "metric" in history[-1]
         else None, "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
@@ -176,6 +198,25 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
     log.info("%s %s: %s %s -> %s", planned.kind, planned.run_id[:12], record["metric_name"], record["metric"],
              planned.record)
     return record
+
+
+def _write_predictions(planned: PlannedRun, job: Fit) -> str | None:
+    """The student's class ids on the evaluation set (and its labels), ``<run_id>.predictions.npz`` beside the
+    record: what the report's confidence intervals resample. Returns the file's name, None without predictions."""
+    if job.predictions is None or planned.store.dev_labels is None:
+        return None
+    labels = np.asarray(planned.store.dev_labels)
+    pred = np.asarray(job.predictions)
+    if pred.shape != labels.shape:
+        log.warning("%s: %d predictions for %d evaluation labels: not kept", planned.run_id[:12], len(pred),
+                    len(labels))
+        return None
+    path = planned.record.with_suffix(".predictions.npz")
+    small = np.int16 if max(int(labels.max(initial=0)), int(pred.max(initial=0))) < 2**15 else np.int64
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, pred=pred.astype(small), label=labels.astype(small))
+    return path.name
 
 
 class _StudentKind:

@@ -75,7 +75,17 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
                       data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
-                      teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student")
+                      teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
+                      experiment_stores=_fingerprints(cfg.stores) if len(cfg.stores) > 1 else ())
+
+
+def _fingerprints(stores: tuple[str, ...]) -> tuple[str, ...]:
+    """The sorted fingerprints of a sweep's repeat stores: one experiment over all of them."""
+    out = []
+    for path in stores:
+        with TeacherStore.open(path) as s:  # opened once per process and file version
+            out.append(s.fingerprint)
+    return tuple(sorted(out))
 
 
 # ------------------------------------------------------------------------------------------ one job

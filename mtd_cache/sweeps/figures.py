@@ -11,17 +11,22 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..utils import atomic_path  # noqa: E402
-
-MODES = ("multi", "single")
+from .aggregate import MODES  # noqa: E402
 
 
 def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Path]:
-    """Score vs k (paper figs 2, 3, 6), vs distillation time (figs 4, 5, 7), equal effort vs k."""
+    """Score vs k (paper figs 2, 3, 6), vs distillation time (figs 4, 5, 7), equal effort vs k, for one experiment.
+
+    Each mode's worst and best curve: the mean over combinations (line), ±1 std over combinations (shaded)
+    and the 95% bootstrap interval over evaluation examples (hatched band, where predictions were kept).
+    The evaluation set's granularity is stated under the title.
+    """
     metric = str(per_k["metric_name"].iloc[0])
     title = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}"
+    if "title" in per_k and str(per_k["title"].iloc[0]):
+        title += f"\n{per_k['title'].iloc[0]}"
     k = per_k["k"].to_numpy(dtype=float)
     specs = [("score_vs_k", "", {m: k for m in MODES}, "number of teachers k"),
              ("score_vs_time", "", {m: per_k[f"{m}_time_s_mean"].to_numpy(float) for m in MODES},
@@ -30,33 +35,58 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Pa
               f"number of teachers k (expected over {int(per_k['eq_r'].iloc[0])} runs)")]
     written = []
     for name, prefix, xs, xlabel in specs:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig, ax = plt.subplots(figsize=(8.6, 4.6))
         _plot_modes(ax, per_k, prefix, xs)
-        for i, (label, value) in enumerate(sorted(lines.items())):
-            ax.axhline(value, color=f"C{4 + i}", linestyle="--", linewidth=1, label=f"{label}: {value:.4g}")
-        ax.set(xlabel=xlabel, ylabel=metric, title=title)
+        _reference_lines(ax, lines)
+        ax.set(xlabel=xlabel, ylabel=metric)
+        ax.set_title(title, fontsize="medium")
+        fig.text(0.01, 0.01, granularity(per_k), fontsize="x-small", color="0.35")
         if name != "score_vs_time":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize="small")
+            ax.set_xticks(sorted(set(k)))  # integer ticks, also for a pool of one or two teachers
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        fig.subplots_adjust(right=0.66, bottom=0.16)
         written.append(_save(fig, stem.with_name(f"{stem.name}_{name}.png")))
     return written
 
 
+def granularity(per_k: pd.DataFrame) -> str:
+    """The evaluation set's granularity, as the figures and summary state it."""
+    m = per_k["eval_examples"].iloc[0] if "eval_examples" in per_k else np.nan
+    if pd.isna(m):
+        return "evaluation set size unknown (no predictions kept): no intervals"
+    return (f"evaluation set: {int(m)} examples, one example = {100 / m:.3g} points of accuracy; "
+            "shaded: ±1 std over combinations; hatched: 95% bootstrap interval over examples")
+
+
 def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray]) -> None:
-    """Each mode's min and max curves with +-1 std shading."""
-    styles = {"multi": ("C0", "-"), "single": ("C1", ":")}
+    """Each mode's min and max curves with +-1 std shading and the 95% interval as a hatched band."""
+    styles = {"multi": ("C0", "-", "///"), "single": ("C1", ":", "\\\\\\")}
     for mode in MODES:
-        color, ls = styles[mode]
+        color, ls, hatch = styles[mode]
         for stat in ("min", "max"):
-            mean = per_k[f"{prefix}{mode}_{stat}_mean"].to_numpy(float)
-            std = per_k[f"{prefix}{mode}_{stat}_std"].to_numpy(float)
+            curve = f"{prefix}{mode}_{stat}"
+            mean = per_k[f"{curve}_mean"].to_numpy(float)
+            std = per_k[f"{curve}_std"].to_numpy(float)
             marker = "v" if stat == "min" else "^"
-            ax.plot(xs[mode], mean, color=color, linestyle=ls, marker=marker, label=f"{mode}-teacher {stat}")
-            ax.fill_between(xs[mode], mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+            label = f"{mode}-teacher {'worst' if stat == 'min' else 'best'}"
+            ax.plot(xs[mode], mean, color=color, linestyle=ls, marker=marker, label=label)
+            ax.fill_between(xs[mode], mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
+            if f"{curve}_ci_low" in per_k and per_k[f"{curve}_ci_low"].notna().any():
+                low, high = per_k[f"{curve}_ci_low"].to_numpy(float), per_k[f"{curve}_ci_high"].to_numpy(float)
+                ax.fill_between(xs[mode], low, high, facecolor="none", edgecolor=color, hatch=hatch, alpha=0.45,
+                                linewidth=0.6, linestyle="--", label=f"{label}: 95% CI")
+
+
+def _reference_lines(ax: Any, lines: dict[str, float]) -> None:
+    """Horizontal reference lines, each its own colour and dash; equal values stay visible (and labelled)."""
+    dashes = ["--", "-.", (0, (1, 1)), (0, (5, 2, 1, 2))]
+    for i, (label, value) in enumerate(sorted(lines.items())):
+        ax.axhline(value, color=f"C{4 + i}", linestyle=dashes[i % len(dashes)], linewidth=1.2 + 0.6 * i,
+                   alpha=0.9, label=f"{label}: {value:.4g}")
 
 
 def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path

@@ -1,27 +1,13 @@
-"""Aggregation and figures from run records (DESIGN.md "Run record" and "Sweep protocol").
+"""The report: tables and the paper's figures from a folder of run records, per experiment, never across.
 
-Choices, named once:
-
-- **Finished runs only.** ``load_records`` keeps records whose ``status`` is
-  ``"done"`` or ``"ok"``; other statuses (running, failed) are skipped with an
-  info line, files that are not run records with a warning. A ``run_id`` seen
-  twice (a copied file) is counted once.
-- **Modes, per k-combination of the pool.** *Multi-teacher*: min and max over
-  the runs whose teacher set equals the combination, whatever their primary
-  and repeat. *Single-teacher*: min and max over the k = 1 runs of the
-  combination's members. A combination enters a k's statistics only when both
-  modes have runs for it, so the two modes are compared on the same combinations.
-- **Population std** (``ddof=0``) over combinations: the C(T, k) combinations
-  are the whole population, not a sample, and k = T (one combination) gets
-  std 0 rather than NaN.
-- **Equal effort**: the exact expected min and max of r = R runs drawn without
-  replacement from each mode's runs (``expected_extremes``), R being the number
-  of distinct seeds unless given. A combination where a mode has fewer than R
-  runs is left out of the equal-effort columns (``eq_n_combinations``).
-- **Distillation time** of a mode for a combination is the summed ``wall_s`` of
-  the runs its min and max are taken over (what obtaining them cost); the
-  figures plot it averaged over combinations. Stage-1 and teacher costs are in
-  ``cost_summary``, not in this time.
+Files (``mtd-report RUNS --out DIR``): ``runs.csv``/``.md`` every run (its experiment, dead runs
+marked), ``summary.csv`` the full per-k table of every experiment (means, stds, 95% intervals),
+``summary.md`` a short readable table per experiment with the evaluation set's granularity,
+``differences.csv``/``.md`` the modes' paired differences per k with their intervals (when the runs
+kept their predictions), ``cost.csv``/``.md``, and per experiment the three figures
+``<task>_<student>[_<experiment>]_{score_vs_k,score_vs_time,equal_effort_vs_k}.png`` (the experiment's
+id in the name only when a task and student have several). Aggregation: ``aggregate.py``; intervals:
+``uncertainty.py``; records: ``records.py``.
 """
 
 from __future__ import annotations
@@ -30,10 +16,7 @@ import json
 import logging
 import math
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from itertools import combinations
-from math import comb
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,243 +25,163 @@ import pandas as pd
 
 from ..errors import MtdError
 from ..utils import atomic_path
-from .figures import MODES, figures
+from .aggregate import CURVES, aggregate
+from .costs import cost_summary
+from .figures import figures
+from .records import UNASSIGNED, load_records
+from .uncertainty import N_RESAMPLES, experiment_intervals
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
-            "wall_s", "energy_j", "status")
-DONE_STATUSES = frozenset({"done", "ok"})
-# per-combination statistics; each becomes <name>_mean and <name>_std in the summary
-STATS = tuple(f"{m}_{s}" for m in MODES for s in ("min", "max", "n_runs", "time_s", "run_s")) + \
-    tuple(f"eq_{m}_{s}" for m in MODES for s in ("min", "max"))
-SUMMARY_COLUMNS = ["task", "student", "metric_name", "k", "n_expected", "n_combinations", "eq_r",
-                   "eq_n_combinations"] + [f"{s}_{a}" for s in STATS for a in ("mean", "std")]
 CE_ONLY_LABEL = "CE-only students (mean)"
-_Run = tuple[float, float]  # (metric, wall_s)
+READABLE = {"multi_min": "multi-teacher worst", "multi_max": "multi-teacher best",
+            "single_min": "single-teacher worst", "single_max": "single-teacher best"}
 
 
-def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every finished run record under ``runs_dir`` (recursive ``*.json``), one row each.
-
-    ``teachers`` becomes a sorted tuple; ``energy_j`` NaN when unknown; nested
-    fields (``config``) are left out of the frame.
-    """
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for path in sorted(Path(runs_dir).rglob("*.json")):
-        rec = _read_record(path)
-        if rec is None:
-            continue
-        if rec.get("kind") == "stage1":
-            log.debug("%s is a TinyBERT stage-1 run: a cost of the students that name it, not a result", path)
-        elif rec["status"] not in DONE_STATUSES:
-            log.info("skipping %s: status %r", path, rec["status"])
-        elif rec["run_id"] in seen:
-            log.warning("skipping %s: run %s already loaded", path, rec["run_id"])
-        else:
-            seen.add(rec["run_id"])
-            rows.append(rec)
-    log.info("loaded %d finished runs from %s", len(rows), runs_dir)
-    extra = sorted({key for row in rows for key in row} - set(REQUIRED))
-    df = pd.DataFrame(rows, columns=[*REQUIRED, *extra])
-    return df.astype({"k": "int64", "seed": "int64", "primary": "Int64", "metric": "float64",
-                      "wall_s": "float64", "energy_j": "float64"})
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """The normalised record in ``path``, or None (with a warning) when it is not one."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("skipping %s: not readable JSON (%s)", path, exc)
-        return None
-    missing = [key for key in REQUIRED if key not in rec] if isinstance(rec, dict) else list(REQUIRED)
-    if missing:
-        log.warning("skipping %s: not a run record (missing %s)", path, ", ".join(missing))
-        return None
-    try:
-        return _normalise(rec, path)
-    except (TypeError, ValueError) as exc:
-        log.warning("skipping %s: malformed run record (%s)", path, exc)
-        return None
-
-
-def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
-    out = {key: v for key, v in rec.items() if not isinstance(v, (dict, list))}
-    teachers = tuple(sorted(int(t) for t in rec["teachers"]))
-    if len(teachers) != int(rec["k"]):
-        raise ValueError(f"k = {rec['k']} but {len(teachers)} teachers")
-    out.update(teachers=teachers, k=int(rec["k"]), seed=int(rec["seed"]), metric=float(rec["metric"]),
-               wall_s=float(rec["wall_s"]), path=str(path),
-               primary=None if rec["primary"] is None else int(rec["primary"]),
-               energy_j=math.nan if rec["energy_j"] is None else float(rec["energy_j"]))
-    return out
-
-
-def expected_extremes(values: Sequence[float], r: int) -> tuple[float, float]:
-    """Exact (E[min], E[max]) of ``r`` values drawn without replacement from ``values``.
-
-    Order statistics over all C(n, r) subsets, with x_(1) <= ... <= x_(n):
-    x_(i) is a subset's minimum in C(n-i, r-1) subsets and its maximum in
-    C(i-1, r-1), so E[min] = sum_i x_(i) C(n-i, r-1) / C(n, r) and
-    E[max] = sum_i x_(i) C(i-1, r-1) / C(n, r). Ties need no care.
-    """
-    x = sorted(float(v) for v in values)
-    n = len(x)
-    if not 1 <= r <= n:
-        raise ValueError(f"cannot draw r = {r} of {n} values")
-    if any(math.isnan(v) for v in x):
-        raise ValueError("values contain NaN")
-    total = comb(n, r)
-    e_min = math.fsum(v * comb(n - i, r - 1) for i, v in enumerate(x, 1)) / total
-    e_max = math.fsum(v * comb(i - 1, r - 1) for i, v in enumerate(x, 1)) / total
-    return e_min, e_max
-
-
-def aggregate(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int | None = None) -> pd.DataFrame:
-    """Per (task, student, k): both modes' min and max, time and equal-effort values, mean and std
-    over the k-combinations of ``pool`` (default: every teacher in the runs). Columns: SUMMARY_COLUMNS."""
-    parts = []
+def summarize(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int | None = None,
+              n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list]]:
+    """(per-k summary with intervals, paired differences, notes per experiment)."""
+    summary = aggregate(df, pool, repeats)
+    diffs, notes = [], {}
     students = df[df["k"] > 0]
-    for (task, student, metric_name), runs in students.groupby(["task", "student", "metric_name"], sort=True):
-        summary = _aggregate_runs(runs, pool, repeats)
-        summary.insert(0, "metric_name", metric_name)
-        summary.insert(0, "student", student)
-        summary.insert(0, "task", task)
-        parts.append(summary)
-    if not parts:
-        return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return pd.concat(parts, ignore_index=True)[SUMMARY_COLUMNS]
+    for exp, runs in students.groupby("experiment", sort=True) if len(students) else []:
+        notes[exp] = _dead_counts(summary, exp, runs)
+        exp_pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
+        r = repeats if repeats is not None else int(runs["seed"].nunique())
+        got = experiment_intervals(runs, str(runs["metric_name"].iloc[0]), exp_pool, r, n_resamples, seed)
+        if isinstance(got, str):
+            notes[exp].append(f"no confidence intervals: {got}")
+            continue
+        at = summary.index[summary["experiment"] == exp]
+        ci = got.per_k.set_index("k").reindex(summary.loc[at, "k"].to_numpy())
+        for col in ci.columns:
+            summary.loc[at, col] = ci[col].to_numpy()
+        summary.loc[at, "eval_examples"] = got.eval_examples
+        diffs.append(got.differences.assign(experiment=exp))
+        notes[exp].insert(0, f"evaluation set: {got.eval_examples} examples: one example = "
+                             f"{100 / got.eval_examples:.3g} points of accuracy; intervals: 95%, paired bootstrap "
+                             f"over the examples ({n_resamples} resamples)")
+    columns = ["experiment", "k", "difference", "estimate", "ci_low", "ci_high", "p_positive"]
+    differences = pd.concat(diffs, ignore_index=True)[columns] if diffs else pd.DataFrame(columns=columns)
+    return summary, differences, notes
 
 
-def _aggregate_runs(runs: pd.DataFrame, pool: Iterable[int] | None, repeats: int | None) -> pd.DataFrame:
-    """The per-k summary of one student's runs."""
-    pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
-    r = repeats if repeats is not None else int(runs["seed"].nunique())
-    by_set: dict[tuple[int, ...], list[_Run]] = defaultdict(list)
-    for teachers, metric, wall in zip(runs["teachers"], runs["metric"], runs["wall_s"], strict=True):
-        if set(teachers) <= set(pool):
-            by_set[teachers].append((metric, wall))
-    rows = []
-    for k in range(1, len(pool) + 1):
-        stats = [s for c in combinations(pool, k) if (s := _combination_stats(c, by_set, r)) is not None]
-        if len(stats) < comb(len(pool), k):
-            log.warning("%s k=%d: %d of %d combinations have runs in both modes",
-                        runs["student"].iloc[0], k, len(stats), comb(len(pool), k))
-        rows.append(_k_row(k, comb(len(pool), k), r, stats))
-    return pd.DataFrame(rows)
-
-
-def _combination_stats(combo: tuple[int, ...], by_set: dict[tuple[int, ...], list[_Run]],
-                       r: int) -> dict[str, float] | None:
-    """Both modes' statistics for one combination; None when a mode has no runs for it."""
-    singles = [by_set.get((t,), []) for t in combo]
-    mode_runs = {"multi": by_set.get(combo, []), "single": [run for s in singles for run in s]}
-    if not mode_runs["multi"] or not all(singles):
-        return None
-    out: dict[str, float] = {}
-    for mode, mode_list in mode_runs.items():
-        metric, wall = np.array(mode_list, dtype=float).T
-        out.update({f"{mode}_min": metric.min(), f"{mode}_max": metric.max(), f"{mode}_n_runs": len(metric),
-                    f"{mode}_time_s": wall.sum(), f"{mode}_run_s": wall.mean()})
-    enough = all(len(runs) >= r for runs in mode_runs.values())
-    for mode, mode_list in mode_runs.items():
-        lo, hi = expected_extremes([m for m, _ in mode_list], r) if enough else (math.nan, math.nan)
-        out.update({f"eq_{mode}_min": lo, f"eq_{mode}_max": hi})
-    return out
-
-
-def _k_row(k: int, n_expected: int, r: int, stats: list[dict[str, float]]) -> dict[str, float]:
-    """Mean and population std over the combinations of every statistic (NaNs left out)."""
-    row: dict[str, float] = {"k": k, "n_expected": n_expected, "n_combinations": len(stats), "eq_r": r,
-                             "eq_n_combinations": sum(not math.isnan(s["eq_multi_min"]) for s in stats)}
-    for name in STATS:
-        vals = np.array([s[name] for s in stats], dtype=float)
-        vals = vals[~np.isnan(vals)]
-        row[f"{name}_mean"] = float(vals.mean()) if len(vals) else math.nan
-        row[f"{name}_std"] = float(vals.std(ddof=0)) if len(vals) else math.nan
-    return row
-
-
-def cost_summary(df: pd.DataFrame, shared: dict[str, dict[str, float | None]] | None = None,
-                 stage1: dict[str, dict[str, float | None]] | None = None) -> pd.DataFrame:
-    """Total and per-run cost (wall seconds, joules) of the runs in ``df`` and what they share.
-
-    ``shared`` maps a name (``"teachers"``, ``"dump"``) to its total ``wall_s`` and
-    ``energy_j``; each is amortised over every run in ``df`` (they all read the
-    same teachers and store). ``stage1`` maps a ``stage1_id`` to its cost,
-    amortised over the runs naming it; without it the records' ``stage1_wall_s``
-    is used (energy unknown). Unknown energy stays NaN: never a partial sum.
-    Columns: component, wall_s, energy_j, n_runs, per_run_wall_s, per_run_energy_j.
-    """
-    n = len(df)
-    rows = [_cost_row("students", df["wall_s"].sum(), _sum_or_nan(df["energy_j"]), n)]
-    rows += [_cost_row(name, c.get("wall_s"), c.get("energy_j"), n) for name, c in (shared or {}).items()]
-    if "stage1_id" in df.columns and df["stage1_id"].notna().any():
-        rows.append(_stage1_row(df[df["stage1_id"].notna()], stage1))
-    total_wall = math.fsum(row["wall_s"] for row in rows)
-    total_energy = _sum_or_nan(pd.Series([row["energy_j"] for row in rows], dtype=float))
-    rows.append(_cost_row("total", total_wall, total_energy, n))
-    return pd.DataFrame(rows)
-
-
-def _stage1_row(runs: pd.DataFrame, stage1: dict[str, dict[str, float | None]] | None) -> dict[str, Any]:
-    ids = sorted(set(runs["stage1_id"]))
-    if stage1 is not None:
-        wall = [stage1.get(i, {}).get("wall_s") for i in ids]
-        energy = [stage1.get(i, {}).get("energy_j") for i in ids]
-    else:
-        first = runs.groupby("stage1_id").first()
-        wall = [first["stage1_wall_s"].get(i) if "stage1_wall_s" in first else None for i in ids]
-        energy = [None] * len(ids)
-    return _cost_row("stage1", _sum_or_nan(pd.Series(wall, dtype=float)),
-                     _sum_or_nan(pd.Series(energy, dtype=float)), len(runs))
-
-
-def _cost_row(name: str, wall_s: float | None, energy_j: float | None, n_runs: int) -> dict[str, Any]:
-    wall = math.nan if wall_s is None else float(wall_s)
-    energy = math.nan if energy_j is None else float(energy_j)
-    return {"component": name, "wall_s": wall, "energy_j": energy, "n_runs": n_runs,
-            "per_run_wall_s": wall / n_runs if n_runs else math.nan,
-            "per_run_energy_j": energy / n_runs if n_runs else math.nan}
-
-
-def _sum_or_nan(values: pd.Series) -> float:
-    """The sum, or NaN when any value is unknown (a partial sum would pass for the total)."""
-    return math.nan if values.isna().any() else float(values.sum())
+def _dead_counts(summary: pd.DataFrame, exp: str, runs: pd.DataFrame) -> list[str]:
+    """Dead runs per mode and k, into the summary; a note when there are any."""
+    at = summary.index[summary["experiment"] == exp]
+    if "dead" not in runs or runs["dead"].isna().all():
+        return []
+    dead = runs["dead"].fillna(False).astype(bool)
+    sizes = runs["k"].to_numpy()
+    single = int((dead & (sizes == 1)).sum())
+    for i in at:
+        k = int(summary.loc[i, "k"])
+        summary.loc[i, "multi_dead"], summary.loc[i, "single_dead"] = int((dead & (sizes == k)).sum()), single
+    n = int(dead.sum())
+    return [f"{n} dead runs (one class predicted, or no better than the majority class): "
+            f"{single} single-teacher; see runs.md"] if n else []
 
 
 def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: dict[str, float] | None = None,
                  pool: Iterable[int] | None = None, repeats: int | None = None,
-                 shared_costs: dict[str, dict[str, float | None]] | None = None) -> list[Path]:
-    """Tables (CSV, markdown) of every run, the per-k summary and the costs, and the figures.
+                 shared_costs: dict[str, dict[str, float | None]] | None = None, n_resamples: int = N_RESAMPLES,
+                 seed: int = 0, experiment_lines: dict[str, dict[str, float]] | None = None,
+                 experiment_costs: dict[str, dict[str, dict[str, float | None]]] | None = None) -> list[Path]:
+    """Tables (CSV, markdown) of every run, the per-k summary, the differences and costs, and the figures.
 
-    ``reference_lines`` (label -> score) are drawn on every figure, e.g. the
-    teacher ensemble's dev score; the CE-only students' mean is added from the
-    k = 0 runs unless a line already has its label. Returns the files written.
+    ``reference_lines`` (label -> score) are drawn on every figure, ``experiment_lines`` (experiment ->
+    label -> score) on that experiment's, e.g. the teacher ensemble's dev score; the CE-only students'
+    mean is added from the experiment's k = 0 runs unless a line already has its label.
+    ``experiment_costs`` (experiment -> name -> cost), else ``shared_costs``, are amortised over the
+    experiment's runs. Returns the files written.
     """
     out = Path(out_dir)
-    summary = aggregate(df, pool, repeats)
-    tables = {"runs": _runs_table(df), "summary": summary, "cost": cost_summary(df, shared_costs)}
+    if "experiment" not in df:
+        df = df.assign(experiment=UNASSIGNED)
+    summary, differences, notes = summarize(df, pool, repeats, n_resamples, seed)
+    titles = experiment_titles(df)
+    costs = [cost_summary(runs, (experiment_costs or {}).get(exp, shared_costs)).assign(experiment=exp)
+             for exp, runs in df.groupby("experiment", sort=True)] if len(df) else [cost_summary(df, None)]
+    cost = pd.concat(costs, ignore_index=True)
+    tables = {"runs": _runs_table(df), "summary": summary, "cost": cost}
+    if len(differences):
+        tables["differences"] = differences
     written = []
     for name, table in tables.items():
         written.append(_write_text(out / f"{name}.csv", table.to_csv(index=False)))
-        written.append(_write_text(out / f"{name}.md", _markdown(table)))
-    for (task, student), per_k in summary.groupby(["task", "student"], sort=True):
-        lines = dict(reference_lines or {})
-        baselines = df[(df["k"] == 0) & (df["task"] == task) & (df["student"] == student)]
+        md = _summary_markdown(summary, titles, notes) if name == "summary" else _markdown(table)
+        written.append(_write_text(out / f"{name}.md", md))
+    several = summary.groupby(["task", "student"])["experiment"].nunique() > 1
+    for (exp, task, student), per_k in summary.groupby(["experiment", "task", "student"], sort=True):
+        lines = {**(reference_lines or {}), **(experiment_lines or {}).get(exp, {})}
+        baselines = df[(df["k"] == 0) & (df["experiment"] == exp)]
         if len(baselines) and CE_ONLY_LABEL not in lines:
             lines[CE_ONLY_LABEL] = float(baselines["metric"].mean())
-        written += figures(per_k, out / f"{task}_{student}", lines)
+        stem = f"{task}_{student}" + (f"_{exp[:8]}" if several.get((task, student), False) else "")
+        written += figures(per_k.assign(title=titles.get(exp, "")), out / stem, lines)
     log.info("report: %d files in %s", len(written), out)
     return written
+
+
+def experiment_titles(df: pd.DataFrame) -> dict[str, str]:
+    """Per experiment, what sets it apart from the others of its task and student (``temperature=2``)."""
+    identities = df.attrs.get("experiments", {})
+    titles = {}
+    for _, group in df.groupby(["task", "student"]):
+        exps = sorted(set(group["experiment"]))
+        if len(exps) < 2:
+            continue
+        flat = {e: _flatten(identities.get(e) or {}) for e in exps}
+        keys = sorted({k for f in flat.values() for k in f})
+        differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+        for e in exps:
+            if e == UNASSIGNED:
+                titles[e] = "runs without a recorded configuration (not pooled with any experiment)"
+                continue
+            titles[e] = ", ".join(f"{k}={_short(flat[e].get(k))}" for k in differ) or "(identical settings)"
+    return titles
+
+
+def _flatten(identity: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in identity.items() if k not in ("recipe", "task", "student")}
+    flat.update(identity.get("recipe") or {})
+    return flat
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and all(isinstance(x, str) and len(x) == 64 for x in v):
+        return "[" + ",".join(x[:8] for x in v) + "]"  # store fingerprints, teacher hashes
+    return json.dumps(v) if not isinstance(v, str) else v
 
 
 def _runs_table(df: pd.DataFrame) -> pd.DataFrame:
     table = df.copy()
     table["teachers"] = [",".join(map(str, t)) for t in table["teachers"]]
     return table.sort_values(["task", "student", "k", "teachers", "primary", "seed"], kind="stable")
+
+
+def _summary_markdown(summary: pd.DataFrame, titles: dict[str, str], notes: dict[str, list[str]]) -> str:
+    """Per experiment a short table: each mode's worst and best case per k, mean ± std [95% CI], then its notes."""
+    parts = []
+    for exp, per_k in summary.groupby("experiment", sort=True):
+        if exp in titles:
+            parts.append(f"## {per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}, experiment {exp[:8]}: "
+                         f"{titles[exp]}\n")
+        rows = [{"task": r["task"], "student": r["student"], "k": int(r["k"]), "combos": int(r["n_combinations"]),
+                 **{READABLE[c]: _cell(r, c) for c in CURVES if c in READABLE}} for _, r in per_k.iterrows()]
+        text = _markdown(pd.DataFrame(rows))
+        lines = notes.get(exp, [])
+        parts.append(text + ("\n" + "\n".join(f"- {n}" for n in lines) + "\n" if lines else ""))
+    return "\n".join(parts) if parts else _markdown(pd.DataFrame(columns=["task", "student", "k"]))
+
+
+def _cell(row: pd.Series, curve: str) -> str:
+    mean, std = row[f"{curve}_mean"], row[f"{curve}_std"]
+    low, high = row.get(f"{curve}_ci_low", np.nan), row.get(f"{curve}_ci_high", np.nan)
+    if pd.isna(mean):
+        return ""
+    text = f"{mean:.4f} ±{std:.4f}"
+    return text + (f" [{low:.4f}, {high:.4f}]" if pd.notna(low) else "")
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -298,26 +201,36 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats: int | None = None) -> list[Path]:
+def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats: int | None = None,
+                experiment: str | None = None, n_resamples: int = N_RESAMPLES) -> list[Path]:
     """``mtd-report``: the records under ``runs_dir``, with reference lines and costs from their stores.
 
-    The teacher ensemble's dev score (all teachers' dev logits averaged) is a
-    reference line; the teachers' training cost and the dump's are shared costs.
+    Per experiment, the teacher ensemble's dev score (all teachers' dev logits averaged) is a reference
+    line, and the teachers' training cost and the dump's are shared costs. ``experiment``: only the
+    experiment whose id starts with it.
     """
     df = load_records(runs_dir)
     if df.empty:
         raise MtdError(f"no finished run records under {runs_dir}")
-    lines: dict[str, float] = {}
-    shared: dict[str, dict[str, float | None]] = {}
-    for store_path in sorted(set(df["store"].dropna())) if "store" in df else []:
-        ref, costs = _store_reference(Path(store_path))
-        lines.update(ref)
-        for name, c in costs.items():
-            acc = shared.setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
-            acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
-            known = acc["energy_j"] is not None and c["energy_j"] is not None
-            acc["energy_j"] = acc["energy_j"] + c["energy_j"] if known else None
-    return write_report(df, out_dir, lines, repeats=repeats, shared_costs=shared)
+    if experiment:
+        chosen = sorted({e for e in df["experiment"] if e.startswith(experiment)})
+        if len(chosen) != 1:
+            known = ", ".join(sorted({e[:8] for e in df["experiment"]}))
+            raise MtdError(f"--experiment {experiment!r} matches {len(chosen)} experiments; known: {known}")
+        df = df[df["experiment"] == chosen[0]]
+    lines, shared = {}, {}
+    for exp, runs in df.groupby("experiment"):
+        lines[exp], shared[exp] = {}, {}
+        for store_path in sorted(set(runs["store"].dropna())) if "store" in runs else []:
+            ref, costs = _store_reference(Path(store_path))
+            lines[exp].update(ref)
+            for name, c in costs.items():
+                acc = shared[exp].setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
+                acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
+                known = acc["energy_j"] is not None and c["energy_j"] is not None
+                acc["energy_j"] = acc["energy_j"] + c["energy_j"] if known else None
+    return write_report(df, out_dir, repeats=repeats, n_resamples=n_resamples, experiment_lines=lines,
+                        experiment_costs=shared)
 
 
 def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:

@@ -39,7 +39,8 @@ def check_vocabulary(net: torch.nn.Module, tok: Any) -> None:
 
 def text_evaluator(ctx: StudentContext, net: torch.nn.Module, dev_set: Encoded,
                    dtype: torch.dtype | None) -> Callable[[], dict[str, float]]:
-    """The dev metrics of ``net`` (the primary one as ``metric``), as the recipe's ``evaluate``."""
-    def evaluate() -> dict[str, float]:
-        return evaluate_split(ctx.store.task, net, dev_set, ctx.settings.eval_batch_size, ctx.device, dtype)[0]
+    """The dev metrics of ``net`` (the primary one as ``metric``) and its predictions, as the recipe's ``evaluate``."""
+    def evaluate() -> dict[str, Any]:
+        metrics, logits = evaluate_split(ctx.store.task, net, dev_set, ctx.settings.eval_batch_size, ctx.device, dtype)
+        return {**metrics, "predictions": logits.argmax(-1)}
     return evaluate

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ...losses import KD_DIVERGENCES, KD_SCALES, kd_loss
 from ...models import factory
-from ...models.inference import accuracy
+from ...models.inference import image_metrics
 from ...optim import sgd_recipe
 from ...settings import setting
 from ...tasks.image_data import view_batches
@@ -80,5 +80,5 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra["views"] = int(len(views))
     return Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
                batches=lambda e: view_batches(len(train), len(views), s.batch_size, ctx.seed, e),
-               evaluate=lambda: {"metric": accuracy(net, test)}, checkpoint=ctx.checkpoint,
+               evaluate=lambda: image_metrics(net, test), checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"{ctx.student} k={len(ctx.teachers)}")

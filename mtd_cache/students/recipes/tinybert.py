@@ -49,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...losses import KD_DIVERGENCES, KD_SCALES, hard_ce, kd_loss
@@ -171,31 +172,34 @@ def build(ctx: StudentContext) -> Fit:
                grad_clip=s.grad_clip, on_step=on_step)
 
 
-def _selection(ctx: StudentContext, net: TinyBertStudent, dev_metric: Callable[[], dict[str, float]],
-               total: int) -> tuple[Callable[[int], None], Callable[[], dict[str, float]]]:
+def _selection(ctx: StudentContext, net: TinyBertStudent, dev_metric: Callable[[], dict[str, Any]],
+               total: int) -> tuple[Callable[[int], None], Callable[[], dict[str, Any]]]:
     """``--select-on-dev``: dev score every ``eval_step`` steps and at the last; report the best (the reference).
 
-    The best so far is kept beside the run's checkpoint, so a resumed run still knows it.
+    The best so far (its score, step and predictions) is kept beside the run's checkpoint, so a resumed run
+    still knows it; the run's predictions are the selected model's.
     """
     every = ctx.settings.eval_step
     path = ctx.checkpoint.with_suffix(".best.json") if ctx.checkpoint else None
-    best = {"metric": -math.inf, "step": None}
+    best: dict[str, Any] = {"metric": -math.inf, "step": None, "predictions": None}
     if path is not None and path.exists():
         best.update(json.loads(path.read_text()))
 
     def on_step(step: int) -> None:
         if step % every and step != total:
             return
-        metric = dev_metric()["metric"]
+        now = dev_metric()
         net.train()
-        if metric > best["metric"]:  # strict, as the reference's ``result['acc'] > best_dev_acc``
-            best.update(metric=metric, step=step)
+        if now["metric"] > best["metric"]:  # strict, as the reference's ``result['acc'] > best_dev_acc``
+            best.update(metric=now["metric"], step=step, predictions=np.asarray(now["predictions"]).tolist())
             if path is not None:
                 atomic_write_json(path, best)
 
-    def evaluate() -> dict[str, float]:
+    def evaluate() -> dict[str, Any]:
         now = dev_metric()
-        chosen = now["metric"] if best["step"] is None else best["metric"]
-        return {**now, "final_metric": now["metric"], "metric": chosen, "selected_step": best["step"]}
+        if best["step"] is None:
+            return {**now, "final_metric": now["metric"], "selected_step": None}
+        return {**now, "final_metric": now["metric"], "metric": best["metric"], "selected_step": best["step"],
+                "predictions": np.asarray(best["predictions"])}
 
     return on_step, evaluate

@@ -1,0 +1,139 @@
+"""The paper's aggregation of a sweep's runs (DESIGN.md "Sweep protocol"), per experiment.
+
+Choices, named once:
+
+- **Modes, per k-combination of the pool.** *Multi-teacher*: min and max over
+  the runs whose teacher set equals the combination, whatever their primary
+  and repeat. *Single-teacher*: min and max over the k = 1 runs of the
+  combination's members. A combination enters a k's statistics only when both
+  modes have runs for it, so the two modes are compared on the same combinations.
+- **Population std** (``ddof=0``) over combinations: the C(T, k) combinations
+  are the whole population, not a sample, and k = T (one combination) gets
+  std 0 rather than NaN.
+- **Equal effort**: the exact expected min and max of r = R runs drawn without
+  replacement from each mode's runs (``expected_extremes``), R being the number
+  of distinct seeds unless given. A combination where a mode has fewer than R
+  runs is left out of the equal-effort columns (``eq_n_combinations``).
+- **Distillation time** of a mode for a combination is the summed ``wall_s`` of
+  the runs its min and max are taken over (what obtaining them cost); the
+  figures plot it averaged over combinations. Stage-1 and teacher costs are in
+  ``costs.cost_summary``, not in this time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from itertools import combinations
+from math import comb
+
+import numpy as np
+import pandas as pd
+
+from .records import UNASSIGNED
+
+log = logging.getLogger(__name__)
+
+MODES = ("multi", "single")
+# per-combination statistics; each becomes <name>_mean and <name>_std in the summary
+STATS = tuple(f"{m}_{s}" for m in MODES for s in ("min", "max", "n_runs", "time_s", "run_s")) + \
+    tuple(f"eq_{m}_{s}" for m in MODES for s in ("min", "max"))
+# the curves that get 95% bootstrap intervals (``uncertainty``), and the paired differences of the modes
+CURVES = tuple(f"{p}{m}_{s}" for p in ("", "eq_") for m in MODES for s in ("min", "max"))
+DIFFERENCES = {"worst": ("multi_min", "single_min"), "best": ("multi_max", "single_max"),
+               "eq_worst": ("eq_multi_min", "eq_single_min"), "eq_best": ("eq_multi_max", "eq_single_max")}
+SUMMARY_COLUMNS = ["experiment", "task", "student", "metric_name", "k", "n_expected", "n_combinations", "eq_r",
+                   "eq_n_combinations"] + [f"{s}_{a}" for s in STATS for a in ("mean", "std")] + \
+    [f"{c}_ci_{e}" for c in CURVES for e in ("low", "high")] + ["eval_examples", "multi_dead", "single_dead"]
+_Run = tuple[float, float]  # (metric, wall_s)
+
+
+def expected_extremes(values: Sequence[float], r: int) -> tuple[float, float]:
+    """Exact (E[min], E[max]) of ``r`` values drawn without replacement from ``values``.
+
+    Order statistics over all C(n, r) subsets, with x_(1) <= ... <= x_(n):
+    x_(i) is a subset's minimum in C(n-i, r-1) subsets and its maximum in
+    C(i-1, r-1), so E[min] = sum_i x_(i) C(n-i, r-1) / C(n, r) and
+    E[max] = sum_i x_(i) C(i-1, r-1) / C(n, r). Ties need no care.
+    """
+    x = sorted(float(v) for v in values)
+    n = len(x)
+    if not 1 <= r <= n:
+        raise ValueError(f"cannot draw r = {r} of {n} values")
+    if any(math.isnan(v) for v in x):
+        raise ValueError("values contain NaN")
+    total = comb(n, r)
+    e_min = math.fsum(v * comb(n - i, r - 1) for i, v in enumerate(x, 1)) / total
+    e_max = math.fsum(v * comb(i - 1, r - 1) for i, v in enumerate(x, 1)) / total
+    return e_min, e_max
+
+
+def aggregate(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int | None = None) -> pd.DataFrame:
+    """Per (experiment, k): both modes' min and max, time and equal-effort values, mean and std over the
+    k-combinations of ``pool`` (default: every teacher in the runs). Never across experiments. Columns:
+    SUMMARY_COLUMNS (the intervals' columns are NaN here: ``uncertainty.with_intervals`` fills them)."""
+    parts = []
+    students = df[df["k"] > 0]
+    if "experiment" not in students:
+        students = students.assign(experiment=UNASSIGNED)
+    keys = ["experiment", "task", "student", "metric_name"]
+    for (experiment, task, student, metric_name), runs in students.groupby(keys, sort=True):
+        summary = _aggregate_runs(runs, pool, repeats)
+        for name, value in (("metric_name", metric_name), ("student", student), ("task", task),
+                            ("experiment", experiment)):
+            summary.insert(0, name, value)
+        parts.append(summary)
+    if not parts:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    return pd.concat(parts, ignore_index=True).reindex(columns=SUMMARY_COLUMNS)
+
+
+def _aggregate_runs(runs: pd.DataFrame, pool: Iterable[int] | None, repeats: int | None) -> pd.DataFrame:
+    """The per-k summary of one student's runs."""
+    pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
+    r = repeats if repeats is not None else int(runs["seed"].nunique())
+    by_set: dict[tuple[int, ...], list[_Run]] = defaultdict(list)
+    for teachers, metric, wall in zip(runs["teachers"], runs["metric"], runs["wall_s"], strict=True):
+        if set(teachers) <= set(pool):
+            by_set[teachers].append((metric, wall))
+    rows = []
+    for k in range(1, len(pool) + 1):
+        stats = [s for c in combinations(pool, k) if (s := _combination_stats(c, by_set, r)) is not None]
+        if len(stats) < comb(len(pool), k):
+            log.warning("%s k=%d: %d of %d combinations have runs in both modes",
+                        runs["student"].iloc[0], k, len(stats), comb(len(pool), k))
+        rows.append(_k_row(k, comb(len(pool), k), r, stats))
+    return pd.DataFrame(rows)
+
+
+def _combination_stats(combo: tuple[int, ...], by_set: dict[tuple[int, ...], list[_Run]],
+                       r: int) -> dict[str, float] | None:
+    """Both modes' statistics for one combination; None when a mode has no runs for it."""
+    singles = [by_set.get((t,), []) for t in combo]
+    mode_runs = {"multi": by_set.get(combo, []), "single": [run for s in singles for run in s]}
+    if not mode_runs["multi"] or not all(singles):
+        return None
+    out: dict[str, float] = {}
+    for mode, mode_list in mode_runs.items():
+        metric, wall = np.array(mode_list, dtype=float).T
+        out.update({f"{mode}_min": metric.min(), f"{mode}_max": metric.max(), f"{mode}_n_runs": len(metric),
+                    f"{mode}_time_s": wall.sum(), f"{mode}_run_s": wall.mean()})
+    enough = all(len(runs) >= r for runs in mode_runs.values())
+    for mode, mode_list in mode_runs.items():
+        lo, hi = expected_extremes([m for m, _ in mode_list], r) if enough else (math.nan, math.nan)
+        out.update({f"eq_{mode}_min": lo, f"eq_{mode}_max": hi})
+    return out
+
+
+def _k_row(k: int, n_expected: int, r: int, stats: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and population std over the combinations of every statistic (NaNs left out)."""
+    row: dict[str, float] = {"k": k, "n_expected": n_expected, "n_combinations": len(stats), "eq_r": r,
+                             "eq_n_combinations": sum(not math.isnan(s["eq_multi_min"]) for s in stats)}
+    for name in STATS:
+        vals = np.array([s[name] for s in stats], dtype=float)
+        vals = vals[~np.isnan(vals)]
+        row[f"{name}_mean"] = float(vals.mean()) if len(vals) else math.nan
+        row[f"{name}_std"] = float(vals.std(ddof=0)) if len(vals) else math.nan
+    return row

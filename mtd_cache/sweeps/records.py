@@ -1,0 +1,136 @@
+"""Run records into a table: finished runs only, each with its experiment, its predictions' file and whether it died.
+
+- **Finished runs only.** ``load_records`` keeps records whose ``status`` is
+  ``"done"`` or ``"ok"``; other statuses (running, failed) are skipped with an
+  info line, files that are not run records with a warning. A ``run_id`` seen
+  twice (a copied file) is counted once. TinyBERT's stage-1 records are costs
+  of the students that name them, not results: they are left out.
+- **Experiments.** Every run belongs to one experiment (``record.experiment_of``):
+  the hash of everything that defines a comparison except what a sweep varies.
+  Records written before the key existed get it rebuilt from their configuration
+  and store; those that cannot (no configuration recorded) are ``unassigned`` and
+  reported apart, never pooled with an experiment.
+- **Dead runs.** A student that predicts one class for the whole evaluation set,
+  or scores no more than a point above always predicting the majority class, has
+  diverged (a lost seed lottery, not a result to average): ``dead`` is flagged when
+  its predictions were kept, ``<NA>`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..record import experiment_of
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "metric_name", "metric",
+            "wall_s", "energy_j", "status")
+DONE_STATUSES = frozenset({"done", "ok"})
+UNASSIGNED = "unassigned"
+DEAD_MARGIN = 0.01  # at most this far above the majority class's accuracy is dead (the teachers' chance rule)
+
+
+def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every finished run record under ``runs_dir`` (recursive ``*.json``), one row each.
+
+    ``teachers`` becomes a sorted tuple; ``energy_j`` NaN when unknown; nested
+    fields (``config``) are left out of the frame.
+    """
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path in sorted(Path(runs_dir).rglob("*.json")):
+        rec = _read_record(path)
+        if rec is None:
+            continue
+        if rec.get("kind") == "stage1":
+            log.debug("%s is a TinyBERT stage-1 run: a cost of the students that name it, not a result", path)
+        elif rec["status"] not in DONE_STATUSES:
+            log.info("skipping %s: status %r", path, rec["status"])
+        elif rec["run_id"] in seen:
+            log.warning("skipping %s: run %s already loaded", path, rec["run_id"])
+        else:
+            seen.add(rec["run_id"])
+            rows.append(rec)
+    log.info("loaded %d finished runs from %s", len(rows), runs_dir)
+    identities = {}
+    for row in rows:
+        identities.setdefault(row["experiment"], row.pop("_identity"))
+    unassigned = [row for row in rows if row["experiment"] == UNASSIGNED]
+    if unassigned:
+        log.warning("%d runs are unassigned to an experiment (%s): reported apart, never pooled",
+                    len(unassigned), unassigned[0].pop("_why"))
+    for row in rows:
+        row.pop("_why", None)
+    extra = sorted({key for row in rows for key in row} - set(REQUIRED))
+    df = pd.DataFrame(rows, columns=[*REQUIRED, *extra])
+    df = df.astype({"k": "int64", "seed": "int64", "primary": "Int64", "metric": "float64",
+                    "wall_s": "float64", "energy_j": "float64"})
+    df.attrs["experiments"] = identities  # experiment id -> what defines it
+    return df
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The normalised record in ``path``, or None (with a warning) when it is not one."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("skipping %s: not readable JSON (%s)", path, exc)
+        return None
+    missing = [key for key in REQUIRED if key not in rec] if isinstance(rec, dict) else list(REQUIRED)
+    if missing:
+        log.warning("skipping %s: not a run record (missing %s)", path, ", ".join(missing))
+        return None
+    try:
+        return _normalise(rec, path)
+    except (TypeError, ValueError) as exc:
+        log.warning("skipping %s: malformed run record (%s)", path, exc)
+        return None
+
+
+def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
+    out = {key: v for key, v in rec.items() if not isinstance(v, (dict, list))}
+    teachers = tuple(sorted(int(t) for t in rec["teachers"]))
+    if len(teachers) != int(rec["k"]):
+        raise ValueError(f"k = {rec['k']} but {len(teachers)} teachers")
+    out.update(teachers=teachers, k=int(rec["k"]), seed=int(rec["seed"]), metric=float(rec["metric"]),
+               wall_s=float(rec["wall_s"]), path=str(path),
+               primary=None if rec["primary"] is None else int(rec["primary"]),
+               energy_j=math.nan if rec["energy_j"] is None else float(rec["energy_j"]))
+    exp, identity, why = experiment_of(rec)
+    out.update(experiment=exp or UNASSIGNED, _identity=identity, _why=why)
+    name = rec.get("predictions")
+    out["predictions"] = str(path.parent / name) if isinstance(name, str) and name else None
+    out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None
+    return out
+
+
+def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(predicted class ids, gold labels) of a run's evaluation set, or None (not kept, or gone)."""
+    if not isinstance(path, str) or not path:  # None, or pandas' NaN for a run that kept none
+        return None
+    try:
+        with np.load(path) as z:
+            return z["pred"].astype(np.int64), z["label"].astype(np.int64)
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("%s: predictions not readable (%s): no intervals from this run", path, exc)
+        return None
+
+
+def is_dead(pred_label: tuple[np.ndarray, np.ndarray] | None) -> bool | None:
+    """A diverged student: one class for every example, or no better than the majority class (+1 point)."""
+    if pred_label is None:
+        return None
+    pred, label = pred_label
+    if len(pred) == 0:
+        return None
+    majority = np.bincount(label).max() / len(label)
+    return bool(len(np.unique(pred)) == 1 or (pred == label).mean() <= majority + DEAD_MARGIN)

@@ -57,8 +57,10 @@ class Fit:
     on_step: Callable[[int], None] | None = None  # called after every optimizer step with the step count (from 1)
     # what the parts of this run before its resume cost ({"wall_s", "energy_j"}), set by ``fit`` on resuming
     prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
-    # the last evaluation's predictions (class ids), when ``evaluate`` returns them under "predictions"
+    # the last evaluation's predictions (class ids) and the labels they were scored against, when ``evaluate``
+    # returns them under "predictions" and "labels"
     predictions: np.ndarray | None = None
+    prediction_labels: np.ndarray | None = None
 
 
 def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> list[dict[str, float]]:
@@ -92,9 +94,10 @@ def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> lis
 def _evaluate(job: Fit) -> dict[str, float]:
     """The metrics of ``job.evaluate()``; its predictions, if any, kept on the job (not in the history)."""
     metrics = dict(job.evaluate())
-    predictions = metrics.pop("predictions", None)
+    predictions, labels = metrics.pop("predictions", None), metrics.pop("labels", None)
     if predictions is not None:
         job.predictions = np.asarray(predictions)
+        job.prediction_labels = None if labels is None else np.asarray(labels)
     return metrics
 
 

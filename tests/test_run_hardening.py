@@ -25,11 +25,11 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def six(tmp_path_factory) -> Path:
-    """An imported digits store of 6 teachers (nothing here trains on it: every case fails first)."""
+    """An imported store of 6 teachers, logits only (nothing here trains on it: every case fails first)."""
     root = tmp_path_factory.mktemp("six")
     rng = np.random.default_rng(0)
     views = np.array([(dy, dx, 0) for dy in range(3) for dx in range(3)], dtype=np.int16)
-    return import_arrays(root / "s.h5", "digits", rng.normal(size=(20, 9, 6, 10)).astype(np.float32),
+    return import_arrays(root / "s.h5", "blobs", rng.normal(size=(20, 9, 6, 10)).astype(np.float32),
                          np.arange(20) % 10, views=views)
 
 

@@ -141,7 +141,8 @@ def test_test_subset_dump_scores_teachers_and_students_on_the_same_images(digits
     rec = run_student(RunRequest(store=str(path), student="resnet8", teachers=(0, 1), out=str(tmp_path),
                                  overrides={"epochs": 1}))
     assert round(rec["metric"] * 50, 6) == round(rec["metric"] * 50)  # scored on 50 images
-    full = SimpleNamespace(task="digits", data_dir=None, test_subset=None, dev_labels=s.dev_labels, path=path)
+    full = SimpleNamespace(task="digits", task_file=None, data_dir=None, test_subset=None, dev_labels=s.dev_labels,
+                           path=path)
     with pytest.raises(MtdError, match=r"test images found here \(360\) are not those .* \(50\)"):
         store_test_images(full, None, torch.device("cpu"))
     with pytest.raises(MtdError, match="unknown image dump setting 'student_layers'"):

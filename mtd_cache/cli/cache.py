@@ -69,7 +69,9 @@ def format_summary(info: dict) -> str:
 
 
 @cli.command("import", help="Build a store from teacher logits saved as .npy arrays (teachers from any framework).")
-@click.option("--task", required=True, help="Task name (a known task fills in its metric and labels).")
+@click.option("--task", required=True,
+              help="A built-in task or a task file: the logits are tied to its training examples (row i = example "
+                   "i) and students can train on the store. Any other name: logits and labels only.")
 @click.option("--logits", "logits_path", required=True, type=click.Path(path_type=Path),
               help="Training logits, (N, T, C) or (N, V, T, C), raw (before any temperature).")
 @click.option("--labels", "labels_path", required=True, type=click.Path(path_type=Path), help="Gold labels (N,).")
@@ -83,10 +85,15 @@ def format_summary(info: dict) -> str:
 @click.option("--teacher-model", default="", help="What the teachers are (recorded).")
 @click.option("--teacher-seeds", help="Comma-separated seed of each teacher (recorded).")
 @click.option("--float16", is_flag=True, help="Store logits as float16 (for large view sets).")
+@click.option("--tokenizer", help="Text tasks: the tokenizer students will tokenise with (Hub name or folder).")
+@click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Text tasks: tokens per example.")
+@click.option("--data-dir", help="Where the task's data lives (a task file's folder by default).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write.")
 def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path | None, dev_labels: Path | None,
                views_path: Path | None, inputs_path: Path | None, label_names: str | None, metric: str | None,
-               teacher_model: str, teacher_seeds: str | None, float16: bool, out: Path) -> None:
+               teacher_model: str, teacher_seeds: str | None, float16: bool, tokenizer: str | None,
+               max_length: int, data_dir: str | None, out: Path) -> None:
     from ..teachers.importer import import_arrays
 
     arrays = {name: _load_npy(flag, path) for name, flag, path in [
@@ -101,7 +108,8 @@ def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path
             raise bad("--teacher-seeds", teacher_seeds, "expected comma-separated integers") from None
     path = import_arrays(out, task=task, label_names=label_names.split(",") if label_names else None,
                          metric=metric, teacher_model=teacher_model, teacher_seeds=seeds,
-                         dtype="float16" if float16 else "float32", **arrays)
+                         dtype="float16" if float16 else "float32", tokenizer=tokenizer, max_length=max_length,
+                         data_dir=data_dir, **arrays)
     click.echo(f"wrote {path}")
 
 

@@ -51,9 +51,9 @@ def accuracy(model: torch.nn.Module, data: ImageData, batch_size: int = 1000) ->
 
 @torch.no_grad()
 def image_metrics(model: torch.nn.Module, data: ImageData, batch_size: int = 1000) -> dict[str, Any]:
-    """``{"metric": accuracy, "predictions": class ids}`` on the unaugmented split (a student's evaluation)."""
-    pred = predict(model, data, batch_size).argmax(1)
-    return {"metric": float((pred == data.labels.cpu()).float().mean()), "predictions": pred.numpy()}
+    """``{"metric": accuracy, "predictions": class ids, "labels"}`` on the unaugmented split (a student's test)."""
+    pred, labels = predict(model, data, batch_size).argmax(1), data.labels.cpu()
+    return {"metric": float((pred == labels).float().mean()), "predictions": pred.numpy(), "labels": labels.numpy()}
 
 
 @torch.no_grad()

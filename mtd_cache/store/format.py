@@ -59,6 +59,7 @@ EXTRA_TRAIN_SUBSET = "train_subset"  # only the first N training examples were c
 EXTRA_TEST_SUBSET = "test_subset"  # images: teachers and students scored on the first N test images
 EXTRA_NUM_LAYERS = "num_layers"  # text: the teachers' depth L_T
 EXTRA_IMPORTED = "imported"  # written by ``mtd-cache import``
+EXTRA_TASK_FILE = "task_file"  # a task file's task: {"path", "content", "sha256", "resolved"}; null for built-ins
 
 PARTIAL_SUFFIX = ".partial"
 MERGE_ROWS = 8192  # examples per merge step: bounded memory whatever N is

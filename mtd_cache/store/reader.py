@@ -28,6 +28,7 @@ from .format import (
     EXTRA_IMPORTED,
     EXTRA_MAX_LENGTH,
     EXTRA_NUM_LAYERS,
+    EXTRA_TASK_FILE,
     EXTRA_TEST_SUBSET,
     EXTRA_TOKENIZER,
     EXTRA_TRAIN_SUBSET,
@@ -160,6 +161,7 @@ class TeacherStore:
     test_subset = property(lambda self: _int(self.spec.extra.get(EXTRA_TEST_SUBSET)))
     teacher_depth = property(lambda self: _int(self.spec.extra.get(EXTRA_NUM_LAYERS)))
     imported = property(lambda self: bool(self.spec.extra.get(EXTRA_IMPORTED)))
+    task_file = property(lambda self: self.spec.extra.get(EXTRA_TASK_FILE))  # {"path", "content", ...} or None
 
     # reading ----------------------------------------------------------------------------------
     def mean_logits(self, teachers: Sequence[int], index: Any, view: Any = None) -> np.ndarray:

@@ -17,6 +17,7 @@ from ..errors import MtdError
 from ..models import bert
 from ..store import TeacherStore
 from ..tasks.image_data import ImageData, image_fingerprint
+from ..tasks.registry import task_of_store
 from ..tasks.text_data import TaskInputs, task_inputs
 
 # ----------------------------------------------------------------------------- text
@@ -36,7 +37,7 @@ def store_inputs(store: TeacherStore, tokenizer: str | None = None, max_length: 
     augmented = (store.augmented or {}).get("path")
     if augmented and not Path(augmented).exists():
         raise MtdError(f"{store.path} was dumped from the augmented file {augmented}, which is gone")
-    inputs = task_inputs(store.task, tok, max_length, data_dir or store.data_dir, augmented,
+    inputs = task_inputs(task_of_store(store), tok, max_length, data_dir or store.data_dir, augmented,
                          store.num_examples if store.train_subset else None)
     ident = bert.tokenizer_identity(tok)
     check_text_store(store, ident, max_length, inputs.fingerprint(ident))
@@ -66,7 +67,7 @@ def check_text_store(store: TeacherStore, tokenizer: dict[str, str], max_length:
 
 def store_train_images(store: TeacherStore, data_dir: str | None, device: torch.device) -> ImageData:
     """The store's training images, refused unless they fingerprint to what the store cached."""
-    train = ImageData.load(store.task, "train", data_dir or store.data_dir, device, store.train_subset)
+    train = ImageData.load(task_of_store(store), "train", data_dir or store.data_dir, device, store.train_subset)
     got = image_fingerprint(train, store.views)
     if got != store.fingerprint:
         raise MtdError(f"the {store.task} training data found here fingerprint to {got}, but {store.path} "
@@ -76,7 +77,7 @@ def store_train_images(store: TeacherStore, data_dir: str | None, device: torch.
 
 def store_test_images(store: TeacherStore, data_dir: str | None, device: torch.device) -> ImageData:
     """The test images the store's dev logits were computed on (its ``test_subset``), labels checked."""
-    test = ImageData.load(store.task, "test", data_dir or store.data_dir, device, store.test_subset)
+    test = ImageData.load(task_of_store(store), "test", data_dir or store.data_dir, device, store.test_subset)
     if store.dev_labels is not None and not np.array_equal(test.labels.cpu().numpy(), store.dev_labels):
         raise MtdError(f"the {store.task} test images found here ({len(test)}) are not those {store.path} "
                        f"scored its teachers on ({len(store.dev_labels)}): other labels or order")

@@ -203,9 +203,10 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
 def _write_predictions(planned: PlannedRun, job: Fit) -> str | None:
     """The student's class ids on the evaluation set (and its labels), ``<run_id>.predictions.npz`` beside the
     record: what the report's confidence intervals resample. Returns the file's name, None without predictions."""
-    if job.predictions is None or planned.store.dev_labels is None:
+    labels = job.prediction_labels if job.prediction_labels is not None else planned.store.dev_labels
+    if job.predictions is None or labels is None:
         return None
-    labels = np.asarray(planned.store.dev_labels)
+    labels = np.asarray(labels)
     pred = np.asarray(job.predictions)
     if pred.shape != labels.shape:
         log.warning("%s: %d predictions for %d evaluation labels: not kept", planned.run_id[:12], len(pred),

@@ -235,7 +235,7 @@ def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats
 
 def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
     from ..store import TeacherStore
-    from ..tasks.registry import score
+    from ..tasks.registry import task_of_store
 
     if not path.exists():
         log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
@@ -243,7 +243,11 @@ def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, 
     with TeacherStore.open(path, check_finite=False) as s:
         lines = {}
         if s.dev_logits is not None and len(s.dev_logits):
-            lines[f"teacher ensemble ({s.num_teachers}, dev)"] = score(s.task, s.mean_dev_logits(), s.dev_labels)
+            try:
+                ensemble = task_of_store(s).score(s.mean_dev_logits(), s.dev_labels)
+                lines[f"teacher ensemble ({s.num_teachers}, dev)"] = ensemble
+            except MtdError as exc:  # a store of logits only: no task to score with
+                log.warning("no teacher-ensemble line from %s: %s", path, exc)
         costs = {"dump": {"wall_s": s.dump_wall_s, "energy_j": s.dump_energy_j}}
         teachers = [_teacher_info(Path(p)) for p in s.teacher_paths]
     if teachers and all(t is not None for t in teachers):

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import MtdError
+from .known import REGISTERED
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,11 @@ _BY_NAME = {alias: t for t in GLUE_TASKS.values() for alias in (t.name, *t.alias
 
 def get_glue_task(name: str | GlueTask) -> GlueTask:
     """The task called ``name`` (case-insensitive, aliases allowed); MtdError lists the valid names."""
-    if isinstance(name, GlueTask):
-        return name
+    if isinstance(name, GlueTask) or getattr(name, "kind", None) == "text":
+        return name  # a task object: a GLUE row, or a task file's text task
     task = _BY_NAME.get(str(name).strip().lower())
+    if task is None and getattr(REGISTERED.get(str(name)), "kind", None) == "text":
+        return REGISTERED[str(name)]
     if task is None:
         raise MtdError(f"unknown GLUE task {name!r}; valid: {', '.join(sorted(_BY_NAME))}")
     return task

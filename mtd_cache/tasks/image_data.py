@@ -15,8 +15,8 @@ import torch
 
 from ..errors import MtdError
 from ..runtime import epoch_generator
-from ..store import Fingerprint
 from .images import DEFAULT_DATA, ImageTask, apply_views, get_image_task, load_split, normalize
+from .known import task_fingerprint
 
 _LOADED: dict[tuple, ImageData] = {}  # ImageData.load's splits, oldest first
 _KEEP_LOADED = 4  # a train and a test split of two tasks or subsets
@@ -39,17 +39,19 @@ class ImageData:
     fingerprints: dict[bytes, str] = field(default_factory=dict, repr=False)  # view table bytes -> fingerprint
 
     @classmethod
-    def load(cls, task: str, split: str, data_dir: str | None, device: torch.device,
+    def load(cls, task: str | ImageTask, split: str, data_dir: str | None, device: torch.device,
              subset: int | None = None) -> ImageData:
-        key = (task, split, str(Path(data_dir or DEFAULT_DATA).resolve()), subset, str(device))  # cwd-relative default
+        t = get_image_task(task)
+        which = (t.name, (getattr(t, "source", None) or {}).get("sha256"), str(getattr(t, "base", "")))
+        key = (which, split, str(Path(data_dir or DEFAULT_DATA).resolve()), subset, str(device))  # cwd-relative
         if key not in _LOADED:
             if len(_LOADED) >= _KEEP_LOADED:
                 del _LOADED[next(iter(_LOADED))]  # the oldest
-            _LOADED[key] = cls._read(task, split, data_dir, device, subset)
+            _LOADED[key] = cls._read(t, split, data_dir, device, subset)
         return _LOADED[key]
 
     @classmethod
-    def _read(cls, task: str, split: str, data_dir: str | None, device: torch.device,
+    def _read(cls, task: str | ImageTask, split: str, data_dir: str | None, device: torch.device,
               subset: int | None) -> ImageData:
         t = get_image_task(task)
         images, labels = load_split(t, split, data_dir=data_dir)
@@ -76,7 +78,7 @@ def image_fingerprint(data: ImageData, views: np.ndarray) -> str:
     views = np.asarray(views, dtype=np.int16)
     key = views.tobytes()
     if key not in data.fingerprints:
-        fp = Fingerprint().update("task", data.task.name).update("pixels", data.images.cpu().numpy())
+        fp = task_fingerprint(data.task).update("pixels", data.images.cpu().numpy())
         data.fingerprints[key] = fp.update("labels", data.labels.cpu().numpy()).update("views", views).hexdigest()
     return data.fingerprints[key]
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MtdError
+from .known import REGISTERED
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,12 @@ IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
 )}
 
 
-def get_image_task(name: str) -> ImageTask:
-    """The task named ``name``; an MtdError lists the valid names."""
+def get_image_task(name: str | ImageTask) -> ImageTask:
+    """The task named ``name`` (a task file's, once loaded, too); an MtdError lists the valid names."""
+    if isinstance(name, ImageTask):
+        return name
+    if name not in IMAGE_TASKS and isinstance(REGISTERED.get(name), ImageTask):
+        return REGISTERED[name]
     if name not in IMAGE_TASKS:
         raise MtdError(f"unknown image task {name!r}; choose one of {', '.join(IMAGE_TASKS)}")
     return IMAGE_TASKS[name]
@@ -171,8 +176,11 @@ def load_split(task: ImageTask | str, split: str, data_dir: str | Path | None = 
     task = get_image_task(task) if isinstance(task, str) else task
     if split not in ("train", task.test_split):
         raise MtdError(f"unknown split {split!r} for {task.name}: train or {task.test_split}")
-    loader = {"cifar10": _load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
-    images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
+    if hasattr(task, "load"):  # a task file's image folders
+        images, labels = task.load(split, data_dir)
+    else:
+        loader = {"cifar10": _load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
+        images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
     images, labels = np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
     expected = (task.channels, task.size, task.size)
     if images.shape[1:] != expected or len(labels) != len(images):

@@ -22,10 +22,10 @@ import torch
 
 from ..errors import MtdError
 from ..runtime import epoch_generator
-from ..store import Fingerprint
 from ..utils import prefetch, sha256_file
 from .augmented import read_augmented
-from .glue import GlueSplit, load_hf_split, read_split
+from .glue import GlueSplit, get_glue_task, load_hf_split, read_split
+from .known import task_fingerprint
 
 MEGABATCH = 50  # batches per length-sorted mega-batch (HF get_length_grouped_indices' mega_batch_mult)
 
@@ -52,18 +52,22 @@ class Encoded:
         return Encoded(self.ids[:end], self.types[:end], self.offsets[:n + 1], self.labels[:n])
 
 
-def load_split(task: str, split: str, data_dir: str | Path | None) -> GlueSplit:
-    """A GLUE split from ``data_dir``'s TSV files, or from the Hub (``datasets``) when no folder is given."""
+def load_split(task: Any, split: str, data_dir: str | Path | None) -> GlueSplit:
+    """A split of a text task: a task file's files (``data_dir`` replacing its folder), or a GLUE split from
+    ``data_dir``'s TSV files, or from the Hub (``datasets``) when no folder is given."""
+    t = get_glue_task(task)
+    if hasattr(t, "read"):
+        return t.read(split, data_dir)
     if data_dir is None:
-        return load_hf_split(task, split)
-    return read_split(task, split, data_dir)
+        return load_hf_split(t, split)
+    return read_split(t, split, data_dir)
 
 
 @dataclass(frozen=True)
 class TaskInputs:
     """What a dump caches and a student trains on: the tokenised splits and each training row's source."""
 
-    task: str
+    task: Any  # the task (a GLUE row, or a task file's)
     max_length: int
     train: Encoded
     dev: Encoded
@@ -75,12 +79,13 @@ class TaskInputs:
                                 self.source if self.augmented else None)
 
 
-def task_inputs(task: str, tokenizer, max_length: int, data_dir: str | Path | None,
+def task_inputs(task: Any, tokenizer, max_length: int, data_dir: str | Path | None,
                 augmented: str | Path | None = None, train_subset: int | None = None) -> TaskInputs:
     """The task's splits tokenised; the training rows from ``augmented`` (``mtd-cache augment``) when given."""
     if augmented:
         if not Path(augmented).is_file():
-            raise MtdError(f"augmented file {augmented} not found (write it with mtd-cache augment --task {task})")
+            raise MtdError(f"augmented file {augmented} not found (write it with mtd-cache augment --task "
+                           f"{get_glue_task(task).name})")
         split, source = read_augmented(task, augmented)
         aug = {"path": str(Path(augmented).resolve()), "sha256": sha256_file(augmented)}
     else:
@@ -153,7 +158,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def text_fingerprint(task: str, tokenizer: dict[str, str], max_length: int, train: Encoded,
+def text_fingerprint(task: Any, tokenizer: dict[str, str], max_length: int, train: Encoded,
                      dev: Encoded | None, source: np.ndarray | None = None) -> str:
     """The store fingerprint of tokenised GLUE data (``Fingerprint``, see store/format.py).
 
@@ -163,7 +168,7 @@ def text_fingerprint(task: str, tokenizer: dict[str, str], max_length: int, trai
     source example too. A student computes it from its own tokenisation and must
     get the store's.
     """
-    fp = Fingerprint().update("task", task).update("tokenizer", tokenizer["sha256"])
+    fp = task_fingerprint(task).update("tokenizer", tokenizer["sha256"])
     fp.update("max_length", int(max_length))
     for name, enc in (("train", train), ("dev", dev)):
         if enc is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..store import StoreSpec
+from ..store.format import EXTRA_TASK_FILE
 from ..train import Fit
 
 
@@ -51,3 +52,8 @@ class DumpPlan:
     forward: Callable[[torch.nn.Module, int, int, Any, Callable[[int], Any]], Forward]
     dev: Callable[[torch.nn.Module], tuple[np.ndarray, float]]  # model -> dev logits (M, C), dev metric
     lengths: np.ndarray | None = None  # token counts of the training examples (size estimate with states)
+
+
+def task_file_extra(task: Any) -> dict[str, Any]:
+    """What a store records of a task file's task (students rebuild the task from it); nothing for built-ins."""
+    return {EXTRA_TASK_FILE: task.record()} if hasattr(task, "record") else {}

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..energy import EnergyMeter
 from ..errors import MtdError, ResourceError
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
+from ..store.format import EXTRA_TASK_FILE
 from ..tasks.registry import get_task
 from ..utils import human_bytes
 from .adapter import DumpPlan
@@ -42,12 +43,24 @@ def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int],
             log.info("%s is complete already; remove it to dump again", out)
             TeacherStore.open(out).close()  # still refuse a damaged file loudly
             return out
-        teachers = find_teachers(teachers_dir, task)
+        spec_task = get_task(task)
+        teachers = find_teachers(teachers_dir, spec_task.name)
+        check_task_file(spec_task, teachers)
         bad = [p for p in primaries if not 0 <= p < len(teachers)]
         if bad:
             raise MtdError(f"--primary {bad[0]} is out of range: {teachers_dir} has {len(teachers)} teachers "
                            f"(0-{len(teachers) - 1})")
-        return _dump(task, teachers, out, primaries, options, device)
+        return _dump(spec_task, teachers, out, primaries, options, device)
+
+
+def check_task_file(task: Any, teachers: list[Teacher]) -> None:
+    """Teachers of a task file's task were trained on the same file's content (its sha256)."""
+    want = getattr(task, "source", {}).get("sha256")
+    for t in teachers:
+        got = (t.info.get(EXTRA_TASK_FILE) or {}).get("sha256")
+        if want is not None and got is not None and got != want:
+            raise MtdError(f"{t.path} was trained on another version of task {task.name} (task file sha256 "
+                           f"{got[:12]}, now {want[:12]}): train its teachers again into another --out")
 
 
 def dump_teachers(task: str, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
@@ -57,7 +70,7 @@ def dump_teachers(task: str, teachers: list[Teacher], out: Path, primaries: Sequ
         return _dump(task, teachers, out, primaries, options, device)
 
 
-def _dump(task: str, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
+def _dump(task: Any, teachers: list[Teacher], out: Path, primaries: Sequence[int], options: dict[str, Any],
           device: str | None) -> Path:
     spec_task = get_task(task)
     if partial_dir(out).exists():

@@ -1,22 +1,42 @@
-"""Bring your own teachers: build a store from logits computed by any framework."""
+"""Bring your own teachers: build a store from logits computed by any framework (``mtd-cache import``).
+
+For a task the tool knows (built in, or a task file), the import ties the logits to the task's training
+examples, row i = example i: the count and the labels must match (and, with ``--inputs``, the inputs
+themselves, row by row), and the store gets the fingerprint a dump of the same data would have, so
+``mtd-train`` and ``mtd-sweep`` train on it as on a dumped store (a student checks its data against it).
+Image logits carry a view axis (the views the student's augmentation draws from); text stores record
+the tokenizer the students will tokenise with (``--tokenizer``). For a task it does not know, the store
+holds the logits and labels only (fingerprinted by the labels, and the inputs when given): a store to
+inspect, not to train on.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import MtdError
 from ..store import Fingerprint, StoreSpec, write_store
-from ..store.format import EXTRA_IMPORTED
-from ..tasks.images import get_image_task
-from ..tasks.registry import find_task
+from ..store.format import (
+    EXTRA_AUGMENTED,
+    EXTRA_DATA_DIR,
+    EXTRA_IMPORTED,
+    EXTRA_MAX_LENGTH,
+    EXTRA_TOKENIZER,
+    EXTRA_TRAIN_SUBSET,
+)
+from ..tasks.image_data import ImageData, image_fingerprint
+from ..tasks.registry import find_task, get_task, is_task_file
+from .adapter import task_file_extra
 
 
 def import_fingerprint(task: str, labels: np.ndarray, inputs: np.ndarray | None,
                        views: np.ndarray | None) -> str:
-    """Fingerprint of an imported store: the inputs when given, else the labels alone (weaker)."""
+    """Fingerprint of a store of an unknown task: the inputs when given, else the labels alone (weaker)."""
     fp = Fingerprint().update("task", task).update("labels", labels.astype(np.int64))
     fp.update("inputs", "labels-only" if inputs is None else inputs)
     if views is not None:
@@ -29,17 +49,14 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                   views: np.ndarray | None = None, inputs: np.ndarray | None = None,
                   label_names: Sequence[str] | None = None, metric: str | None = None,
                   teacher_model: str = "", teacher_seeds: Sequence[int] | None = None,
-                  dtype: str = "float32") -> Path:
-    """Validate the arrays, then write the store (nothing is written when anything is wrong)."""
+                  dtype: str = "float32", tokenizer: str | None = None, max_length: int = 128,
+                  data_dir: str | None = None) -> Path:
+    """Validate the arrays (against the task's data when the task is known), then write the store."""
     _check_arrays(logits, labels, dev_logits, dev_labels, views)
-    known = find_task(task)
-    if known is not None and known.kind == "image" and logits.ndim != 4:
-        raise MtdError(f"{task} is an image task: its logits need a view axis, (N, V, T, C) with --views (V, 3); "
-                       f"got {logits.shape}. Logits of the unaugmented images are (N, 1, T, C) with the one view "
-                       f"row ({get_image_task(task).pad}, {get_image_task(task).pad}, 0)")
+    spec_task = get_task(task) if is_task_file(task) else find_task(task)
     num_classes, num_teachers = logits.shape[-1], logits.shape[-2]
-    task_metric, task_labels = _task_defaults(task, num_classes)
-    names = tuple(label_names) if label_names else task_labels
+    names = tuple(label_names) if label_names else \
+        tuple(spec_task.label_names) if spec_task is not None else tuple(str(c) for c in range(num_classes))
     if len(names) != num_classes:
         raise MtdError(f"{len(names)} label names ({', '.join(names)}) for {num_classes} classes in the logits")
     for name, y in (("label", labels), ("dev label", dev_labels)):
@@ -49,18 +66,97 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
     seeds = tuple(teacher_seeds) if teacher_seeds else tuple(range(num_teachers))
     if len(seeds) != num_teachers:
         raise MtdError(f"{len(seeds)} teacher seeds for {num_teachers} teachers in the logits")
-    metric = metric or task_metric
+    if spec_task is None:
+        fingerprint, extra = import_fingerprint(task, labels, inputs, views), \
+            {"fingerprint_of": "labels" if inputs is None else "inputs"}
+        task_name, metric = task, metric or "accuracy"
+    else:
+        tie = _tie_images if spec_task.kind == "image" else _tie_text
+        fingerprint, extra = tie(spec_task, logits, labels, dev_labels, views, inputs, tokenizer, max_length,
+                                 data_dir)
+        task_name, metric = spec_task.name, metric or spec_task.metric
+        extra.update(task_file_extra(spec_task))
     dev_metric = None
     if dev_logits is not None and dev_labels is not None and metric == "accuracy":
         dev_metric = (dev_logits.argmax(-1) == dev_labels[:, None]).mean(0)
-    spec = StoreSpec(task=task, metric=metric, label_names=names, num_examples=len(labels),
+    spec = StoreSpec(task=task_name, metric=metric, label_names=names, num_examples=len(labels),
                      num_teachers=num_teachers, num_dev=0 if dev_logits is None else len(dev_logits),
                      num_views=logits.shape[1] if logits.ndim == 4 else 0, logits_dtype=dtype,
-                     fingerprint=import_fingerprint(task, labels, inputs, views), teacher_model=teacher_model,
+                     fingerprint=fingerprint, teacher_model=teacher_model,
                      teacher_seeds=tuple(int(s) for s in seeds), precision="imported",
-                     extra={EXTRA_IMPORTED: True, "fingerprint_of": "labels" if inputs is None else "inputs"})
+                     extra={EXTRA_IMPORTED: True, **extra})
     return write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
                        dev_metric=dev_metric, views=views)
+
+
+def _tie_images(task: Any, logits: np.ndarray, labels: np.ndarray, dev_labels: np.ndarray | None,
+                views: np.ndarray | None, inputs: np.ndarray | None, tokenizer: str | None, max_length: int,
+                data_dir: str | None) -> tuple[str, dict[str, Any]]:
+    """Row i = training image i of the task: count, labels, inputs and views checked; the dump's fingerprint."""
+    if logits.ndim != 4:
+        raise MtdError(f"{task.name} is an image task: its logits need a view axis, (N, V, T, C) with --views "
+                       f"(V, 3); got {logits.shape}. Logits of the unaugmented images are (N, 1, T, C) with the "
+                       f"one view row ({task.pad}, {task.pad}, 0)")
+    bad = [v for v in np.asarray(views).tolist() if not (0 <= v[0] <= 2 * task.pad and 0 <= v[1] <= 2 * task.pad
+                                                        and v[2] in ((0, 1) if task.flip else (0,)))]
+    if bad:
+        raise MtdError(f"--views row {bad[0]}: a view of {task.name} is (dy, dx, flip) with dy, dx in "
+                       f"0..{2 * task.pad} and flip {'0 or 1' if task.flip else '0 (the task does not flip)'}")
+    train = ImageData.load(task, "train", data_dir, torch.device("cpu"))
+    _same_rows("training images", len(train), train.labels.numpy(), labels)
+    if inputs is not None:
+        _same_inputs(inputs, train.images.numpy(), "--inputs (the images, (N, C, H, W) uint8)")
+    if dev_labels is not None:
+        test = ImageData.load(task, "test", data_dir, torch.device("cpu"))
+        _same_rows("test images", len(test), test.labels.numpy(), dev_labels, "--dev-labels")
+    return image_fingerprint(train, views), {EXTRA_DATA_DIR: data_dir, EXTRA_TRAIN_SUBSET: None,
+                                             "test_subset": None}
+
+
+def _tie_text(task: Any, logits: np.ndarray, labels: np.ndarray, dev_labels: np.ndarray | None,
+              views: np.ndarray | None, inputs: np.ndarray | None, tokenizer: str | None, max_length: int,
+              data_dir: str | None) -> tuple[str, dict[str, Any]]:
+    """Row i = training example i of the task; with ``--tokenizer``, the fingerprint a dump would have."""
+    from ..models import bert
+    from ..tasks.text_data import load_split, task_inputs
+
+    if logits.ndim != 3:
+        raise MtdError(f"{task.name} is a text task: its logits are (N, T, C), not {logits.shape}")
+    train = load_split(task, "train", data_dir)
+    _same_rows("training examples", len(train), train.labels, labels)
+    if inputs is not None:
+        texts = np.array(train.text_a) if train.text_b is None else np.stack([train.text_a, train.text_b], axis=1)
+        _same_inputs(inputs, texts, "--inputs (the texts, (N,) or (N, 2) for pairs)")
+    if dev_labels is not None:
+        dev = load_split(task, "dev", data_dir)
+        _same_rows("dev examples", len(dev), dev.labels, dev_labels, "--dev-labels")
+    if tokenizer is None:
+        raise MtdError(f"{task.name} is a text task: give --tokenizer (the tokenizer the students will tokenise "
+                       "with, a Hub name or folder) so that students can train on the store")
+    tok = bert.load_tokenizer(tokenizer)
+    ident = bert.tokenizer_identity(tok)
+    encoded = task_inputs(task, tok, max_length, data_dir)
+    return encoded.fingerprint(ident), {EXTRA_TOKENIZER: ident, EXTRA_MAX_LENGTH: int(max_length),
+                                        EXTRA_DATA_DIR: data_dir, EXTRA_TRAIN_SUBSET: None, EXTRA_AUGMENTED: None}
+
+
+def _same_rows(what: str, count: int, want: np.ndarray, got: np.ndarray, flag: str = "--labels") -> None:
+    if len(got) != count:
+        raise MtdError(f"{flag}: {len(got)} rows, but the task has {count} {what}: row i must be example i")
+    diff = np.flatnonzero(np.asarray(want) != np.asarray(got))
+    if len(diff):
+        i = int(diff[0])
+        raise MtdError(f"{flag}: row {i} has label {int(got[i])}, the task's example {i} has {int(want[i])}: "
+                       f"are the rows in the task's order? ({len(diff)} rows differ)")
+
+
+def _same_inputs(inputs: np.ndarray, want: np.ndarray, what: str) -> None:
+    if inputs.shape != want.shape:
+        raise MtdError(f"{what}: shape {inputs.shape}, the task's is {want.shape}")
+    diff = np.flatnonzero((inputs != want).reshape(len(want), -1).any(axis=1))
+    if len(diff):
+        raise MtdError(f"{what}: row {int(diff[0])} is not the task's example {int(diff[0])} "
+                       f"({len(diff)} rows differ): the logits must be in the task's order")
 
 
 def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
@@ -88,14 +184,3 @@ def _check_arrays(logits, labels, dev_logits, dev_labels, views) -> None:
         got = None if views is None else views.shape
         raise MtdError(f"logits have {logits.shape[1]} views: --views must be a ({logits.shape[1]}, 3) table, "
                        f"got {got}")
-
-
-def _task_defaults(task: str, num_classes: int) -> tuple[str, tuple[str, ...]]:
-    """Metric and label names of a known task; accuracy and 0..C-1 otherwise."""
-    known = find_task(task)
-    if known is None:
-        return "accuracy", tuple(str(c) for c in range(num_classes))
-    metric, names = known.metric, tuple(known.label_names)
-    if len(names) != num_classes:
-        raise MtdError(f"task {task} has {len(names)} classes but the logits have {num_classes}")
-    return metric, tuple(names)

@@ -38,7 +38,7 @@ from ..store.format import (
 from ..tasks.glue import SPLITS, chance_level_check, compute_metrics
 from ..tasks.text_data import Encoded, encode, epoch_batches, load_split, task_inputs, text_fingerprint, to_device
 from ..train import Fit
-from .adapter import DumpPlan, Forward, TeacherJob
+from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 
 
@@ -101,12 +101,12 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     dtype, precision = autocast_dtype(s.precision, dev)
     seed_everything(seed)
     tok = bert.load_tokenizer(name)
-    train, dev_set = (encode(tok, load_split(task.name, split, data_dir), s.max_length) for split in SPLITS)
+    train, dev_set = (encode(tok, load_split(task, split, data_dir), s.max_length) for split in SPLITS)
     net = factory.build(name, task).to(dev)
     last: dict[str, Any] = {}
-    fit = _teacher_fit(net, train, dev_set, s, seed, task.name, dev, dtype, Path(out), last)
+    fit = _teacher_fit(net, train, dev_set, s, seed, task, dev, dtype, Path(out), last)
     fit.identity = {"task": task.name, "seed": seed, "model": name, "config": cfg,
-                    "data": text_fingerprint(task.name, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
+                    "data": text_fingerprint(task, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
 
     def save() -> None:
         net.save_pretrained(out)
@@ -127,7 +127,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
 
 
 def _teacher_fit(net: torch.nn.Module, train: Encoded, dev_set: Encoded, s: TextTeacherSettings, seed: int,
-                 task: str, device: torch.device, dtype: torch.dtype | None, out: Path, last: dict) -> Fit:
+                 task: Any, device: torch.device, dtype: torch.dtype | None, out: Path, last: dict) -> Fit:
     """The ``Fit`` of one teacher: bucketed batches, CE loss, dev metrics after every epoch."""
     steps = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, steps)
@@ -142,7 +142,7 @@ def _teacher_fit(net: torch.nn.Module, train: Encoded, dev_set: Encoded, s: Text
 
     return Fit(model=net, optimizer=optimizer, epochs=s.epochs, batches=epoch_batches(train, s.batch_size, seed),
                step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
-               metrics_csv=out / "metrics.csv", desc=f"{task} teacher seed {seed}", autocast_dtype=dtype,
+               metrics_csv=out / "metrics.csv", desc=f"{task.name} teacher seed {seed}", autocast_dtype=dtype,
                grad_clip=s.grad_clip)
 
 
@@ -157,7 +157,7 @@ def dump_plan(task: Any, teachers: list[Teacher], primaries: list[int], options:
     dtype, precision = autocast_dtype(s.precision, dev)
     tok, tok_id = bert.shared_tokenizer([t.path for t in teachers])
     data_dir = s.data_dir or teachers[0].info.get("data_dir")
-    inputs = task_inputs(task.name, tok, s.max_length, data_dir, s.augmented, s.train_subset)
+    inputs = task_inputs(task, tok, s.max_length, data_dir, s.augmented, s.train_subset)
     train, dev_set = inputs.train, inputs.dev
     configs = [bert.load_config(t.path) for t in teachers]
     spec = StoreSpec(
@@ -169,7 +169,7 @@ def dump_plan(task: Any, teachers: list[Teacher], primaries: list[int], options:
                EXTRA_DATA_DIR: None if data_dir is None else str(Path(data_dir).resolve()),
                EXTRA_AUGMENTED: inputs.augmented,
                EXTRA_NUM_LAYERS: int(configs[0].num_hidden_layers),  # a resume must batch alike: same bits
-               "batch_size": s.batch_size, "chunk": s.chunk})
+               "batch_size": s.batch_size, "chunk": s.chunk, **task_file_extra(task)})
 
     def forward(model: torch.nn.Module, a: int, b: int, ps: PrimarySpec | None, progress: Any) -> Forward:
         o = run_model(model, train, np.arange(a, b), s.batch_size, dev, dtype, ps.hidden_layers if ps else (),
@@ -177,7 +177,7 @@ def dump_plan(task: Any, teachers: list[Teacher], primaries: list[int], options:
         return Forward(o.logits, train.lengths[a:b], o.hidden, o.attn)
 
     def dev_pass(model: torch.nn.Module) -> tuple[np.ndarray, float]:
-        metrics, logits = evaluate_split(task.name, model, dev_set, s.batch_size, dev, dtype)
+        metrics, logits = evaluate_split(task, model, dev_set, s.batch_size, dev, dtype)
         return logits, metrics["metric"]
 
     small = {LABEL: train.labels, SOURCE: inputs.source, DEV_LABEL: dev_set.labels}

@@ -18,6 +18,7 @@ from ..record import provenance, utc_now
 from ..tasks.registry import get_task
 from ..train import fit, remove_checkpoint, total_cost
 from ..utils import atomic_write_json, sha256_file
+from .adapter import task_file_extra
 from .folders import RECORD, WEIGHTS, Teacher, load_teacher, seed_dir
 from .modalities import modality
 
@@ -43,8 +44,8 @@ def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None
         if reason and not force:
             raise MtdError(f"teacher seed {seed} is at chance level ({reason}); refusing to keep it "
                            "(--force keeps it anyway)")
-        info = {"task": task, "seed": seed, **result, "sha256": sha256_file(folder / WEIGHTS),
-                "finished_utc": utc_now(), **provenance()}
+        info = {"task": spec.name, "seed": seed, **result, "sha256": sha256_file(folder / WEIGHTS),
+                "finished_utc": utc_now(), **provenance(), **task_file_extra(spec)}
         atomic_write_json(folder / RECORD, info)
         done.append(Teacher(seed, folder, info))
     return done

@@ -35,7 +35,7 @@ from ..store.format import DEV_LABEL, LABEL, VIEWS
 from ..tasks.image_data import ImageData, image_fingerprint, view_batches
 from ..tasks.images import view_table
 from ..train import Fit
-from .adapter import DumpPlan, Forward, TeacherJob
+from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 
 
@@ -92,8 +92,8 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     """One seeded image teacher: its ``Fit``, how to save it, and what its record says."""
     s = teacher_settings(model, options)
     dev = resolve_device(device)
-    train = ImageData.load(task.name, "train", data_dir, dev, s.train_subset)
-    test = ImageData.load(task.name, "test", data_dir, dev)
+    train = ImageData.load(task, "train", data_dir, dev, s.train_subset)
+    test = ImageData.load(task, "test", data_dir, dev)
     seed_everything(seed)
     net = factory.build(s.model, train.task).to(dev)
     views = torch.as_tensor(view_table(train.task), device=dev)
@@ -133,15 +133,16 @@ def dump_plan(task: Any, teachers: list[Teacher], primaries: list[int], options:
         raise MtdError("--primary is for BERT teachers; image stores keep logits only")
     s = ImageDumpSettings.resolve(options).settings
     dev = resolve_device(device)
-    train = ImageData.load(task.name, "train", s.data_dir, dev, s.train_subset)
-    test = ImageData.load(task.name, "test", s.data_dir, dev, s.test_subset)
+    train = ImageData.load(task, "train", s.data_dir, dev, s.train_subset)
+    test = ImageData.load(task, "test", s.data_dir, dev, s.test_subset)
     views = view_table(train.task)
     dtype = s.logits_dtype or ("float16" if len(train) * len(views) * len(teachers) * train.task.num_classes
                                * 4 > 2**31 else "float32")
     spec = StoreSpec(task=task.name, metric="accuracy", label_names=tuple(train.task.label_names),
                      num_examples=len(train), num_teachers=len(teachers), num_views=len(views), num_dev=len(test),
                      logits_dtype=dtype, fingerprint=image_fingerprint(train, views), precision="fp32",
-                     extra={"data_dir": s.data_dir, "train_subset": s.train_subset, "test_subset": s.test_subset})
+                     extra={"data_dir": s.data_dir, "train_subset": s.train_subset, "test_subset": s.test_subset,
+                            **task_file_extra(task)})
     view_rows = torch.as_tensor(views, device=dev)
 
     def forward(model: torch.nn.Module, a: int, b: int, ps: Any, progress: Any) -> Forward:

@@ -12,6 +12,7 @@ from ...errors import MtdError
 from ...models import bert
 from ...models.inference import evaluate_split
 from ...settings import Settings
+from ...tasks.registry import task_of_store
 from ...tasks.text_data import Encoded, TaskInputs
 from ..context import StudentContext
 from ..data import store_inputs
@@ -41,6 +42,7 @@ def text_evaluator(ctx: StudentContext, net: torch.nn.Module, dev_set: Encoded,
                    dtype: torch.dtype | None) -> Callable[[], dict[str, float]]:
     """The dev metrics of ``net`` (the primary one as ``metric``) and its predictions, as the recipe's ``evaluate``."""
     def evaluate() -> dict[str, Any]:
-        metrics, logits = evaluate_split(ctx.store.task, net, dev_set, ctx.settings.eval_batch_size, ctx.device, dtype)
-        return {**metrics, "predictions": logits.argmax(-1)}
+        metrics, logits = evaluate_split(task_of_store(ctx.store), net, dev_set, ctx.settings.eval_batch_size,
+                                         ctx.device, dtype)
+        return {**metrics, "predictions": logits.argmax(-1), "labels": dev_set.labels}
     return evaluate

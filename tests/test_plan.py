@@ -148,8 +148,9 @@ def test_validate_selection_accepts_good_runs() -> None:
     ((), None, False, "empty set"),
     ((1, 1), None, False, "duplicate index 1"),
     ((0, 2, 5), 3, True, "--primary 3 is not in --teachers 0,2,5"),
-    ((0, 2, 5), None, True, "--primary is required for BERT students"),
-    ((0, 2, 5), 2, False, "--primary 2 given, but this student takes no primary teacher (ResNet)"),
+    ((0, 2, 5), None, True, "--primary is required for this student (one of --teachers)"),
+    ((0, 2, 5), 2, False, "--primary 2 given, but this student takes no primary teacher (it reads the teachers' "
+                          "logits only)"),
 ])
 def test_validate_selection_errors(teachers: tuple, primary: int | None, required: bool, message: str) -> None:
     with pytest.raises(MtdError) as err:

@@ -124,7 +124,8 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
 
 @cli.command("teachers", help="Train seeded teachers (skips seeds already done; resumes per epoch).")
 @click.option("--task", required=True, help="Task: cifar10, fashion-mnist, digits, mrpc, cola, sst-2, ...")
-@click.option("--model", help="Teacher model: resnet110 (images) or a Hugging Face name/path (GLUE).")
+@click.option("--model", help="Teacher model: a CIFAR ResNet (resnet110: images) or tv:NAME[@WEIGHTS] (torchvision); "
+                               "hf:NAME_OR_PATH, or a bare Hub name or folder (text; bert-base-uncased).")
 @click.option("--seeds", default="0-5", show_default=True, help="Seeds, e.g. 0-5 or 0,3.")
 @click.option("--data-dir", help="Where the task's data lives (default: download when online / bundled).")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/teachers.")

@@ -13,6 +13,20 @@ import click
 from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
 
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range; torch takes it too
+STUDENT_HELP = ("Student: resnet8 ... resnet110, distilbert, tinybert (the paper's recipes), hf:NAME_OR_PATH (any "
+                "Hugging Face classifier: text KD), tv:NAME[@WEIGHTS] (any torchvision classifier: image KD).")
+
+
+def check_student(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an unknown student name before any work (the model itself loads at the run's start)."""
+    from ..students.recipes import recipe_name
+
+    if value is not None:
+        try:
+            recipe_name(value)
+        except MtdError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--student'") from None
+    return value
 
 
 def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | None = None) -> None:

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import click
 
-from ..students.recipes import STUDENTS
-from .common import SEED, check_out_folder, overrides_from, run_command, setup_logging
+from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
 
 
 @click.command(help="Run every k-subset of the teacher pool (every primary for BERT students) x repeats, "
                     "plus the CE-only baselines; skips runs already done.")
 @click.option("--store", "stores", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Teacher store; given R times, store r serves repeat r (TinyBERT augmentation files).")
-@click.option("--student", required=True, type=click.Choice(list(STUDENTS)))
+@click.option("--student", required=True, callback=check_student, help=STUDENT_HELP)
 @click.option("--pool", default="0-5", show_default=True, help="Teacher indices to sweep over.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per (subset, primary).")

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..students.recipes import STUDENTS
-from .common import SEED, check_out_folder, overrides_from, run_command, setup_logging
+from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
 
 
 @click.command(help="Distil one student from the averaged logits of the chosen teachers.")
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="Teacher store (mtd-cache dump).")
-@click.option("--student", required=True, type=click.Choice(list(STUDENTS)), help="Student recipe.")
+@click.option("--student", required=True, callback=check_student, help=STUDENT_HELP)
 @click.option("--teachers", required=True,
               help="Teacher indices: 0,2,5 or 0-5; 'none' for the CE-only baseline (k = 0).")
 @click.option("--primary", type=click.IntRange(min=0),

@@ -234,6 +234,18 @@ def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
     return [int(math.floor(i * step + 0.5)) for i in range(student_layers)]
 
 
+def keep_layers(model: torch.nn.Module, layers: Sequence[int]) -> torch.nn.Module:
+    """``model`` with only its encoder ``layers`` (0-based, in order), the config's depth updated to match."""
+    base = backbone(model)
+    owner = base.encoder if hasattr(base, "encoder") else getattr(base, "transformer", None)
+    if owner is None or not hasattr(owner, "layer"):
+        raise MtdError(f"{type(model).__name__} is neither a BERT nor a DistilBERT-like model: cannot drop layers")
+    owner.layer = torch.nn.ModuleList(owner.layer[i] for i in layers)
+    key = "num_hidden_layers" if hasattr(model.config, "num_hidden_layers") else "n_layers"
+    setattr(model.config, key, len(layers))
+    return model
+
+
 # ----------------------------------------------------------------------------- DistilBERT from BERT
 
 

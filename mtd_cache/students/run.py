@@ -23,6 +23,7 @@ import torch
 from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..locks import file_lock
+from ..models import factory
 from ..record import (
     device_description,
     experiment_identity,
@@ -37,11 +38,12 @@ from ..record import (
 from ..runtime import resolve_device, seed_everything
 from ..settings import Resolved
 from ..store import TeacherStore
+from ..tasks.registry import task_of_store
 from ..teachers import Teacher
 from ..train import Fit, fit, remove_checkpoint, total_cost
 from ..utils import atomic_path
 from .context import StudentContext
-from .recipes import get_recipe
+from .recipes import check_modality, get_recipe, needs_primary
 from .targets import online_teachers
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class PlannedRun:
             store=self.store, teachers=tuple(sorted(req.teachers)), primary=req.primary, seed=req.seed,
             device=resolve_device(req.device), data_dir=req.data_dir, online=self.online,
             checkpoint=self.checkpoint, metrics_csv=self.metrics_csv,
-            work_dir=Path(req.out) / self.store.task / req.student, prerequisite=self._prerequisite)
+            work_dir=Path(req.out) / self.store.task / factory.slug(req.student), prerequisite=self._prerequisite)
 
     def done(self) -> dict[str, Any] | None:
         return self.impl.done(self)
@@ -110,17 +112,23 @@ def plan_run(req: RunRequest) -> PlannedRun:
     """Every check that can fail, before anything is trained or written; the run's id, record and lock."""
     recipe = get_recipe(req.student)
     store = TeacherStore.open(req.store)
+    kind = _store_kind(store)
+    if kind is not None:  # an imported store of a task mtd-cache does not know is refused by the recipe, later
+        check_modality(req.student, recipe, kind, str(req.store))
+    resolved = resolve_settings(recipe, store, req.overrides)
     if req.teachers:
-        validate_selection(req.teachers, req.primary, store.num_teachers, recipe.NEEDS_PRIMARY)
+        validate_selection(req.teachers, req.primary, store.num_teachers, needs_primary(recipe, resolved.settings))
     elif req.primary is not None:
         raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
     if req.online and not req.teachers_dir:
         raise MtdError("--online needs --teachers-dir (the teachers to run inside the loop)")
-    resolved = resolve_settings(recipe, store, req.overrides)
     identity = {"task": store.task, "student": req.student, "teachers": sorted(req.teachers),
                 "primary": req.primary, "seed": req.seed, "online": req.online, "recipe": resolved.requested}
+    weights = factory.local_sha256(req.student)
+    if weights is not None:  # a student checkpoint in a local folder: retrained there, a new run
+        identity["student_sha256"] = weights
     run_id = make_run_id(identity, store.fingerprint, store.teachers_sha256)
-    path = record_path(req.out, store.task, req.student, run_id)
+    path = record_path(req.out, store.task, factory.slug(req.student), run_id)
     experiment = experiment_identity(store.task, req.student, resolved.requested,
                                      req.experiment_stores or [store.fingerprint], store.teachers_sha256, req.online)
     planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
@@ -136,6 +144,13 @@ def plan_run(req: RunRequest) -> PlannedRun:
     if req.kind not in kinds:
         raise MtdError(f"student {req.student!r} has no run kind {req.kind!r}; it has: student, {', '.join(kinds)}")
     return kinds[req.kind].plan(planned)
+
+
+def _store_kind(store: TeacherStore) -> str | None:
+    try:
+        return task_of_store(store).kind
+    except MtdError:
+        return None
 
 
 def resolve_settings(recipe: ModuleType, store: TeacherStore, overrides: dict[str, Any]) -> Resolved:
@@ -245,8 +260,8 @@ def validate_selection(teachers: Iterable[int], primary: int | None, num_teacher
                        primary_required: bool) -> None:
     """Check a run's teacher set and primary against the store; MtdError with a one-line reason.
 
-    ``primary_required`` is True for BERT students (which need one) and False
-    for image students (for which a primary is an error).
+    ``primary_required`` is True for students that read the primary's states (DistilBERT, TinyBERT, text KD with
+    a hidden-state loss) and False for the others (for which a primary is an error).
     """
     teachers = tuple(teachers)
     if not teachers:
@@ -259,9 +274,11 @@ def validate_selection(teachers: Iterable[int], primary: int | None, num_teacher
     if duplicates:
         raise MtdError(f"--teachers: duplicate index {duplicates[0]}")
     if primary_required and primary is None:
-        raise MtdError("--primary is required for BERT students (one of --teachers)")
+        raise MtdError("--primary is required for this student (one of --teachers): it reads the primary teacher's "
+                       "states")
     if not primary_required and primary is not None:
-        raise MtdError(f"--primary {primary} given, but this student takes no primary teacher (ResNet)")
+        raise MtdError(f"--primary {primary} given, but this student takes no primary teacher (it reads the "
+                       "teachers' logits only)")
     if primary is not None and primary not in teachers:
         listed = ",".join(map(str, sorted(teachers)))
         raise MtdError(f"--primary {primary} is not in --teachers {listed}")

@@ -36,6 +36,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import EXIT_INCOMPLETE, MtdError
+from ..models import factory
 from ..record import load_done
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
@@ -63,7 +64,7 @@ class SweepConfig:
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
-    needs_primary, two_stage = student_traits(cfg.student)
+    needs_primary, two_stage = student_traits(cfg.student, cfg.overrides)
     stores = len(cfg.stores)
     if stores not in (1, cfg.repeats):
         raise MtdError(f"{stores} stores for {cfg.repeats} repeats: give one store, or one per repeat")
@@ -274,7 +275,7 @@ def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
 def estimate(todo: list[Job], cfg: SweepConfig, workers: int) -> str:
     """Estimated wall time of the remaining runs from runs already measured in ``out``."""
     times: dict[int, list[float]] = {}
-    for path in Path(cfg.out).glob(f"*/{cfg.student}/*.json"):
+    for path in Path(cfg.out).glob(f"*/{factory.slug(cfg.student)}/*.json"):
         rec = load_done(path)
         if rec is not None:
             times.setdefault(rec["k"], []).append(rec["wall_s"])

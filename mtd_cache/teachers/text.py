@@ -100,7 +100,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     name, dev = str(model or bert.DEFAULT_TEACHER), resolve_device(device)
     dtype, precision = autocast_dtype(s.precision, dev)
     seed_everything(seed)
-    tok = bert.load_tokenizer(name)
+    tok = bert.load_tokenizer(factory.hf_ref(name))
     train, dev_set = (encode(tok, load_split(task, split, data_dir), s.max_length) for split in SPLITS)
     net = factory.build(name, task).to(dev)
     last: dict[str, Any] = {}

@@ -44,7 +44,8 @@ class ImageTeacherSettings(Settings):
     """He et al.'s CIFAR recipe (akamaster/pytorch_resnet_cifar10 ``trainer.py``)."""
 
     WHAT = "image-teacher"
-    model: str = setting("resnet110", "the paper's teachers: ResNet-110 (He et al. 2016, sec. 4.2)")
+    model: str = setting("resnet110", "the paper's teachers: ResNet-110 (He et al. 2016, sec. 4.2); any CIFAR "
+                                      "ResNet or tv:NAME[@WEIGHTS]")
     epochs: int = setting(200, "trainer.py --epochs 200", low=1)
     lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
     momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
@@ -58,6 +59,7 @@ class ImageTeacherSettings(Settings):
     train_subset: int | None = setting(None, "train on the first N training images only (a quick CPU run)", low=1)
 
     def check(self) -> None:
+        factory.parse(self.model, "image")
         if not all(0 < f <= 1 for f in self.milestones):
             raise MtdError(f"image-teacher setting milestones={self.milestones}: fractions of the epochs in (0, 1]")
 
@@ -117,6 +119,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         return {"model": s.model, "in_channels": train.task.channels, "num_classes": train.task.num_classes,
+                "image_size": train.task.size,
                 "metric_name": "accuracy", "metric": history[-1]["metric"],
                 "metrics": {"accuracy": history[-1]["metric"]}, "config": cfg}
 

@@ -42,6 +42,7 @@ from ..context import StudentContext
 from ..targets import make_targets, teacher_path
 from .common import StudentSettings, check_vocabulary, text_evaluator, text_inputs
 
+MODALITY = "text"
 NEEDS_PRIMARY = True
 
 

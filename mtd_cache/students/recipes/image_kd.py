@@ -33,6 +33,7 @@ from ..data import store_test_images, store_train_images
 from ..targets import make_targets
 from .common import StudentSettings
 
+MODALITY = "image"
 NEEDS_PRIMARY = False
 
 

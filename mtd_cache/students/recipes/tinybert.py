@@ -66,6 +66,7 @@ from ..targets import make_targets
 from . import tinybert_stage1
 from .common import StudentSettings, text_evaluator
 
+MODALITY = "text"
 NEEDS_PRIMARY = True
 RUN_KINDS = {"stage1": tinybert_stage1.KIND}
 

@@ -33,6 +33,14 @@ Sources:
   ``fit_dense`` (transformer/modeling.py); stage 2 ``soft_cross_entropy`` =
   ``(-softmax(t) * log_softmax(s)).mean()`` at ``--temperature`` 1 (the default).
 
+KD target rules (``multi_teacher_kd``; w_i the teachers' weights, summing to 1, default 1/k):
+
+* "mean_logits" (the paper's eq. 9, the default): KD to softmax(sum_i w_i z_i / t);
+* "mean_probs": KD to sum_i w_i softmax(z_i / t), the mixture of the teachers' softened distributions;
+* "mean_losses": sum_i w_i KD(z_S, z_i), the teachers' KD losses averaged. With "ce" it equals
+  "mean_probs" (the soft cross-entropy is linear in the target); with "kl" it differs from it by
+  sum_i w_i H(p_i) - H(p_mix), a constant for the student: the same gradients, other values.
+
 "mean" equals "sum" divided by C: for a 2-class task TinyBERT's prediction loss is
 half of Hinton's un-scaled term. "kl" and "ce" differ by the teacher entropy, a
 constant for the student, so their gradients are identical.
@@ -52,6 +60,7 @@ from .errors import MtdError
 
 KD_SCALES: tuple[str, ...] = ("sum_t2", "sum", "mean")
 KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl")
+KD_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses")
 # TinyBERT adds -10000 to masked attention scores; anything at or below this is "masked".
 ATTENTION_THRESHOLD: float = -100.0
 
@@ -149,9 +158,78 @@ def kd_loss(
     student, teacher = _student_teacher(student_logits, teacher_logits)
     log_q = F.log_softmax(student / temperature, dim=-1)
     log_p = F.log_softmax(teacher / temperature, dim=-1)
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
+
+
+def _soft_target_loss(log_q: torch.Tensor, log_p: torch.Tensor, scale: str, divergence: str,
+                      temperature: float) -> torch.Tensor:
     p = log_p.exp()
     per_class = p * (log_p - log_q) if divergence == "kl" else -p * log_q
-    return _reduce_kd(per_class, scale, float(temperature))
+    return _reduce_kd(per_class, scale, temperature)
+
+
+def teacher_weights(weights: Sequence[float] | None, k: int) -> torch.Tensor | None:
+    """Weights of k teachers as a (k,) float tensor summing to 1; None stays None (equal weights, 1/k)."""
+    if weights is None:
+        return None
+    w = torch.as_tensor([float(x) for x in weights], dtype=torch.float64)
+    if w.shape != (k,):
+        raise ValueError(f"{len(w)} teacher weights for {k} teachers")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"teacher weights must be finite, >= 0 and not all 0: {list(weights)}")
+    return w / w.sum()
+
+
+def combine_teacher_logits(teacher_logits: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """(B, k, C) -> (B, C): the teachers' logits averaged (equal weights) or weighted by ``weights`` (sum 1)."""
+    if weights is None:
+        return mean_teacher_logits(teacher_logits)
+    z = _compute_dtype(teacher_logits)
+    w = teacher_weights(weights, z.shape[1]).to(z.dtype).to(z.device)
+    return torch.einsum("bkc,k->bc", z, w)
+
+
+def multi_teacher_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    scale: str = "sum_t2",
+    divergence: str = "ce",
+    rule: str = "mean_logits",
+    weights: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KD^k from k teachers by a target ``rule`` (module docstring), teachers weighted by ``weights``.
+
+    Shapes: student_logits (B, C); teacher_logits (B, k, C), or (B, C) already combined for "mean_logits"
+    (what a store's ``mean_logits`` returns). ``weights`` (k,): >= 0, normalised here; None: 1/k each.
+    Returns a scalar; the teacher side is detached.
+    """
+    _check_choice("rule", rule, KD_RULES)
+    if rule == "mean_logits":
+        if teacher_logits.dim() == 3:
+            teacher_logits = combine_teacher_logits(teacher_logits.detach(), weights)
+        return kd_loss(student_logits, teacher_logits, temperature, scale, divergence)
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"rule {rule!r} needs each teacher's logits (B, k, C), got {tuple(teacher_logits.shape)}")
+    k = teacher_logits.shape[1]
+    w = teacher_weights(weights, k) if weights is not None else torch.full((k,), 1.0 / k, dtype=torch.float64)
+    if rule == "mean_losses":
+        terms = [kd_loss(student_logits, teacher_logits[:, i], temperature, scale, divergence) for i in range(k)]
+        return sum(float(w[i]) * terms[i] for i in range(k))
+    _check_choice("scale", scale, KD_SCALES)
+    _check_choice("divergence", divergence, KD_DIVERGENCES)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    student = _compute_dtype(student_logits)
+    teacher = teacher_logits.detach().to(student.dtype)
+    if tuple(teacher.shape[::2]) != tuple(student.shape):
+        raise ValueError(f"student shape {tuple(student.shape)} does not match teachers {tuple(teacher.shape)}")
+    # log sum_i w_i softmax(z_i / t), computed in log space
+    log_p = torch.logsumexp(F.log_softmax(teacher / temperature, dim=-1)
+                            + torch.log(w.to(student.dtype).to(student.device))[None, :, None], dim=1)
+    log_q = F.log_softmax(student / temperature, dim=-1)
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
 
 
 def hidden_mse(

@@ -164,12 +164,36 @@ class TeacherStore:
     task_file = property(lambda self: self.spec.extra.get(EXTRA_TASK_FILE))  # {"path", "content", ...} or None
 
     # reading ----------------------------------------------------------------------------------
-    def mean_logits(self, teachers: Sequence[int], index: Any, view: Any = None) -> np.ndarray:
+    def mean_logits(self, teachers: Sequence[int], index: Any, view: Any = None,
+                    weights: Sequence[float] | None = None) -> np.ndarray:
         """The chosen teachers' raw logits averaged, for a batch: (B, C) float32.
 
-        ``index``: example indices (B,); ``view``: view indices (B,) for image stores.
+        ``index``: example indices (B,); ``view``: view indices (B,) for image stores. ``weights``: one per
+        chosen teacher, in ascending teacher order, >= 0 (normalised here); None: the plain mean.
         The mean is taken over logits, before any temperature or softmax (DESIGN.md).
         """
+        rows = self._batch_rows(index, view)
+        # The sum over the chosen teachers as one small matmul with a 0/1 selection matrix: exact products,
+        # a fixed summation order (the same set gives the same bits), and ~2x faster than a strided
+        # reduction over the teacher axis (bench/store_read.py). Stores hold finite logits only (the
+        # writer refuses others), so the zero weights of unchosen teachers never meet a NaN.
+        if weights is not None:
+            return rows @ self._weighted(teachers, weights)
+        w, k = self._selection(teachers)
+        out = rows @ w
+        out *= 1.0 / k
+        return out
+
+    def teacher_logits(self, teachers: Sequence[int], index: Any, view: Any = None) -> np.ndarray:
+        """Each chosen teacher's raw logits for a batch, (B, k, C) float32, teachers in ascending order."""
+        rows = self._batch_rows(index, view)
+        chosen = sorted(int(t) for t in set(teachers))
+        if not chosen or chosen[0] < 0 or chosen[-1] >= self.num_teachers:
+            raise IndexError(f"teachers {chosen} out of range 0..{self.num_teachers - 1}")
+        return np.ascontiguousarray(rows.reshape(len(rows), self.num_teachers, self.num_classes)[:, chosen])
+
+    def _batch_rows(self, index: Any, view: Any) -> np.ndarray:
+        """(B, T*C) float32: one contiguous row per example (and view) of the batch."""
         if self.num_views:
             if view is None:
                 raise StoreError(f"{self.path} has {self.num_views} views per example: pass view=")
@@ -178,18 +202,26 @@ class TeacherStore:
             except ValueError as exc:
                 raise IndexError(f"example or view index out of range ({self.num_examples} examples, "
                                  f"{self.num_views} views): {exc}") from None
-        rows = np.take(self._rows, index, axis=0)  # (B, T*C): one contiguous row per example (and view)
+        rows = np.take(self._rows, index, axis=0)
         if rows.dtype != np.float32:
             import torch  # lazily: `mtd-cache inspect` need not load torch
             rows = torch.from_numpy(rows).float().numpy()  # F16C: ~4x faster than numpy's float16 cast
-        # The sum over the chosen teachers as one small matmul with a 0/1 selection matrix: exact products,
-        # a fixed summation order (the same set gives the same bits), and ~2x faster than a strided
-        # reduction over the teacher axis (bench/store_read.py). Stores hold finite logits only (the
-        # writer refuses others), so the zero weights of unchosen teachers never meet a NaN.
-        w, k = self._selection(teachers)
-        out = rows @ w
-        out *= 1.0 / k
-        return out
+        return rows
+
+    def _weighted(self, teachers: Sequence[int], weights: Sequence[float]) -> np.ndarray:
+        """The (T*C, C) matrix that sums the chosen teachers' logits times their normalised weights."""
+        chosen = sorted(int(t) for t in set(teachers))
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(chosen),) or not np.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+            raise ValueError(f"weights {list(weights)}: one finite weight >= 0 per chosen teacher "
+                             f"({len(chosen)}), not all 0")
+        key = (tuple(chosen), tuple(w.tolist()))
+        hit = self._selections.get(key)
+        if hit is None:
+            m = self._selection(chosen)[0].reshape(self.num_teachers, self.num_classes, self.num_classes).copy()
+            m[chosen] *= (w / w.sum()).astype(np.float32)[:, None, None]
+            hit = self._selections[key] = m.reshape(-1, self.num_classes)
+        return hit
 
     def mean_dev_logits(self, teachers: Sequence[int] | None = None) -> np.ndarray | None:
         """The chosen teachers' (default: all) dev logits averaged, (M, C) float32: the ensemble's; None without dev."""

@@ -82,3 +82,45 @@ def store_test_images(store: TeacherStore, data_dir: str | None, device: torch.d
         raise MtdError(f"the {store.task} test images found here ({len(test)}) are not those {store.path} "
                        f"scored its teachers on ({len(store.dev_labels)}): other labels or order")
     return test
+
+
+# ----------------------------------------------------------------------------- for your own training loop
+
+
+def store_images(store: TeacherStore | str | Path, split: str = "train", device: torch.device | str | None = None,
+                 data_dir: str | None = None) -> ImageData:
+    """An image store's training images (``split`` "train", checked against its fingerprint) or its test images
+    ("test", the ones its dev logits were computed on), normalised, on ``device``. ``.batch(index, views)``
+    gives the images of ``index`` under view rows ``store.views[view]``; ``.labels`` their classes."""
+    store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if split not in ("train", "test"):
+        raise MtdError(f"split {split!r}: expected train or test")
+    return store_train_images(store, data_dir, dev) if split == "train" else store_test_images(store, data_dir, dev)
+
+
+class TextExamples(torch.utils.data.Dataset):
+    """A text store's examples tokenised exactly as the store's inputs were (fingerprint-checked), as a dataset
+    of dicts for Hugging Face's ``DataCollatorWithPadding``: ``input_ids``, ``token_type_ids``,
+    ``attention_mask``, ``labels`` and, for the training split, ``index`` (the store row of the example).
+
+    ``split``: "train" (the store's rows) or "dev" (the evaluation split; no ``index``: no KD targets)."""
+
+    def __init__(self, store: TeacherStore | str | Path, split: str = "train", data_dir: str | None = None):
+        if split not in ("train", "dev"):
+            raise MtdError(f"split {split!r}: expected train or dev")
+        self.store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
+        self.tokenizer, inputs = store_inputs(self.store, data_dir=data_dir)
+        self.split, self.encoded = split, getattr(inputs, split)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        enc = self.encoded
+        a, b = int(enc.offsets[i]), int(enc.offsets[i + 1])
+        item = {"input_ids": enc.ids[a:b].tolist(), "token_type_ids": enc.types[a:b].tolist(),
+                "attention_mask": [1] * (b - a), "labels": int(enc.labels[i])}
+        if self.split == "train":
+            item["index"] = int(i)
+        return item

@@ -44,6 +44,7 @@ from ..train import Fit, fit, remove_checkpoint, total_cost
 from ..utils import atomic_path
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
+from .recipes.common import chosen_weights
 from .targets import online_teachers
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def plan_run(req: RunRequest) -> PlannedRun:
         validate_selection(req.teachers, req.primary, store.num_teachers, needs_primary(recipe, resolved.settings))
     elif req.primary is not None:
         raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
+    chosen_weights(resolved.settings, req.teachers, store.num_teachers)  # refused here, before any work
     if req.online and not req.teachers_dir:
         raise MtdError("--online needs --teachers-dir (the teachers to run inside the loop)")
     identity = {"task": store.task, "student": req.student, "teachers": sorted(req.teachers),
@@ -144,6 +146,15 @@ def plan_run(req: RunRequest) -> PlannedRun:
     if req.kind not in kinds:
         raise MtdError(f"student {req.student!r} has no run kind {req.kind!r}; it has: student, {', '.join(kinds)}")
     return kinds[req.kind].plan(planned)
+
+
+def kd_target(ctx: StudentContext) -> dict[str, Any]:
+    """How the run combined its teachers (recorded in every run): the KD rule and the chosen teachers' weights
+    (ascending teacher order, normalised; None: equal). A CE-only baseline has neither."""
+    rule = getattr(ctx.settings, "kd_rule", None) if ctx.teachers else None
+    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers) if rule else None
+    return {"kd_rule": rule, "teacher_weights": None if weights is None else
+            [round(w / sum(weights), 12) for w in weights]}
 
 
 def _store_kind(store: TeacherStore) -> str | None:
@@ -201,8 +212,9 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "experiment_identity": planned.experiment, "predictions": predictions,
         "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
-        "metric_name": planned.store.metric, "metric": float(history[-1]["metric"]) if "metric" in history[-1]
-        else None, "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
+        **kd_target(ctx), "metric_name": planned.store.metric,
+        "metric": float(history[-1]["metric"]) if "metric" in history[-1] else None,
+        "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
         "threads": torch.get_num_threads(),
         "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,

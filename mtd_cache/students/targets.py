@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import MtdError
-from ..losses import mean_teacher_logits
+from ..losses import combine_teacher_logits
 from ..models import bert, factory
 from ..ragged import pad_attention, pad_hidden
 from ..store import TeacherStore
@@ -48,8 +48,10 @@ class StoreTargets:
     """Targets read from the store: the averaged logits by the store's gather, the primary's stored states."""
 
     def __init__(self, store: TeacherStore, teachers: Sequence[int], kd: bool, device: torch.device,
-                 primary: int | None = None, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+                 primary: int | None = None, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (),
+                 rule: str = "mean_logits", weights: Sequence[float] | None = None):
         self.store, self.teachers, self.kd, self.device = store, list(teachers), kd, device
+        self.rule, self.weights = rule, None if weights is None else list(weights)
         self.states = store.primary(primary) if (hidden_layers or attn_layers) else None
         depth = store.teacher_depth
         hidden = [g if g >= 0 else (depth or 0) + 1 + g for g in hidden_layers]
@@ -61,8 +63,10 @@ class StoreTargets:
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         host: dict[str, torch.Tensor] = {}
-        if self.kd:
-            host["teacher_logits"] = torch.from_numpy(self.store.mean_logits(self.teachers, index, view))
+        if self.kd and self.rule == "mean_logits":  # combined by the store's gather: (B, C)
+            host["teacher_logits"] = torch.from_numpy(self.store.mean_logits(self.teachers, index, view, self.weights))
+        elif self.kd:  # the other rules combine per teacher: (B, k, C)
+            host["teacher_logits"] = torch.from_numpy(self.store.teacher_logits(self.teachers, index, view))
         if self.states is not None:
             rb = self.states.read(index)
             host["hidden"], host["state_lengths"] = torch.from_numpy(rb.hidden), torch.from_numpy(rb.lengths)
@@ -90,8 +94,10 @@ class OnlineTargets:
     """Targets computed by running the teachers on the batch (text: the collated batch; images: the pixels)."""
 
     def __init__(self, models: dict[int, torch.nn.Module], kd: bool, text: bool, primary: int | None = None,
-                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (), rule: str = "mean_logits",
+                 weights: Sequence[float] | None = None):
         self.models, self.kd, self.text, self.primary = models, kd, text, primary
+        self.rule, self.weights = rule, None if weights is None else list(weights)
         self.hidden_layers, self.attn_layers = list(hidden_layers), list(attn_layers)
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -110,7 +116,8 @@ class OnlineTargets:
             if primary:
                 out.hidden, out.scores = hidden, scores
         if self.kd:
-            out.logits = mean_teacher_logits(torch.stack(logits, dim=1))
+            stacked = torch.stack(logits, dim=1)  # (B, k, C), teachers in ascending order
+            out.logits = combine_teacher_logits(stacked, self.weights) if self.rule == "mean_logits" else stacked
         return out
 
     def _forward(self, model: torch.nn.Module, inputs: Any, primary: bool):
@@ -129,6 +136,63 @@ class OnlineTargets:
 Targets = StoreTargets | OnlineTargets
 
 
+class KDTargets:
+    """The store as a KD data source for your own training loop (public API, ``from mtd_cache import KDTargets``).
+
+    For dataset indices (and views, on an image store) the chosen teachers' targets, combined by a KD rule,
+    on your device: what a student run reads, through the same ``StoreTargets``::
+
+        store = TeacherStore.open("cache/mrpc/store.h5")
+        targets = KDTargets(store, teachers=[0, 2, 5], temperature=2.0, device="cuda")
+        loss = ce + targets.loss(student_logits, batch_index)   # KD^k of these examples
+        z = targets.logits(batch_index)                         # (B, C); (B, k, C) for the per-teacher rules
+
+    ``rule``: "mean_logits" (the paper's), "mean_probs" or "mean_losses" (``losses.multi_teacher_kd``);
+    ``weights``: one per teacher of ``teachers``, in that order (None: equal); ``scale`` and ``divergence``
+    as ``losses.kd_loss`` (defaults: Hinton's sum over classes times t^2, soft cross-entropy).
+    """
+
+    def __init__(self, store: TeacherStore | str | Path, teachers: Sequence[int], rule: str = "mean_logits",
+                 weights: Sequence[float] | None = None, temperature: float = 1.0, scale: str = "sum_t2",
+                 divergence: str = "ce", device: torch.device | str | None = None):
+        from ..losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
+
+        self.store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
+        pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
+                           strict=True))
+        chosen = [t for t, _ in pairs]
+        if not chosen or len(set(chosen)) != len(chosen) or chosen[0] < 0 or chosen[-1] >= self.store.num_teachers:
+            raise MtdError(f"teachers {list(teachers)}: distinct indices of the store's teachers "
+                           f"0..{self.store.num_teachers - 1}")
+        for name, value, valid in (("rule", rule, KD_RULES), ("scale", scale, KD_SCALES),
+                                   ("divergence", divergence, KD_DIVERGENCES)):
+            if value not in valid:
+                raise MtdError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if not temperature > 0:
+            raise MtdError(f"temperature {temperature}: expected > 0")
+        self.teachers, self.weights = chosen, None if weights is None else [float(w) for _, w in pairs]
+        self.rule, self.temperature, self.scale, self.divergence = rule, float(temperature), scale, divergence
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._targets = StoreTargets(self.store, chosen, True, self.device, rule=rule, weights=self.weights)
+
+    def logits(self, index: Any, view: Any = None) -> torch.Tensor:
+        """The teachers' logits of examples ``index`` (and ``view``): (B, C) combined by "mean_logits", else
+        (B, k, C), teachers in ascending order."""
+        return self._targets(self._targets.read(_numpy(index), None if view is None else _numpy(view))).logits
+
+    def loss(self, student_logits: torch.Tensor, index: Any, view: Any = None) -> torch.Tensor:
+        """KD^k of the student's logits (B, C) against the teachers' targets of examples ``index``."""
+        from ..losses import multi_teacher_kd
+
+        teacher = self.logits(index, view).to(student_logits.device)
+        return multi_teacher_kd(student_logits, teacher, self.temperature, self.scale, self.divergence, self.rule,
+                                None if self.rule == "mean_logits" else self.weights)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
 def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (),
                  states_online: bool | None = None) -> Targets:
     """The run's targets: online when ``--online`` (or ``states_online``, the primary alone), else the store.
@@ -136,13 +200,19 @@ def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (
     ``kd``: the chosen teachers' averaged logits; ``hidden_layers`` (teacher layer, 0 = embeddings,
     -1 = last) and ``attn_layers`` (1-based): the primary's states.
     """
+    from .recipes.common import chosen_weights
+
     states = bool(hidden_layers or attn_layers)
     online = bool(ctx.online) if states_online is None else states_online
+    rule = getattr(ctx.settings, "kd_rule", "mean_logits")
+    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers)
     if not online:
-        return StoreTargets(ctx.store, ctx.teachers, kd, ctx.device, ctx.primary, hidden_layers, attn_layers)
+        return StoreTargets(ctx.store, ctx.teachers, kd, ctx.device, ctx.primary, hidden_layers, attn_layers,
+                            rule, weights)
     wanted = set(ctx.teachers if kd else ()) | ({ctx.primary} if states else set())
     models = {t: load_teacher_model(ctx, t) for t in sorted(wanted)}
-    return OnlineTargets(models, kd, ctx.store.tokenizer is not None, ctx.primary, hidden_layers, attn_layers)
+    return OnlineTargets(models, kd, ctx.store.tokenizer is not None, ctx.primary, hidden_layers, attn_layers,
+                         rule, weights)
 
 
 # ----------------------------------------------------------------------------- teachers, checked

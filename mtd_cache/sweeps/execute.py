@@ -340,11 +340,20 @@ def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address
 
 def check_config(cfg: SweepConfig) -> None:
     """Before the first job: the recipe's settings (type and range), and the pool against each store."""
-    get_recipe(cfg.student).Settings.resolve(cfg.overrides)
+    settings = get_recipe(cfg.student).Settings.resolve(cfg.overrides).settings
+    weights = getattr(settings, "teacher_weights", None)
+    if weights is not None:
+        zero = [t for t in cfg.pool if t < len(weights) and weights[t] == 0]
+        if zero:
+            raise MtdError(f"teacher_weights gives pool teacher {zero[0]} weight 0: its k = 1 runs would have no "
+                           "teacher (leave it out of --pool)")
     for path in cfg.stores:
         if Path(path).exists():
             with TeacherStore.open(path) as s:
                 bad = [t for t in cfg.pool if t >= s.num_teachers]
+                if weights is not None and len(weights) != s.num_teachers:
+                    raise MtdError(f"teacher_weights has {len(weights)} weights; {path} has {s.num_teachers} "
+                                   "teachers (one weight per store teacher)")
             if bad:
                 raise MtdError(f"--pool: index {max(bad)} out of range: {path} has {s.num_teachers} teachers "
                                f"(0-{s.num_teachers - 1})")

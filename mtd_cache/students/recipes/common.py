@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
+from ...losses import KD_RULES, multi_teacher_kd
 from ...models import bert
 from ...models.inference import evaluate_split
-from ...settings import Settings
+from ...settings import Settings, setting
 from ...tasks.registry import task_of_store
 from ...tasks.text_data import Encoded, TaskInputs
 from ..context import StudentContext
@@ -20,8 +22,53 @@ from ..data import store_inputs
 
 @dataclass(frozen=True)
 class StudentSettings(Settings):
+    """What every student shares: how the k teachers' outputs make one KD target (``losses.multi_teacher_kd``).
+
+    Both enter a run's id and experiment only when changed (``since``): the paper's runs keep their ids.
+    """
+
     WHAT = "student"
     UNKNOWN = "unknown setting {key!r} for this student"
+
+    kd_rule: str = setting("mean_logits", "the paper's eq. 9: the mean of the teachers' logits", choices=KD_RULES,
+                           since="0.2")
+    teacher_weights: list[float] | None = setting(None, "None: equal; else one weight >= 0 per store teacher, "
+                                                        "normalised over the chosen ones", since="0.2")
+
+    def check(self) -> None:
+        super().check()
+        w = self.teacher_weights
+        if w is not None and (not w or not all(math.isfinite(x) and x >= 0 for x in w) or not sum(w) > 0):
+            raise MtdError(f"student setting teacher_weights={w}: one finite weight >= 0 per store teacher, "
+                           "not all 0")
+
+
+def chosen_weights(settings: Any, teachers: tuple[int, ...], num_teachers: int) -> list[float] | None:
+    """The weights of the chosen teachers (ascending order) from ``teacher_weights``, or None (equal weights);
+    refused when the list does not have one weight per store teacher or the chosen ones weigh nothing."""
+    w = getattr(settings, "teacher_weights", None)
+    if w is None or not teachers:
+        return None
+    if len(w) != num_teachers:
+        raise MtdError(f"teacher_weights has {len(w)} weights; the store has {num_teachers} teachers (one weight "
+                       "per store teacher, normalised over the chosen ones)")
+    chosen = [float(w[t]) for t in sorted(teachers)]
+    if not sum(chosen) > 0:
+        raise MtdError(f"teacher_weights gives the chosen teachers {sorted(teachers)} weight 0")
+    return chosen
+
+
+def kd_term(ctx: StudentContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The recipe's KD^k: student logits and the targets' teacher logits -> loss, by the run's rule and weights."""
+    s = ctx.settings
+    weights = chosen_weights(s, ctx.teachers, ctx.store.num_teachers)
+    rule = s.kd_rule
+
+    def kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        # "mean_logits" targets arrive combined (weighted by the store's gather); the others per teacher
+        return multi_teacher_kd(student, teacher, s.temperature, s.kd_scale, s.divergence, rule,
+                                None if rule == "mean_logits" else weights)
+    return kd
 
 
 def text_inputs(ctx: StudentContext) -> tuple[Any, TaskInputs]:

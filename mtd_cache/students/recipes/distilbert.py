@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
-from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce, kd_loss
+from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce
 from ...models import bert
 from ...optim import optimizer_and_schedule
 from ...runtime import PRECISIONS, autocast_dtype
@@ -40,7 +40,7 @@ from ...tasks.text_data import epoch_batches, to_device
 from ...train import Fit
 from ..context import StudentContext
 from ..targets import make_targets, teacher_path
-from .common import StudentSettings, check_vocabulary, text_evaluator, text_inputs
+from .common import StudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
 
 MODALITY = "text"
 NEEDS_PRIMARY = True
@@ -93,6 +93,7 @@ def build(ctx: StudentContext) -> Fit:
     if use_cos and not ctx.online:
         _check_last_layer(ctx, net)
     targets = make_targets(ctx, kd=use_kd, hidden_layers=(-1,) if use_cos else ())
+    kd = kd_term(ctx)
     steps = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, steps)
 
@@ -108,7 +109,7 @@ def build(ctx: StudentContext) -> Fit:
         if use_kd or use_cos:
             teacher = targets(b, b, b["input_ids"].shape[1])
             if use_kd:
-                terms["kd"] = kd_loss(out.logits, teacher.logits, s.temperature, s.kd_scale, s.divergence)
+                terms["kd"] = kd(out.logits, teacher.logits)
                 loss = loss + s.alpha_kd * terms["kd"]
             if use_cos:
                 terms["cos"] = cosine_hidden_loss(out.hidden_states[-1], teacher.hidden[:, 0], b["attention_mask"])

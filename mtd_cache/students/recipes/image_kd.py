@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...losses import KD_DIVERGENCES, KD_SCALES, kd_loss
+from ...losses import KD_DIVERGENCES, KD_SCALES
 from ...models import factory
 from ...models.inference import image_metrics
 from ...optim import sgd_recipe
@@ -31,7 +31,7 @@ from ...train import Fit
 from ..context import StudentContext
 from ..data import store_test_images, store_train_images
 from ..targets import make_targets
-from .common import StudentSettings
+from .common import StudentSettings, kd_term
 
 MODALITY = "image"
 NEEDS_PRIMARY = False
@@ -66,6 +66,7 @@ def build(ctx: StudentContext) -> Fit:
     views = torch.as_tensor(store.views, device=dev)
     opt, sched = sgd_recipe(net, s, -(-len(train) // s.batch_size))
     targets = make_targets(ctx, kd=True) if ctx.teachers else None
+    kd_of = kd_term(ctx)
 
     def step(batch):
         idx, v = batch
@@ -75,7 +76,7 @@ def build(ctx: StudentContext) -> Fit:
         if targets is None:
             return {"loss": ce, "ce": ce}
         z = targets(targets.read(idx.numpy(), v.numpy()), x).logits
-        kd = kd_loss(logits, z, s.temperature, s.kd_scale, s.divergence)
+        kd = kd_of(logits, z)
         return {"loss": ce + s.alpha_kd * kd, "ce": ce, "kd": kd}
 
     ctx.extra["views"] = int(len(views))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
-from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce, hidden_mse, kd_loss
+from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce, hidden_mse
 from ...models import bert, factory
 from ...optim import optimizer_and_schedule
 from ...runtime import PRECISIONS, autocast_dtype
@@ -38,7 +38,7 @@ from ...tasks.text_data import epoch_batches, to_device
 from ...train import Fit
 from ..context import StudentContext
 from ..targets import make_targets
-from .common import StudentSettings, check_vocabulary, text_evaluator, text_inputs
+from .common import StudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
 
 log = logging.getLogger(__name__)
 MODALITY = "text"
@@ -100,6 +100,7 @@ def build(ctx: StudentContext) -> Fit:
     projection = _projection(ctx, net) if use_hidden else None
     model = TextStudent(net, projection).to(device)
     targets = make_targets(ctx, kd=use_kd, hidden_layers=(-1,) if use_hidden else ())
+    kd = kd_term(ctx)
     steps = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(model, s.lr, s.weight_decay, s.warmup, steps)
     project = projection if projection is not None else torch.nn.Identity()
@@ -117,7 +118,7 @@ def build(ctx: StudentContext) -> Fit:
         if use_kd or use_hidden:
             teacher = targets(b, b, b["input_ids"].shape[1])
             if use_kd:
-                terms["kd"] = kd_loss(out.logits, teacher.logits, s.temperature, s.kd_scale, s.divergence)
+                terms["kd"] = kd(out.logits, teacher.logits)
                 loss = loss + s.alpha_kd * terms["kd"]
             if use_hidden:
                 terms["hidden"] = hidden_term(project(out.hidden_states[-1]), teacher.hidden[:, 0],

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...losses import KD_DIVERGENCES, KD_SCALES, hard_ce, kd_loss
+from ...losses import KD_DIVERGENCES, KD_SCALES, hard_ce
 from ...models import bert
 from ...models.tinybert import DEFAULT_INIT, TinyBertStudent
 from ...optim import optimizer_and_schedule
@@ -64,7 +64,7 @@ from ...utils import atomic_write_json
 from ..context import StudentContext
 from ..targets import make_targets
 from . import tinybert_stage1
-from .common import StudentSettings, text_evaluator
+from .common import StudentSettings, kd_term, text_evaluator
 
 MODALITY = "text"
 NEEDS_PRIMARY = True
@@ -141,6 +141,7 @@ def build(ctx: StudentContext) -> Fit:
     use_kd = bool(ctx.teachers) and s.alpha_kd > 0
     alpha_ce = s.alpha_ce if ctx.teachers else 1.0
     targets = make_targets(ctx, kd=True) if use_kd else None
+    kd = kd_term(ctx)
     total = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, total)
 
@@ -157,7 +158,7 @@ def build(ctx: StudentContext) -> Fit:
             terms["ce"] = hard_ce(logits, b["labels"])
             loss = loss + alpha_ce * terms["ce"]
         if use_kd:
-            terms["kd"] = kd_loss(logits, targets(b, b).logits, s.temperature, s.kd_scale, s.divergence)
+            terms["kd"] = kd(logits, targets(b, b).logits)
             loss = loss + s.alpha_kd * terms["kd"]
         return {"loss": loss, **terms}
 

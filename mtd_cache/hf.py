@@ -1,0 +1,57 @@
+"""Hugging Face ``Trainer`` with the store's targets: CE + KD^k, for researchers who already train with ``Trainer``.
+
+    from mtd_cache import KDTargets, TeacherStore
+    from mtd_cache.hf import DistillationTrainer
+
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=collator,
+                                  targets=KDTargets(store, [0, 2, 5], temperature=2.0), alpha_kd=1.0)
+
+The training dataset carries the store row of each example in an ``index`` column (``view`` too, on an image
+store): row i of the store is example i of the task's training split, as ``mtd_cache.TextExamples`` gives
+them. Batches without an ``index`` (evaluation) get the plain cross-entropy. Needs ``accelerate``
+(``pip install 'mtd-cache[hf]'``), as ``TrainingArguments`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from .students.targets import KDTargets
+
+
+class DistillationTrainer(Trainer):
+    """``Trainer`` whose loss is ``alpha_ce * CE(z_S, y) + alpha_kd * KD^k(z_S, targets[index])``."""
+
+    def __init__(self, *args: Any, targets: KDTargets, alpha_ce: float = 1.0, alpha_kd: float = 1.0,
+                 index_column: str = "index", view_column: str = "view", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.targets, self.alpha_ce, self.alpha_kd = targets, float(alpha_ce), float(alpha_kd)
+        self.index_column, self.view_column = index_column, view_column
+        self.last_terms: dict[str, float] = {}  # the latest batch's loss terms, for inspection
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # keep the index (and view) columns of a datasets.Dataset
+        self._signature_columns = [*self._signature_columns, self.index_column, self.view_column]
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        inputs = dict(inputs)
+        index = inputs.pop(self.index_column, None)
+        view = inputs.pop(self.view_column, None)
+        labels = inputs.pop("labels", None)
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = logits.new_zeros((), dtype=torch.float32)
+        terms = {}
+        if labels is not None and (self.alpha_ce > 0 or index is None):
+            terms["ce"] = F.cross_entropy(logits.float(), labels)
+            loss = loss + (self.alpha_ce if index is not None else 1.0) * terms["ce"]
+        if index is not None and self.alpha_kd > 0:
+            terms["kd"] = self.targets.loss(logits, index, view)
+            loss = loss + self.alpha_kd * terms["kd"]
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return (loss, outputs) if return_outputs else loss

@@ -6,29 +6,45 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mtd-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-# Workflow targets: make teachers TASK=mrpc DATA_DIR=glue_data; make augment TASK=mrpc GLOVE=glove.txt;
-# make cache TASK=mrpc PRIMARY=0-5 STUDENT_LAYERS=4 (states of TinyBERT-4L's layer map, the last layer
-# included: one store serves DistilBERT and TinyBERT; AUGMENTED=file to cache an augmented set);
-# make sweep TASK=mrpc STUDENT=tinybert; make report; make paper DRY_RUN=1.
+# Workflow targets (`make help`): every knob below passes through to every target it applies to.
 TASK ?= cifar10
 STUDENT ?= resnet20
 MODEL ?=
 SEEDS ?= 0-5
+POOL ?= 0-5
+EPOCHS ?=
+REPEATS ?= 3
+WORKERS ?= 1
+THREADS ?=
+DATA_DIR ?=
+SET ?=
 PRIMARY ?=
 STUDENT_LAYERS ?=
 AUGMENTED ?=
 GLOVE ?=
-DATA_DIR ?=
-REPEATS ?= 3
-WORKERS ?= 1
+TASKS ?=
 DRY_RUN ?=
 STORE = cache/$(TASK)/store.h5
 opt = $(if $(2),$(1) $(2))
+sets = $(foreach s,$(SET),--set $(s))
+paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $(POOL) $(call opt,--model,$(MODEL)) \
+	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--epochs,$(EPOCHS)) $(sets) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: demo test bench venv teachers augment cache sweep report paper clean help
 
 help:
-	@echo "make demo | test | bench | teachers TASK=.. | augment TASK=.. | cache TASK=.. | sweep TASK=.. STUDENT=.. | report | paper"
+	@echo "Set-up:   make demo | make test | make bench"
+	@echo "Workflow: make teachers | augment | cache | sweep | report | paper   (with KNOB=value ...)"
+	@echo "  teachers  TASK MODEL SEEDS EPOCHS DATA_DIR SET        train seeded teachers (SET: teacher settings)"
+	@echo "  augment   TASK GLOVE DATA_DIR                          TinyBERT's augmented training set"
+	@echo "  cache     TASK PRIMARY STUDENT_LAYERS AUGMENTED DATA_DIR   dump the teachers into cache/TASK/store.h5"
+	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS THREADS EPOCHS DATA_DIR SET DRY_RUN"
+	@echo "            (STUDENT=tinybert: R augmentation files and R stores first, store r for repeat r)"
+	@echo "  report    the report of runs/ into runs/report"
+	@echo "  paper     TASKS REPEATS WORKERS MODEL SEEDS POOL EPOCHS DATA_DIR SET DRY_RUN: the paper's protocol"
+	@echo "Knobs now: TASK=$(TASK) STUDENT=$(STUDENT) MODEL=$(MODEL) SEEDS=$(SEEDS) POOL=$(POOL) EPOCHS=$(EPOCHS)"
+	@echo "  REPEATS=$(REPEATS) WORKERS=$(WORKERS) THREADS=$(THREADS) DATA_DIR=$(DATA_DIR) SET='$(SET)' DRY_RUN=$(DRY_RUN)"
+	@echo "SET takes KEY=VALUE items separated by spaces: SET='lr=1e-4 temperature=4'"
 
 # The virtual environment is rebuilt only when the project's dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -50,7 +66,8 @@ bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 teachers: $(STAMP)
-	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) $(call opt,--data-dir,$(DATA_DIR))
+	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) \
+		$(call opt,--epochs,$(EPOCHS)) $(call opt,--data-dir,$(DATA_DIR)) $(sets)
 
 augment: $(STAMP)
 	$(BIN)/mtd-cache augment --task $(TASK) $(call opt,--glove,$(GLOVE)) $(call opt,--data-dir,$(DATA_DIR))
@@ -59,18 +76,23 @@ cache: $(STAMP)
 	$(BIN)/mtd-cache dump --task $(TASK) $(call opt,--primary,$(PRIMARY)) $(call opt,--data-dir,$(DATA_DIR)) \
 		$(call opt,--student-layers,$(STUDENT_LAYERS)) $(call opt,--augmented,$(AUGMENTED))
 
+# TinyBERT as the paper runs it: R augmentation files (seeds 0..R-1), R stores, store r for repeat r.
 sweep: $(STAMP)
-	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --repeats $(REPEATS) --workers $(WORKERS) \
-		$(call opt,--data-dir,$(DATA_DIR)) $(if $(DRY_RUN),--dry-run)
+ifeq ($(STUDENT),tinybert)
+	$(BIN)/python bin/paper.py --tasks $(TASK) --students tinybert $(paper_opts)
+else
+	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --pool $(POOL) --repeats $(REPEATS) \
+		--workers $(WORKERS) $(call opt,--threads,$(THREADS)) $(call opt,--epochs,$(EPOCHS)) \
+		$(call opt,--data-dir,$(DATA_DIR)) $(sets) $(if $(DRY_RUN),--dry-run)
+endif
 
 report: $(STAMP)
 	$(BIN)/mtd-report runs --out runs/report
 
-# Every task and student of the paper (GPU work); DRY_RUN=1 prints each plan and its estimated cost.
+# Every task and student of the paper (GPU work): bin/paper.py lists each step; DRY_RUN=1 prints them all with
+# their run counts and runs nothing. TASKS=mrpc,cola limits the tasks.
 paper: $(STAMP)
-	$(MAKE) sweep TASK=cifar10 STUDENT=resnet20
-	@for task in mrpc cola sst-2; do for student in distilbert tinybert; do \
-		$(MAKE) --no-print-directory sweep TASK=$$task STUDENT=$$student || exit 1; done; done
+	$(BIN)/python bin/paper.py $(call opt,--tasks,$(TASKS)) $(paper_opts)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -86,7 +86,7 @@ def make_store(root: Path, folder: Path, data_dir: str, n: int) -> Path:
     return w.finish()
 
 
-def make_job(store: Path, folder: Path, mode: str):
+def make_job(store: Path, folder: Path, mode: str, device: torch.device | None = None):
     s = TeacherStore.open(store)
     r = resolve_settings(distilbert, s, {"init_from_teacher": True, "batch_size": 32})
     teachers = () if mode == "ce" else tuple(range(K))
@@ -94,7 +94,7 @@ def make_job(store: Path, folder: Path, mode: str):
         if mode == "online" else None
     seed_everything(0)
     ctx = StudentContext("distilbert", r.settings, r.requested, s, teachers, 0 if teachers else None, 0,
-                         torch.device("cpu"), online=online)
+                         device or torch.device("cpu"), online=online)
     return distilbert.build(ctx)
 
 
@@ -105,11 +105,18 @@ def batch_stream(job):
 
 def timed_step(job, stream) -> float:
     """Seconds of one training step as ``train.fit`` runs it (the next batch's fetch included)."""
+    cuda = next(job.model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    loss = job.step(next(stream))["loss"]
+    with torch.autocast("cuda" if cuda else "cpu", dtype=job.autocast_dtype or torch.float32,
+                        enabled=job.autocast_dtype is not None):
+        loss = job.step(next(stream))["loss"]
     job.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     job.optimizer.step()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -119,6 +126,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per mode (after 1 warm-up), round robin")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on a GPU: the recipe's default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -127,7 +135,8 @@ def main() -> None:
         root = Path(tmp)
         folder = make_teacher(root)
         store = make_store(root, folder, args.data_dir, args.examples)
-        jobs = {m: make_job(store, folder, m) for m in ("ce", "cached", "online")}
+        device = torch.device(args.device)
+        jobs = {m: make_job(store, folder, m, device) for m in ("ce", "cached", "online")}
         streams = {m: batch_stream(job) for m, job in jobs.items()}
         for m, job in jobs.items():
             job.model.train()
@@ -137,8 +146,9 @@ def main() -> None:
             for m, job in jobs.items():
                 times[m].append(timed_step(job, streams[m]))
     med = {m: statistics.median(v) for m, v in times.items()}
-    log.info("MiniLM-sized DistilBERT student (6 x 384), batch 32, MRPC, k = %d, %d torch threads", K,
-             torch.get_num_threads())
+    log.info("MiniLM-sized DistilBERT student (6 x 384), batch 32, MRPC, k = %d, %s, %s", K, args.device,
+             torch.cuda.get_device_name() if args.device.startswith("cuda") else
+             f"{torch.get_num_threads()} torch threads")
     for m in jobs:
         log.info("%-7s %7.1f ms/step (median of %d)", m, 1e3 * med[m], len(times[m]))
     log.info("cached / ce: %.3f (goal <= 1.05); online / ce: %.2f; online / cached: %.2f",

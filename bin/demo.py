@@ -50,6 +50,11 @@ def main() -> None:
     for _, d in worst.iterrows():
         print(f"  k={int(d['k'])}: {100 * d['estimate']:+.2f}  [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
               f"  P(>0) = {d['p_positive']:.2f}")
+    cost = pd.read_csv(RUNS / "report" / "cost.csv").set_index("component")
+    cached, online = cost.loc["total", "wall_s"], cost.loc["total online-equivalent", "wall_s"]
+    print(f"cost of the whole sweep: {cached:.0f} s with the store (teachers, dump and every student), "
+          f"{online:.0f} s online-equivalent (every student running its k teachers, teachers' training not "
+          "counted); per combination on both axes: cost.md and the *_score_vs_{online,cached}_time.png figures")
     print(f"\nreport: {RUNS / 'report'} (summary.md, differences.md, cost.md, *.png); "
           f"demo finished in {time.perf_counter() - t0:.0f} s")
 

@@ -54,6 +54,7 @@ class Fit:
     desc: str = "train"
     autocast_dtype: torch.dtype | None = None  # bf16/fp16 mixed precision on GPU
     grad_clip: float | None = None
+    clip_per_parameter: bool = False  # BertAdam's clipping: each parameter's gradient norm to grad_clip on its own
     on_step: Callable[[int], None] | None = None  # called after every optimizer step with the step count (from 1)
     # what the parts of this run before its resume cost ({"wall_s", "energy_j"}), set by ``fit`` on resuming
     prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
@@ -120,7 +121,12 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
         scaler.scale(loss).backward()
         if job.grad_clip:
             scaler.unscale_(job.optimizer)
-            torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
+            if job.clip_per_parameter:
+                for p in job.model.parameters():
+                    if p.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(p, job.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
         scaler.step(job.optimizer)
         scaler.update()
         if job.scheduler is not None:

@@ -243,7 +243,8 @@ def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
     written = write_report(df, out, reference_lines={"teacher ensemble (dev)": 93.0})
     names = sorted(p.name for p in written)
     assert names == sorted(["runs.csv", "runs.md", "summary.csv", "summary.md", "cost.csv", "cost.md",
-                            "cifar10_resnet20_score_vs_k.png", "cifar10_resnet20_score_vs_time.png",
+                            "cifar10_resnet20_score_vs_k.png", "cifar10_resnet20_score_vs_online_time.png",
+                            "cifar10_resnet20_score_vs_cached_time.png",
                             "cifar10_resnet20_equal_effort_vs_k.png"])
     assert sorted(p.name for p in out.iterdir()) == names  # no temporary files left behind
 

@@ -48,6 +48,7 @@ def test_cached_logits_of_view_v_are_the_teachers_logits_on_that_view(digits):
         direct = model(data.batch(idx, views[v]))
     np.testing.assert_allclose(s.logits[idx.numpy(), v.numpy(), 1], direct.numpy(), rtol=1e-5, atol=1e-5)
     assert s.num_views == 9 and s.views.tolist()[4] == [1, 1, 0]  # the identity view is the centre
+    assert 0 < s.teacher_forward_s < 1 and s.teacher_forward_j is None or s.teacher_forward_j > 0
     assert [t.seed for t in teachers] == [0, 1, 2] and list(s.attrs["teacher_seeds"]) == [0, 1, 2]
     np.testing.assert_allclose(s.dev_metric[1], TeacherStore.open(path).dev_metric[1])
     assert teachers[1].info["metric"] == pytest.approx(float(s.dev_metric[1]), abs=1e-6)

@@ -47,7 +47,11 @@ PRIMARY = "primary"  # primary/<t>/{lengths,hidden,hidden_offsets,attn,attn_offs
 # Root attributes (the spec's fields are written under these names).
 ATTR_FORMAT, ATTR_VERSION, ATTR_FINGERPRINT = "format", "version", "fingerprint"
 ATTR_WALL, ATTR_ENERGY = "dump_wall_s", "dump_energy_j"
-COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc")  # excluded from store equality
+# one teacher's inference per example (per example and view on an image store), measured by the dump: what
+# a student that ran its k teachers online would pay per training example seen (the report's online cost);
+# absent from stores dumped before it was recorded (their online-equivalent cost is unknown)
+ATTR_FORWARD_S, ATTR_FORWARD_J = "teacher_forward_s", "teacher_forward_j"
+COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc", ATTR_FORWARD_S, ATTR_FORWARD_J)  # excluded from equality
 
 # Keys of the spec's ``extra`` (settings a dump records for the students that read the store): named once
 # here; other modules read them through ``TeacherStore``'s typed properties and write them through ``extra``.

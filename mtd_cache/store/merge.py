@@ -24,6 +24,8 @@ from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
     ATTR_FORMAT,
+    ATTR_FORWARD_J,
+    ATTR_FORWARD_S,
     ATTR_VERSION,
     ATTR_WALL,
     DEV_LABEL,
@@ -73,9 +75,25 @@ def write_attrs(w: Any, f: h5py.File) -> None:
         "spec_json": json.dumps(s.to_json(), sort_keys=True), ATTR_WALL: float(costs["wall_s"]),
         ATTR_ENERGY: np.nan if costs["energy_j"] is None else float(costs["energy_j"]),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **forward_cost(costs),
     }
     for k, v in attrs.items():
         f.attrs[k] = v if not isinstance(v, list) else attr_list(v)
+
+
+def forward_cost(costs: dict[str, Any]) -> dict[str, float]:
+    """One teacher's inference seconds (and joules, when the dump's energy is known) per (example, view) item:
+    the median over the plain teachers (over the primaries when every teacher is one) of seconds / items;
+    joules: the dump's energy over every item it ran."""
+    every = [(float(e[0]), int(e[1]), bool(e[2])) for e in (costs.get("forward") or {}).values()
+             if e[1] > 0 and e[0] > 0]
+    per = [(s, n) for s, n, primary in every if not primary] or [(s, n) for s, n, _ in every]
+    if not per:
+        return {}
+    out = {ATTR_FORWARD_S: float(np.median([s / n for s, n in per]))}
+    if costs.get("energy_j"):
+        out[ATTR_FORWARD_J] = float(costs["energy_j"]) / sum(n for _, n, _ in every)
+    return out
 
 
 def attr_list(values: list) -> Any:

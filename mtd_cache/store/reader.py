@@ -18,6 +18,8 @@ from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
     ATTR_FORMAT,
+    ATTR_FORWARD_J,
+    ATTR_FORWARD_S,
     ATTR_VERSION,
     ATTR_WALL,
     DEV_LABEL,
@@ -153,6 +155,9 @@ class TeacherStore:
     precision = property(lambda self: self.attrs.get("precision"))
     dump_wall_s = property(lambda self: _number(self.attrs.get(ATTR_WALL)))
     dump_energy_j = property(lambda self: _number(self.attrs.get(ATTR_ENERGY)))
+    # one teacher's inference per (example, view), measured by the dump; None for stores dumped before 0.2
+    teacher_forward_s = property(lambda self: _number(self.attrs.get(ATTR_FORWARD_S)))
+    teacher_forward_j = property(lambda self: _number(self.attrs.get(ATTR_FORWARD_J)))
     tokenizer = property(lambda self: self.spec.extra.get(EXTRA_TOKENIZER))  # {"name", "sha256"}: text stores
     max_length = property(lambda self: _int(self.spec.extra.get(EXTRA_MAX_LENGTH)))
     data_dir = property(lambda self: self.spec.extra.get(EXTRA_DATA_DIR))

@@ -153,12 +153,19 @@ class StoreWriter:
         return self.shard(PRIMARY, teacher, start, stop).exists()
 
     # costs ---------------------------------------------------------------------
-    def add_cost(self, wall_s: float, energy_j: float | None) -> None:
-        """Accumulate the dump's cost over interrupted sessions (recorded, never compared)."""
+    def add_cost(self, wall_s: float, energy_j: float | None,
+                 forward: dict[int, tuple[float, int, bool]] | None = None) -> None:
+        """Accumulate the dump's cost over interrupted sessions (recorded, never compared); ``forward``: per
+        teacher, the seconds its training-set inference took this session, the (example, view) items, and
+        whether it is a primary (its time includes copying its states out)."""
         f = self.dir / "costs.json"
         c = json.loads(f.read_text()) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
         c["wall_s"] += wall_s
         c["energy_j"] = None if energy_j is None or c["energy_j"] is None else c["energy_j"] + energy_j
+        done = c.setdefault("forward", {})
+        for t, (seconds, items, primary) in (forward or {}).items():
+            was = done.get(str(t), [0.0, 0, primary])
+            done[str(t)] = [was[0] + seconds, was[1] + items, bool(primary)]
         atomic_write_json(f, c)
 
     # finish ------------------------------------------------------------------

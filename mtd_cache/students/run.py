@@ -122,6 +122,9 @@ def plan_run(req: RunRequest) -> PlannedRun:
     elif req.primary is not None:
         raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
     chosen_weights(resolved.settings, req.teachers, store.num_teachers)  # refused here, before any work
+    if getattr(resolved.settings, "teacher_dropout", False) and not req.online:
+        raise MtdError("teacher_dropout=true needs --online: a store holds each teacher's one deterministic output "
+                       "per input, dropout draws a new one every pass")
     if req.online and not req.teachers_dir:
         raise MtdError("--online needs --teachers-dir (the teachers to run inside the loop)")
     identity = {"task": store.task, "student": req.student, "teachers": sorted(req.teachers),
@@ -146,6 +149,13 @@ def plan_run(req: RunRequest) -> PlannedRun:
     if req.kind not in kinds:
         raise MtdError(f"student {req.student!r} has no run kind {req.kind!r}; it has: student, {', '.join(kinds)}")
     return kinds[req.kind].plan(planned)
+
+
+def _work(planned: PlannedRun, job: Fit) -> dict[str, int]:
+    """What the run went through: training examples per epoch, epochs, and the teacher forwards an online run
+    of it needs (one per teacher read per example per epoch: k for a student, the primary for a stage 1)."""
+    n, k = int(planned.store.num_examples), len(planned.request.teachers)
+    return {"train_examples": n, "epochs": int(job.epochs), "teacher_forwards": k * n * int(job.epochs)}
 
 
 def kd_target(ctx: StudentContext) -> dict[str, Any]:
@@ -212,7 +222,7 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "experiment_identity": planned.experiment, "predictions": predictions,
         "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
-        **kd_target(ctx), "metric_name": planned.store.metric,
+        **kd_target(ctx), **_work(planned, job), "metric_name": planned.store.metric,
         "metric": float(history[-1]["metric"]) if "metric" in history[-1] else None,
         "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),

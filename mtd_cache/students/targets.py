@@ -237,6 +237,10 @@ def load_teacher_model(ctx: StudentContext, t: int) -> torch.nn.Module:
     info = ctx.online[t].info if ctx.online else {}
     model = factory.load_trained(folder, info, ctx.store.num_classes).to(ctx.device).eval()
     model.requires_grad_(False)
+    if getattr(ctx.settings, "teacher_dropout", False):  # the reference's teachers: dropout on, nothing else
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.train()
     return model
 
 

@@ -15,9 +15,11 @@ Choices, named once:
   of distinct seeds unless given. A combination where a mode has fewer than R
   runs is left out of the equal-effort columns (``eq_n_combinations``).
 - **Distillation time** of a mode for a combination is the summed ``wall_s`` of
-  the runs its min and max are taken over (what obtaining them cost); the
-  figures plot it averaged over combinations. Stage-1 and teacher costs are in
-  ``costs.cost_summary``, not in this time.
+  the runs its min and max are taken over (what obtaining them cost). The
+  figures plot the two cost axes of ``costs.run_costs`` summed the same way and
+  averaged over combinations: the store's (students plus their shares of the
+  teachers, the dump and stage 1) and the paper's online-equivalent (every run
+  with its k teachers inside).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("multi", "single")
 # per-combination statistics; each becomes <name>_mean and <name>_std in the summary
-STATS = tuple(f"{m}_{s}" for m in MODES for s in ("min", "max", "n_runs", "time_s", "run_s")) + \
+COSTS = ("online_s", "cached_s", "online_j", "cached_j")  # per run: ``costs.run_costs``; summed per mode
+STATS = tuple(f"{m}_{s}" for m in MODES for s in ("min", "max", "n_runs", "time_s", "run_s", *COSTS)) + \
     tuple(f"eq_{m}_{s}" for m in MODES for s in ("min", "max"))
 # the curves that get 95% bootstrap intervals (``uncertainty``), and the paired differences of the modes
 CURVES = tuple(f"{p}{m}_{s}" for p in ("", "eq_") for m in MODES for s in ("min", "max"))
@@ -47,7 +50,7 @@ DIFFERENCES = {"worst": ("multi_min", "single_min"), "best": ("multi_max", "sing
 SUMMARY_COLUMNS = ["experiment", "task", "student", "metric_name", "k", "n_expected", "n_combinations", "eq_r",
                    "eq_n_combinations"] + [f"{s}_{a}" for s in STATS for a in ("mean", "std")] + \
     [f"{c}_ci_{e}" for c in CURVES for e in ("low", "high")] + ["eval_examples", "multi_dead", "single_dead"]
-_Run = tuple[float, float]  # (metric, wall_s)
+_Run = tuple[float, ...]  # (metric, wall_s, *COSTS)
 
 
 def expected_extremes(values: Sequence[float], r: int) -> tuple[float, float]:
@@ -95,9 +98,10 @@ def _aggregate_runs(runs: pd.DataFrame, pool: Iterable[int] | None, repeats: int
     pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
     r = repeats if repeats is not None else int(runs["seed"].nunique())
     by_set: dict[tuple[int, ...], list[_Run]] = defaultdict(list)
-    for teachers, metric, wall in zip(runs["teachers"], runs["metric"], runs["wall_s"], strict=True):
+    costs = [runs[c] if c in runs else pd.Series(math.nan, index=runs.index) for c in COSTS]
+    for teachers, metric, wall, *cost in zip(runs["teachers"], runs["metric"], runs["wall_s"], *costs, strict=True):
         if set(teachers) <= set(pool):
-            by_set[teachers].append((metric, wall))
+            by_set[teachers].append((metric, wall, *cost))
     rows = []
     for k in range(1, len(pool) + 1):
         stats = [s for c in combinations(pool, k) if (s := _combination_stats(c, by_set, r)) is not None]
@@ -117,12 +121,13 @@ def _combination_stats(combo: tuple[int, ...], by_set: dict[tuple[int, ...], lis
         return None
     out: dict[str, float] = {}
     for mode, mode_list in mode_runs.items():
-        metric, wall = np.array(mode_list, dtype=float).T
+        metric, wall, *cost = np.array(mode_list, dtype=float).T
         out.update({f"{mode}_min": metric.min(), f"{mode}_max": metric.max(), f"{mode}_n_runs": len(metric),
                     f"{mode}_time_s": wall.sum(), f"{mode}_run_s": wall.mean()})
+        out.update({f"{mode}_{name}": c.sum() for name, c in zip(COSTS, cost, strict=True)})  # NaN if unknown
     enough = all(len(runs) >= r for runs in mode_runs.values())
     for mode, mode_list in mode_runs.items():
-        lo, hi = expected_extremes([m for m, _ in mode_list], r) if enough else (math.nan, math.nan)
+        lo, hi = expected_extremes([run[0] for run in mode_list], r) if enough else (math.nan, math.nan)
         out.update({f"eq_{mode}_min": lo, f"eq_{mode}_max": hi})
     return out
 

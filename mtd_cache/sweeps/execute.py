@@ -339,17 +339,28 @@ def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address
 
 
 def check_config(cfg: SweepConfig) -> None:
-    """Before the first job: the recipe's settings (type and range), and the pool against each store."""
+    """Before the first job: the recipe's settings (type and range), the pool against each store, R repeat
+    stores that differ; a two-stage (TinyBERT) sweep of R repeats on one store is named as unlike the paper's."""
     settings = get_recipe(cfg.student).Settings.resolve(cfg.overrides).settings
+    if student_traits(cfg.student, cfg.overrides)[1] and len(cfg.stores) == 1 and cfg.repeats > 1:
+        log.warning("%s: %d repeats on one store differ by seed only; the paper's TinyBERT repeats each use "
+                    "their own augmentation file (give --store %d times: make sweep STUDENT=tinybert builds "
+                    "them)", cfg.student, cfg.repeats, cfg.repeats)
     weights = getattr(settings, "teacher_weights", None)
     if weights is not None:
         zero = [t for t in cfg.pool if t < len(weights) and weights[t] == 0]
         if zero:
             raise MtdError(f"teacher_weights gives pool teacher {zero[0]} weight 0: its k = 1 runs would have no "
                            "teacher (leave it out of --pool)")
+    prints: dict[str, str] = {}
     for path in cfg.stores:
         if Path(path).exists():
             with TeacherStore.open(path) as s:
+                if len(cfg.stores) > 1 and s.fingerprint in prints:
+                    raise MtdError(f"--store {path} and --store {prints[s.fingerprint]} hold the same data "
+                                   f"(fingerprint {s.fingerprint[:12]}): R repeat stores must differ (e.g. "
+                                   "augmentation files made with --seed 0, 1, 2)")
+                prints[s.fingerprint] = str(path)
                 bad = [t for t in cfg.pool if t >= s.num_teachers]
                 if weights is not None and len(weights) != s.num_teachers:
                     raise MtdError(f"teacher_weights has {len(weights)} weights; {path} has {s.num_teachers} "

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..record import experiment_of
+from ..record import experiment_of, make_experiment_id
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,11 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
                primary=None if rec["primary"] is None else int(rec["primary"]),
                energy_j=math.nan if rec["energy_j"] is None else float(rec["energy_j"]))
     exp, identity, why = experiment_of(rec)
-    out.update(experiment=exp or UNASSIGNED, _identity=identity, _why=why)
+    out.update(experiment=exp or UNASSIGNED, _identity=identity, _why=why, online=bool((identity or {}).get("online")))
+    # the same experiment with the teachers run the other way (store <-> online): where measured online times
+    # of a cached sweep's runs are found
+    out["twin_experiment"] = make_experiment_id({**identity, "online": not identity.get("online")}) \
+        if identity else None
     name = rec.get("predictions")
     out["predictions"] = str(path.parent / name) if isinstance(name, str) and name else None
     out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None

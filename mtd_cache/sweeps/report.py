@@ -4,10 +4,11 @@ Files (``mtd-report RUNS --out DIR``): ``runs.csv``/``.md`` every run (its exper
 marked), ``summary.csv`` the full per-k table of every experiment (means, stds, 95% intervals),
 ``summary.md`` a short readable table per experiment with the evaluation set's granularity,
 ``differences.csv``/``.md`` the modes' paired differences per k with their intervals (when the runs
-kept their predictions), ``cost.csv``/``.md``, and per experiment the three figures
-``<task>_<student>[_<experiment>]_{score_vs_k,score_vs_time,equal_effort_vs_k}.png`` (the experiment's
-id in the name only when a task and student have several). Aggregation: ``aggregate.py``; intervals:
-``uncertainty.py``; records: ``records.py``.
+kept their predictions), ``cost.csv``/``.md`` (the store's cost and the online-equivalent, per mode and k),
+and per experiment the four figures ``<task>_<student>[_<experiment>]_<name>.png``, ``<name>`` one of
+``score_vs_k``, ``score_vs_online_time`` (the paper's figs 4, 5, 7), ``score_vs_cached_time`` (the store's)
+and ``equal_effort_vs_k`` (the experiment's id in the name only when a task and student have several).
+Aggregation: ``aggregate.py``; intervals: ``uncertainty.py``; records: ``records.py``; costs: ``costs.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 from ..errors import MtdError
 from ..utils import atomic_path
 from .aggregate import CURVES, aggregate
-from .costs import cost_summary
+from .costs import cost_summary, run_costs
 from .figures import figures
 from .records import UNASSIGNED, load_records
 from .uncertainty import N_RESAMPLES, experiment_intervals
@@ -86,18 +87,23 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
                  pool: Iterable[int] | None = None, repeats: int | None = None,
                  shared_costs: dict[str, dict[str, float | None]] | None = None, n_resamples: int = N_RESAMPLES,
                  seed: int = 0, experiment_lines: dict[str, dict[str, float]] | None = None,
-                 experiment_costs: dict[str, dict[str, dict[str, float | None]]] | None = None) -> list[Path]:
+                 experiment_costs: dict[str, dict[str, dict[str, float | None]]] | None = None,
+                 forward: dict[str, tuple[float | None, float | None]] | None = None) -> list[Path]:
     """Tables (CSV, markdown) of every run, the per-k summary, the differences and costs, and the figures.
 
     ``reference_lines`` (label -> score) are drawn on every figure, ``experiment_lines`` (experiment ->
     label -> score) on that experiment's, e.g. the teacher ensemble's dev score; the CE-only students'
     mean is added from the experiment's k = 0 runs unless a line already has its label.
     ``experiment_costs`` (experiment -> name -> cost), else ``shared_costs``, are amortised over the
-    experiment's runs. Returns the files written.
+    experiment's runs. ``forward`` (store path -> one teacher inference's seconds and joules per example)
+    prices the online-equivalent cost of cached runs (``costs.run_costs``). Returns the files written.
     """
     out = Path(out_dir)
     if "experiment" not in df:
         df = df.assign(experiment=UNASSIGNED)
+    if len(df):
+        shared = experiment_costs or {e: shared_costs or {} for e in set(df["experiment"])}
+        df = run_costs(df, shared, forward)
     summary, differences, notes = summarize(df, pool, repeats, n_resamples, seed)
     titles = experiment_titles(df)
     costs = [cost_summary(runs, (experiment_costs or {}).get(exp, shared_costs)).assign(experiment=exp)
@@ -109,7 +115,8 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
     written = []
     for name, table in tables.items():
         written.append(_write_text(out / f"{name}.csv", table.to_csv(index=False)))
-        md = _summary_markdown(summary, titles, notes) if name == "summary" else _markdown(table)
+        md = _summary_markdown(summary, titles, notes) if name == "summary" else \
+            _cost_markdown(table, summary, titles) if name == "cost" else _markdown(table)
         written.append(_write_text(out / f"{name}.md", md))
     several = summary.groupby(["task", "student"])["experiment"].nunique() > 1
     for (exp, task, student), per_k in summary.groupby(["experiment", "task", "student"], sort=True):
@@ -175,6 +182,27 @@ def _summary_markdown(summary: pd.DataFrame, titles: dict[str, str], notes: dict
     return "\n".join(parts) if parts else _markdown(pd.DataFrame(columns=["task", "student", "k"]))
 
 
+def _cost_markdown(cost: pd.DataFrame, summary: pd.DataFrame, titles: dict[str, str]) -> str:
+    """Per experiment: what everything cost (the store's total and the online-equivalent), then per k each
+    mode's cost per combination on both axes (seconds; the runs its worst and best are taken over)."""
+    parts: list[str] = []
+    for exp, rows in cost.groupby("experiment", sort=True) if "experiment" in cost else ():
+        per_k = summary[summary["experiment"] == exp]
+        head = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}, " if len(per_k) else ""
+        parts.append(f"## {head}experiment {exp[:8]}" + (f": {titles[exp]}" if exp in titles else "") + "\n")
+        parts.append(_markdown(rows.drop(columns=["experiment"])))
+        if len(per_k) and "multi_cached_s_mean" in per_k:
+            table = pd.DataFrame({"k": per_k["k"].astype(int),
+                                  **{f"{m}-teacher {axis} (s)": per_k[f"{m}_{axis}_s_mean"]
+                                     for axis in ("cached", "online") for m in ("multi", "single")}})
+            parts.append("Per combination, mean over combinations: *cached* = the students' time plus their "
+                         "shares of the teachers, the dump and stage 1; *online* = the same runs with their k "
+                         "teachers inside (the paper's axis; measured for --online runs, else estimated from "
+                         "the dump's teacher throughput).\n")
+            parts.append(_markdown(table))
+    return "\n".join(parts) if parts else _markdown(cost)
+
+
 def _cell(row: pd.Series, curve: str) -> str:
     mean, std = row[f"{curve}_mean"], row[f"{curve}_std"]
     low, high = row.get(f"{curve}_ci_low", np.nan), row.get(f"{curve}_ci_high", np.nan)
@@ -218,28 +246,33 @@ def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats
             known = ", ".join(sorted({e[:8] for e in df["experiment"]}))
             raise MtdError(f"--experiment {experiment!r} matches {len(chosen)} experiments; known: {known}")
         df = df[df["experiment"] == chosen[0]]
-    lines, shared = {}, {}
+    lines, shared, forward = {}, {}, {}
     for exp, runs in df.groupby("experiment"):
         lines[exp], shared[exp] = {}, {}
         for store_path in sorted(set(runs["store"].dropna())) if "store" in runs else []:
-            ref, costs = _store_reference(Path(store_path))
+            ref, costs, forward[store_path] = _store_reference(Path(store_path))
             lines[exp].update(ref)
             for name, c in costs.items():
                 acc = shared[exp].setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
                 acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
                 known = acc["energy_j"] is not None and c["energy_j"] is not None
                 acc["energy_j"] = acc["energy_j"] + c["energy_j"] if known else None
+    unknown = sorted(p for p, (rate, _) in forward.items() if rate is None)
+    if unknown:
+        log.warning("%s: dumped before teacher throughput was recorded: online-equivalent costs unknown "
+                    "(dump again, or sweep with --online-teachers-dir for measured ones)", ", ".join(unknown))
     return write_report(df, out_dir, repeats=repeats, n_resamples=n_resamples, experiment_lines=lines,
-                        experiment_costs=shared)
+                        experiment_costs=shared, forward=forward)
 
 
-def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]]]:
+def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]],
+                                          tuple[float | None, float | None]]:
     from ..store import TeacherStore
     from ..tasks.registry import task_of_store
 
     if not path.exists():
         log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
-        return {}, {}
+        return {}, {}, (None, None)
     with TeacherStore.open(path, check_finite=False) as s:
         lines = {}
         if s.dev_logits is not None and len(s.dev_logits):
@@ -250,11 +283,12 @@ def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, 
                 log.warning("no teacher-ensemble line from %s: %s", path, exc)
         costs = {"dump": {"wall_s": s.dump_wall_s, "energy_j": s.dump_energy_j}}
         teachers = [_teacher_info(Path(p)) for p in s.teacher_paths]
+        forward = (s.teacher_forward_s, s.teacher_forward_j)
     if teachers and all(t is not None for t in teachers):
         known = all(t.get("energy_j") is not None for t in teachers)
         costs["teachers"] = {"wall_s": math.fsum(t.get("wall_s") or 0.0 for t in teachers),
                              "energy_j": math.fsum(t["energy_j"] for t in teachers) if known else None}
-    return lines, costs
+    return lines, costs, forward
 
 
 def _teacher_info(folder: Path) -> dict[str, Any] | None:

@@ -34,6 +34,9 @@ class StudentSettings(Settings):
                            since="0.2")
     teacher_weights: list[float] | None = setting(None, "None: equal; else one weight >= 0 per store teacher, "
                                                         "normalised over the chosen ones", since="0.2")
+    teacher_dropout: bool = setting(False, "--online only: the teachers' dropout on, as TinyBERT's reference "
+                                           "(never calls teacher.eval()); a store holds a deterministic function "
+                                           "of the input", since="0.2")
 
     def check(self) -> None:
         super().check()

@@ -108,6 +108,8 @@ class Settings(StudentSettings):
     batch_size: int = setting(32, "README: --train_batch_size 32", low=1)
     weight_decay: float = setting(0.01, "BertAdam groups: 0.01, none on bias/LayerNorm", low=0)
     grad_clip: float = setting(1.0, "BertAdam max_grad_norm (0: none)", low=0)
+    clip_per_parameter: bool = setting(False, "BertAdam clips each parameter's gradient on its own; ours one "
+                                              "global norm (HF Trainer's)", since="0.2")
     tokenizer: str | None = setting(None, "None: the store's")
     max_length: int | None = setting(None, "None: the store's (a dump-time choice; README 128)", low=2)
     precision: str = setting("auto", "bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
@@ -130,6 +132,7 @@ def build(ctx: StudentContext) -> Fit:
         net = TinyBertStudent.load(folder)
         ctx.extra.update(stage1_id=info["stage1_id"], stage1_reused=bool(info.get("reused")),
                          stage1_wall_s=info["wall_s"], stage1_energy_j=info["energy_j"], stage1_dir=str(folder),
+                         stage1_teacher_forwards=info.get("teacher_forwards"),
                          ild_source=info["ild_source"], ild_mask=s.ild_mask, layer_map=info["layer_map"],
                          init=info["init"], init_layers=info["init_layers"])
     else:  # the CE-only baseline: no primary, no stage 1
@@ -171,7 +174,7 @@ def build(ctx: StudentContext) -> Fit:
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=evaluate, eval_every=s.eval_every, checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"tinybert k={len(ctx.teachers)}", autocast_dtype=dtype,
-               grad_clip=s.grad_clip, on_step=on_step)
+               grad_clip=s.grad_clip, clip_per_parameter=s.clip_per_parameter, on_step=on_step)
 
 
 def _selection(ctx: StudentContext, net: TinyBertStudent, dev_metric: Callable[[], dict[str, Any]],

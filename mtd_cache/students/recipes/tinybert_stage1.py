@@ -47,6 +47,8 @@ RECORD = "stage1.json"
 TASK_ILD_EPOCHS = {"cola": 50, "mnli": 5, "mrpc": 20, "sst-2": 10, "sts-b": 20, "qqp": 5, "qnli": 10, "rte": 20}
 STAGE1_KEYS = ("init", "init_from_teacher", "init_teacher", "student_layers", "layer_map", "ild_epochs", "ild_lr",
                "ild_schedule", "ild_mask", "task_epochs", "batch_size", "weight_decay", "grad_clip", "precision")
+# settings added later: in the identity only when set (``since``), so earlier stage-1 ids stay valid
+STAGE1_LATER_KEYS = ("clip_per_parameter", "teacher_dropout")
 
 
 # ----------------------------------------------------------------------------- the run kind
@@ -129,7 +131,7 @@ def identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[str, Any
             "init_teacher_sha256": shas[init_teacher] if s.init_from_teacher and shas else None,
             "max_length": int(s.max_length), "ild_epochs": ild_epochs(ctx),
             "precision": autocast_dtype(s.precision, ctx.device)[1],
-            "recipe": {k: ctx.requested[k] for k in STAGE1_KEYS}}
+            "recipe": {k: ctx.requested[k] for k in (*STAGE1_KEYS, *STAGE1_LATER_KEYS) if k in ctx.requested}}
 
 
 def ild_epochs(ctx: StudentContext) -> int:
@@ -204,7 +206,8 @@ def build_stage1(ctx: StudentContext, sid: str, ident: dict[str, Any]) -> Fit:
              ctx.primary, source, gmap)
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=epochs, batches=batches, step=step,
                checkpoint=ctx.checkpoint, metrics_csv=ctx.metrics_csv,
-               desc=f"tinybert stage 1 primary {ctx.primary}", autocast_dtype=dtype, grad_clip=s.grad_clip)
+               desc=f"tinybert stage 1 primary {ctx.primary}", autocast_dtype=dtype, grad_clip=s.grad_clip,
+               clip_per_parameter=s.clip_per_parameter)
 
 
 def ild_loss(net: TinyBertStudent, out, teacher_hidden: torch.Tensor, teacher_scores: torch.Tensor,

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""`make paper`: the paper's protocol (``mtd_cache.paper``), every step printed and run in order.
+
+    make paper DRY_RUN=1                   # every step, its store and its run counts; nothing run or built
+    make paper TASKS=mrpc REPEATS=3        # one task; re-running skips what is done
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mtd_cache.paper import TASKS, paper_steps
+
+    p = argparse.ArgumentParser(description="The paper's protocol: teachers, stores, sweeps, report.")
+    p.add_argument("--dry-run", action="store_true", help="print every step and its run counts; run nothing")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    p.add_argument("--students", default=None, help="only these students (resnet20, distilbert, tinybert)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seeds", default="0-5")
+    p.add_argument("--pool", default="0-5")
+    p.add_argument("--model", default=None, help="teacher model (default: each task's, the paper's)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: each recipe's)")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="student setting KEY=VALUE")
+    args = p.parse_args(argv)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        print(f"paper: error: unknown task {unknown[0]!r}; the paper's: {', '.join(TASKS)}", file=sys.stderr)
+        return 2
+    students = tuple(args.students.split(",")) if args.students else None
+    steps = paper_steps(tasks, students, args.repeats, args.workers, args.seeds, args.pool, args.model,
+                        args.data_dir, args.epochs, tuple(args.sets))
+    for i, step in enumerate(steps, 1):
+        print(f"[{i}/{len(steps)}] {step.what}" + (f": {step.plan}" if step.plan else ""), flush=True)
+        print("    $ " + " ".join(step.argv), flush=True)
+        if not args.dry_run:
+            rc = subprocess.run([str(BIN / step.argv[0]), *step.argv[1:]]).returncode
+            if rc != 0:
+                print(f"paper: step {i} failed (exit status {rc}): {' '.join(step.argv)}", file=sys.stderr)
+                return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
 from .augment_candidates import (
@@ -54,6 +53,7 @@ from .augment_candidates import (
     load_mlm,
 )
 from .errors import MtdError
+from .progress import Progress
 from .runtime import resolve_device
 from .tasks.augmented import sidecars
 from .tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
@@ -300,7 +300,7 @@ def _run_chunks(work: _Work, identity: dict[str, Any], out: Path) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {**identity, "digest": work.digest})
     shards, n = [], len(work.rows)
-    with tqdm(total=n, unit="ex", desc="augment", disable=None) as bar:
+    with Progress(n, "augment", unit="ex") as bar:
         for start in range(0, n, work.cfg.chunk_size):
             stop = min(n, start + work.cfg.chunk_size)
             shard = _load_shard(_shard(folder, start), work.digest, start, stop)

@@ -98,13 +98,11 @@ def load_mlm(name: str, force: bool) -> tuple[torch.nn.Module, Any, list[str]]:
     """
     from transformers import BertForMaskedLM
 
-    from .models.bert import load_tokenizer
+    from .models.bert import load_tokenizer, pretrained
 
-    tokenizer = load_tokenizer(name)
-    try:
-        model, info = BertForMaskedLM.from_pretrained(str(name), output_loading_info=True)
-    except Exception as exc:  # hub offline, not a BERT: one line for the user
-        raise MtdError(f"could not load the masked LM {str(name)!r}: {' '.join(str(exc).split())[:200]}") from None
+    tokenizer = load_tokenizer(name, hint="give a local folder: --mlm PATH")
+    model, info = pretrained(BertForMaskedLM.from_pretrained, name, "the masked LM", "give a local folder: --mlm PATH",
+                             output_loading_info=True)
     missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("cls.predictions"))
     if missing and not force:
         raise MtdError(f"--mlm {str(name)!r} has no masked-LM head ({len(missing)} keys missing, e.g. {missing[0]}): "

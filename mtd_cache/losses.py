@@ -334,9 +334,11 @@ def tinybert_layer_map(
         _check_layer_map(layer_map, teacher_layers, student_layers)
         return [int(g) for g in layer_map]
     if teacher_layers % student_layers:
+        example = ",".join(str(int(k * teacher_layers / student_layers + 0.5)) for k in range(student_layers + 1))
         raise MtdError(
-            f"teacher layers {teacher_layers} is not a multiple of student layers "
-            f"{student_layers}: give an explicit layer map"
+            f"teacher layers {teacher_layers} is not a multiple of student layers {student_layers}: give a "
+            f"layer map g(0..{student_layers}), e.g. --set layer_map={example} (the dump: --set layer_map=... "
+            f"with --student-layers {student_layers}), or --set student_layers=N with N dividing {teacher_layers}"
         )
     ratio = teacher_layers // student_layers
     return [k * ratio for k in range(student_layers + 1)]

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .energy import EnergyMeter, EnergyReading
 from .errors import MtdError, ResourceError, is_resource_fault
 from .losses import check_finite
+from .progress import Progress
 from .utils import atomic_path, canonical_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> lis
         row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0,
                    lr=job.optimizer.param_groups[0]["lr"])
         history.append(row)
-        log.log(logging.INFO if last else logging.DEBUG, "%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
+        level = logging.INFO if last or not sys.stderr.isatty() else logging.DEBUG  # a log gets every epoch
+        log.log(level, "%s epoch %d/%d: %s", job.desc, epoch + 1, job.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",)))
         _save_checkpoint(job, scaler, epoch + 1, history, meter)
         _write_csv(job.metrics_csv, history)
@@ -108,9 +109,8 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
     count = 0
     batches = job.batches(epoch)
     total = len(batches) if hasattr(batches, "__len__") else None
-    bar = tqdm(batches, total=total, desc=f"{job.desc} {epoch + 1}/{job.epochs}", leave=False,
-               disable=None if sys.stderr.isatty() else True)
-    for batch in bar:
+    bar = Progress(total, f"{job.desc} epoch {epoch + 1}/{job.epochs}", unit="step")
+    for batch in batches:
         with torch.autocast(device.type, dtype=job.autocast_dtype or torch.float32,
                             enabled=job.autocast_dtype is not None):
             terms = job.step(batch)
@@ -136,9 +136,16 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
         count += 1
         if job.on_step is not None:
             job.on_step(step_no + 1)
-        if count % 20 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        bar.update(1, examples=_batch_size(batch), loss=sums["loss"] / count)
+    bar.close()
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _batch_size(batch: Any) -> int | None:
+    """Examples in a batch: a dict's ``index`` (text), a tuple's first tensor (images: indices, views)."""
+    first = batch.get("index") if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) \
+        and batch else None
+    return len(first) if hasattr(first, "__len__") else None
 
 
 def _identity_key(job: Fit) -> str:

@@ -272,7 +272,7 @@ def test_an_hf_student_of_another_depth_trains_and_records_what_it_is(reviews, t
                                out=str(tmp_path / "runs"), device="cpu", overrides={"alpha_hidden": 0.5}))
 
 
-def test_hf_students_are_refused_for_what_cannot_work(reviews, tmp_path):
+def test_hf_students_are_refused_for_what_cannot_work(reviews, tmp_path, monkeypatch):
     root, store, teachers, student = reviews
     req = dict(store=str(store), student=f"hf:{student}", out=str(tmp_path / "runs"), device="cpu",
                overrides={"epochs": 1})
@@ -286,7 +286,10 @@ def test_hf_students_are_refused_for_what_cannot_work(reviews, tmp_path):
         text_kd.build(_ctx(store, other))
     with pytest.raises(MtdError, match=r"student_layers 4: hf:.* has only 3 layers"):
         text_kd.build(_ctx(store, student, student_layers=4))
-    with pytest.raises(MtdError, match="could not load the model"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the same line on any machine, online or not
+    with pytest.raises(MtdError, match=r"the model '.*missing': not a local folder, not in the Hugging Face cache, "
+                                       r"and the Hub cannot be reached \(HF_HUB_OFFLINE is set\): give a local "
+                                       r"folder: --student hf:PATH"):
         text_kd.build(_ctx(store, tmp_path / "missing"))
 
 

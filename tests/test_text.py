@@ -6,6 +6,8 @@ test_distilbert.py too.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import re
@@ -24,9 +26,9 @@ from mtd_cache.students.data import check_text_store
 from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import compute_metrics, read_split
 from mtd_cache.tasks.registry import get_task
-from mtd_cache.teachers import Teacher, dump, train_teachers
+from mtd_cache.teachers import Teacher, dump, find_teachers, train_teachers
 from mtd_cache.teachers.text import TextDumpSettings
-from mtd_cache.teachers.train import train_one
+from mtd_cache.teachers.train import TeachersRejected, train_one
 from mtd_cache.utils import sha256_file
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
@@ -202,15 +204,24 @@ def test_train_teacher_tiny(tmp_path):
     assert bert.num_layers(reloaded) == 2
 
 
-def test_chance_level_teacher_is_refused_unless_forced(tmp_path):
+def test_a_constant_teacher_is_rejected_kept_and_accepted_by_force_without_training(tmp_path, caplog):
     data = write_sst2(tmp_path / "glue", n_train=48, n_dev=16, all_negative=True)
     base = make_bert(tmp_path / "base", sst2_words())
     opts = {"lr": 3e-3, "epochs": 1, "batch_size": 16}
-    with pytest.raises(MtdError, match="seed 0 is at chance level.*single class"):
+    with pytest.raises(TeachersRejected, match=r"teacher seed 0 rejected \(0: predicts a single class .*their "
+                                               r"weights are kept: --force accepts them") as err:
         train_teachers("sst-2", [0], tmp_path / "t", str(base), str(data), opts, device="cpu")
-    assert not (tmp_path / "t" / "seed0" / "teacher.json").exists()
+    assert err.value.exit_code == 4
+    info = json.loads((tmp_path / "t" / "seed0" / "teacher.json").read_text())
+    assert info["rejected"].startswith("predicts a single class") and info["metric"] == pytest.approx(0.5)
+    with caplog.at_level(logging.WARNING), pytest.raises(MtdError, match="no finished teacher"):
+        find_teachers(tmp_path / "t")  # the dump and --online skip it, in one line
+    assert "seed0: skipped, rejected by the quality gate" in caplog.text
+    weights = (tmp_path / "t" / "seed0" / "model.safetensors").stat().st_mtime_ns
     done = train_teachers("sst-2", [0], tmp_path / "t", str(base), str(data), opts, device="cpu", force=True)
-    assert done[0].info["metric"] == pytest.approx(0.5) and (tmp_path / "t" / "seed0" / "teacher.json").exists()
+    assert done[0].info["rejected"] is None and done[0].info["accepted"].startswith("--force: predicts a single")
+    assert (tmp_path / "t" / "seed0" / "model.safetensors").stat().st_mtime_ns == weights  # not trained again
+    assert find_teachers(tmp_path / "t")[0].seed == 0
 
 
 # ----------------------------------------------------------------------------- the dump

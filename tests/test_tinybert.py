@@ -62,7 +62,8 @@ def test_dump_keeps_the_layers_of_the_tinybert_map():
     assert spec.hidden_layers == (0, 3, 6, 9, 12) and spec.attn_layers == (3, 6, 9, 12) and spec.num_heads == 12
     six = BertConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=12)
     assert _pspec(six, student_layers=3).hidden_layers == (0, 2, 4, 6)
-    with pytest.raises(MtdError, match="teacher layers 6 is not a multiple of student layers 4: give an explicit"):
+    with pytest.raises(MtdError, match=r"teacher layers 6 is not a multiple of student layers 4: give a layer map "
+                                       r"g\(0..4\), e.g. --set layer_map=0,2,3,5,6"):
         _pspec(six, student_layers=4)
     mapped = _pspec(six, student_layers=4, layer_map="0,1,3,4,6")
     assert mapped.hidden_layers == (0, 1, 3, 4, 6) and mapped.attn_layers == (1, 3, 4, 6)
@@ -119,7 +120,7 @@ def test_dump_of_an_augmented_file_records_sources_and_is_checked(mrpc4, tmp_pat
 # ----------------------------------------------------------------------------- the student model
 
 
-def test_student_saves_and_loads_and_takes_a_general_checkpoint(tmp_path):
+def test_student_saves_and_loads_and_takes_a_general_checkpoint(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -148,7 +149,9 @@ def test_student_saves_and_loads_and_takes_a_general_checkpoint(tmp_path):
     assert float(out.scores[1][0, 0, 0, 4].detach()) < -9000  # the masked key carries -10000, as the reference
     again = TinyBertStudent.load(net.save(tmp_path / "saved")).eval()
     torch.testing.assert_close(again(ids, mask).logits, out.logits, rtol=0, atol=0)
-    with pytest.raises(MtdError, match="could not load the TinyBERT init"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MtdError, match=r"the TinyBERT init '.*nothing': not a local folder, .*give a local folder "
+                                       r"\(--set init=PATH\), or start from the teachers' layers"):
         from_general(str(tmp_path / "nothing"), 2, 24)
 
 

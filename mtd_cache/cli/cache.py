@@ -11,6 +11,11 @@ import numpy as np
 from .common import SEED, bad, check_out_folder, overrides_from, run_command, setup_logging
 
 
+def default_cache(task: str) -> Path:
+    """``cache/<task name>``: a task file's name, not its path."""
+    from ..tasks.registry import get_task
+
+    return Path("cache") / get_task(task).name
 @click.group(help="Train seeded teachers once, cache their outputs in an HDF5 store, inspect stores.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
@@ -135,11 +140,13 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
 @click.option("--max-length", type=int, help="GLUE: maximum tokens (default 128).")
 @click.option("--legacy-warmup", is_flag=True,
               help="ResNet-110: reproduce the reference code's warm-up that never restores lr 0.1.")
+@click.option("--train-subset", type=int, help="Train on the first N training examples only (a quick CPU run).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other recipe setting.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
-@click.option("--force", is_flag=True, help="Keep teachers even at chance level.")
-def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_length, legacy_warmup, sets,
-                 device, force) -> None:
+@click.option("--force", is_flag=True, help="Accept teachers the quality gate rejected (without training them "
+                                            "again); train again a seed whose folder holds other settings.")
+def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_length, legacy_warmup,
+                 train_subset, sets, device, force) -> None:
     from ..settings import typed_as
     from ..teachers import train_teachers
     from ..utils import parse_index_set
@@ -148,8 +155,9 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
     options, typed = overrides_from({"epochs": ("--epochs", epochs), "lr": ("--lr", lr),
                                      "batch_size": ("--batch-size", batch_size),
                                      "max_length": ("--max-length", max_length),
-                                     "legacy_warmup": ("--legacy-warmup", legacy_warmup or None)}, sets)
-    out = out or Path("cache") / task / "teachers"
+                                     "legacy_warmup": ("--legacy-warmup", legacy_warmup or None),
+                                     "train_subset": ("--train-subset", train_subset)}, sets)
+    out = out or default_cache(task) / "teachers"
     chosen = parse_index_set(seeds, option="--seeds", bound=2**32, what="seeds go up to 2^32-1:",
                              max_count=10_000)
     with typed_as(typed):
@@ -176,8 +184,9 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other dump setting.")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/store.h5.")
 @click.option("--device")
+@click.option("--force", is_flag=True, help="Dump again over an existing store made with other settings.")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
-             train_subset, test_subset, float16, sets, out, device) -> None:
+             train_subset, test_subset, float16, sets, out, device, force) -> None:
     from ..settings import typed_as
     from ..teachers.dump import run_dump
     from ..utils import parse_index_set
@@ -189,12 +198,13 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
         "train_subset": ("--train-subset", train_subset), "test_subset": ("--test-subset", test_subset),
         "student_layers": ("--student-layers", student_layers),
         "logits_dtype": ("--float16", "float16" if float16 else None)}, sets)
-    out = out or Path("cache") / task / "store.h5"
+    out = out or default_cache(task) / "store.h5"
     if out.is_dir():
         raise bad("--out", str(out), "is a folder: give the store's file name (e.g. cache/task/store.h5)")
     with typed_as(typed):
-        path = run_dump(task, teachers_dir or Path("cache") / task / "teachers", out, prim, options, device)
-    click.echo(f"wrote {path}")
+        before = out.stat().st_mtime_ns if out.exists() else None
+        path = run_dump(task, teachers_dir or default_cache(task) / "teachers", out, prim, options, device, force)
+    click.echo(f"{'up to date' if before == path.stat().st_mtime_ns else 'wrote'} {path}")
 
 
 @cli.command("augment", help="TinyBERT's data augmentation of a GLUE training set (resumable; "

@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,38 +41,71 @@ LAYER_MAP = {
 # ----------------------------------------------------------------------------- loading
 
 
-def load_tokenizer(name_or_path: str):
+LOCAL_HINT = "give a local folder"
+
+
+def load_tokenizer(name_or_path: str, hint: str = LOCAL_HINT):
     """The tokenizer of a Hub name or a local folder (MtdError, not a traceback, when it cannot load)."""
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(name_or_path))
-    except Exception as exc:  # hub offline, missing files: one line for the user
-        raise MtdError(f"could not load the tokenizer of {str(name_or_path)!r}: {_short(exc)}") from None
+    return pretrained(AutoTokenizer.from_pretrained, name_or_path, "the tokenizer", hint)
 
 
 def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[str] | None = None,
-                    **kwargs: Any) -> torch.nn.Module:
+                    hint: str = LOCAL_HINT, **kwargs: Any) -> torch.nn.Module:
     """A sequence classifier from a Hub name or folder; a missing head is initialised (teachers from MiniLM)."""
     from transformers import AutoModelForSequenceClassification
 
     labels = {}
     if label_names is not None:
         labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=num_labels,
-                                                                  **labels, **kwargs)
-    except Exception as exc:
-        raise MtdError(f"could not load the model {str(name_or_path)!r}: {_short(exc)}") from None
+    return pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "the model", hint,
+                      num_labels=num_labels, **labels, **kwargs)
 
 
-def load_config(name_or_path: str):
+def load_config(name_or_path: str, hint: str = LOCAL_HINT):
     from transformers import AutoConfig
 
+    return pretrained(AutoConfig.from_pretrained, name_or_path, "the config of", hint)
+
+
+def pretrained(loader: Callable[..., Any], name_or_path: Any, what: str, hint: str = LOCAL_HINT,
+               **kwargs: Any) -> Any:
+    """``loader(name_or_path, **kwargs)`` (a ``from_pretrained``), offline-first: a name that is not a local
+    folder is looked up in the Hugging Face cache only when the Hub cannot be reached (``HF_HUB_OFFLINE`` set,
+    or one short connection attempt failed), so an offline machine fails at once, in one line, with ``hint``
+    (the setting that takes a local folder) instead of a minute of retries."""
+    name = str(name_or_path)
+    offline = None if Path(name).exists() else hub_unreachable()
     try:
-        return AutoConfig.from_pretrained(str(name_or_path))
-    except Exception as exc:
-        raise MtdError(f"could not load the config of {str(name_or_path)!r}: {_short(exc)}") from None
+        return loader(name, **kwargs, **({"local_files_only": True} if offline else {}))
+    except Exception as exc:  # missing files, not that kind of model, hub refused: one line for the user
+        if offline:
+            raise MtdError(f"{what} {name!r}: not a local folder, not in the Hugging Face cache, and the Hub "
+                           f"cannot be reached ({offline}): {hint}") from None
+        raise MtdError(f"could not load {what} {name!r}: {_short(exc)}") from None
+
+
+_REACH: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (``HF_HUB_OFFLINE``, or a failed connection), or None; asked
+    once per process."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    if host not in _REACH:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            _REACH[host] = None
+        except OSError as exc:
+            _REACH[host] = f"{host}: {exc.strerror or type(exc).__name__}"
+    return _REACH[host]
 
 
 def shared_tokenizer(folders: Sequence[Any]) -> tuple[Any, dict[str, str]]:

@@ -125,11 +125,12 @@ def local_sha256(name: str) -> str | None:
 _HASHED: dict[tuple, str] = {}
 
 
-def build(name: str, task: Any) -> torch.nn.Module:
+def build(name: str, task: Any, hint: str = "give a local folder") -> torch.nn.Module:
     """A model called ``name`` for ``task``, ready to train: sized to its channels (images) and classes.
 
     Image tasks take CIFAR ResNets (freshly initialised) and torchvision models; text tasks a Hugging Face
-    classifier, its head initialised when the checkpoint has none, or one of another size, for the task's labels.
+    classifier, its head initialised when the checkpoint has none, or one of another size, for the task's labels
+    (``hint``: what to set instead when a Hub name cannot be reached).
     """
     parsed = parse(name, task.kind)
     if parsed.family == RESNET:
@@ -138,7 +139,8 @@ def build(name: str, task: Any) -> torch.nn.Module:
         return build_torchvision(parsed, task.channels, task.num_classes, task.size)
     from . import bert
 
-    return bert.load_classifier(parsed.ref, task.num_labels, task.label_names, ignore_mismatched_sizes=True)
+    return bert.load_classifier(parsed.ref, task.num_labels, task.label_names, hint=hint,
+                                ignore_mismatched_sizes=True)
 
 
 def load_trained(folder: Path, info: dict[str, Any], num_labels: int) -> torch.nn.Module:

@@ -108,10 +108,9 @@ def from_general(name_or_path: str, num_labels: int, fit_size: int) -> tuple[Tin
     """A student from a TinyBERT general checkpoint; True when its ``fit_dense`` was loaded too."""
     from transformers import BertModel
 
-    try:
-        encoder = BertModel.from_pretrained(str(name_or_path))
-    except Exception as exc:  # hub offline, not a BERT: one line
-        raise MtdError(f"could not load the TinyBERT init {str(name_or_path)!r}: {bert._short(exc)}") from None
+    encoder = bert.pretrained(BertModel.from_pretrained, name_or_path, "the TinyBERT init",
+                              "give a local folder (--set init=PATH), or start from the teachers' layers "
+                              "(--init-from-teacher)")
     net = TinyBertStudent(encoder, num_labels, fit_size)
     fit = _checkpoint_tensors(str(name_or_path), ("fit_dense.weight", "fit_dense.bias"))
     loaded = fit is not None and tuple(fit["fit_dense.weight"].shape) == tuple(net.fit_dense.weight.shape)

@@ -10,6 +10,7 @@ resumable per epoch) and commits its record atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,8 @@ class RunRequest:
     # the fingerprints of every store of the sweep this run belongs to (R repeat stores): its experiment's;
     # () = the run's own store alone. Never in the run id: the same run is the same run in any sweep.
     experiment_stores: tuple[str, ...] = ()
+    # keep the student's final weights beside its record (``<run_id>.model.safetensors``); not in the run id
+    save_model: bool = False
 
 
 @dataclass
@@ -257,6 +260,56 @@ def _write_predictions(planned: PlannedRun, job: Fit) -> str | None:
     return path.name
 
 
+def model_path(record: Path) -> Path:
+    """Where a run's student weights are kept: ``<run_id>.model.safetensors`` beside its record."""
+    return Path(record).with_suffix(".model.safetensors")
+
+
+def _save_model(model: torch.nn.Module, path: Path) -> str:
+    from safetensors.torch import save_model
+
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))
+    return path.name
+
+
+def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, device: str | None = None
+                 ) -> dict[str, Any]:
+    """A finished run's student evaluated again from its saved weights (``mtd-train --evaluate RUN_ID``): the
+    run rebuilt from its record (store, student, teachers, settings), its weights loaded, the evaluation split
+    scored. Returns ``{"run_id", "metric_name", "metric", "recorded_metric", ...}``."""
+    from safetensors.torch import load_model
+
+    record_file = find_record(run, out)
+    rec = json.loads(record_file.read_text())
+    weights = model_path(record_file)
+    if not weights.exists():
+        raise MtdError(f"run {rec['run_id'][:12]} kept no weights ({weights.name} is not beside its record): "
+                       "train it with mtd-train (weights are kept unless --no-save-model) or a sweep with "
+                       "--save-models")
+    cfg = rec.get("config") or {}
+    req = RunRequest(store=rec["store"], student=rec["student"], teachers=tuple(rec["teachers"]),
+                     primary=rec["primary"], seed=rec["seed"], out=out, overrides=dict(cfg.get("recipe") or {}),
+                     data_dir=data_dir, device=device)
+    planned = plan_run(req)
+    ctx = planned.context()
+    job = planned.impl.build(planned, ctx)
+    load_model(job.model, str(weights), device=str(ctx.device))
+    metrics = dict(job.evaluate())
+    metrics.pop("predictions", None), metrics.pop("labels", None)
+    return {"run_id": rec["run_id"], "student": rec["student"], "metric_name": rec["metric_name"],
+            "metric": float(metrics["metric"]), "recorded_metric": rec["metric"], "weights": str(weights)}
+
+
+def find_record(run: str, out: str) -> Path:
+    """The record of run ``run`` (its id, or a unique prefix of it) under ``out``."""
+    hits = sorted(p for p in Path(out).rglob(f"{run}*.json") if "stage1" not in p.relative_to(out).parts)
+    if len(hits) != 1:
+        raise MtdError(f"--evaluate {run!r}: {len(hits)} run records under {out} start with it "
+                       f"({'give more of the id' if hits else 'check --out'})")
+    return hits[0]
+
+
 class _StudentKind:
     """The student and baseline kinds: a record ``<out>/<task>/<student>/<run_id>.json``."""
 
@@ -270,6 +323,8 @@ class _StudentKind:
 
     @staticmethod
     def commit(planned: PlannedRun, ctx: StudentContext, job: Fit, record: dict[str, Any]) -> dict[str, Any]:
+        if planned.request.save_model:  # before the record: a record that names weights always has them
+            record["model_file"] = _save_model(job.model, model_path(planned.record))
         write_record(planned.record, record)
         remove_checkpoint(job)
         return record

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import signal
-import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,11 +36,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import EXIT_INCOMPLETE, MtdError
-from ..models import factory
-from ..record import load_done
+from ..progress import duration
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
+from .estimate import estimate_lines
 from .plan import Job, plan_sweep
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class SweepConfig:
     device: str | None = None
     threads: int | None = None  # torch threads per run (None: cores / workers); fixed for bitwise-equal runs
     teachers_dir: str | None = None  # set: every run computes its teachers online (the store's baseline)
+    save_models: bool = False  # keep every student's weights beside its record (--save-models)
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -77,6 +78,7 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
                       data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
                       teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
+                      save_model=cfg.save_models,
                       experiment_stores=_fingerprints(cfg.stores) if len(cfg.stores) > 1 else ())
 
 
@@ -141,7 +143,8 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
     keys = {j.key for j in jobs}
     blockers = {j.key: set(j.depends_on) & keys for j in jobs}
     queued, running, results = list(jobs), {}, []
-    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None) as bar:
+    start = time.perf_counter()
+    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if sys.stderr.isatty() else True) as bar:
         while queued or running:
             ready = [j for j in queued if not blockers[j.key]]
             if ready:
@@ -153,8 +156,22 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
                 waiting.discard(done.key)
             results.append(result)
             bar.update()
-            log.debug("%s: %s", result["key"], result["status"])
+            log.info("%s", job_line(done, result, len(results), len(jobs), time.perf_counter() - start))
     return results
+
+
+def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
+    """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA."""
+    what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}")
+    teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
+    primary = f" primary {job.primary}" if job.primary is not None else ""
+    outcome = result["status"]
+    if result.get("metric") is not None:
+        outcome = f"{outcome}, metric {result['metric']:.4f} in {duration(result.get('wall_s') or 0)}"
+    elif result.get("error"):
+        outcome = f"{outcome}: {result['error']}"
+    eta = f"; ETA {duration(elapsed / finished * (total - finished))}" if finished < total else "; sweep done"
+    return f"[{finished}/{total}] {what}{teachers}{primary} seed {job.seed}: {outcome}{eta}"
 
 
 def run_local(jobs: list[Job], cfg: SweepConfig, workers: int, wait: bool = False) -> list[dict]:
@@ -272,20 +289,6 @@ def pending_jobs(jobs: list[Job], cfg: SweepConfig) -> tuple[list[Job], int]:
     return todo, len(jobs) - len(todo)
 
 
-def estimate(todo: list[Job], cfg: SweepConfig, workers: int) -> str:
-    """Estimated wall time of the remaining runs from runs already measured in ``out``."""
-    times: dict[int, list[float]] = {}
-    for path in Path(cfg.out).glob(f"*/{factory.slug(cfg.student)}/*.json"):
-        rec = load_done(path)
-        if rec is not None:
-            times.setdefault(rec["k"], []).append(rec["wall_s"])
-    if not times:
-        return "no measured runs yet: no estimate"
-    overall = statistics.median(t for ts in times.values() for t in ts)
-    total = sum(statistics.median(times[j.k]) if j.k in times else overall for j in todo)
-    return f"estimated {total / 3600:.2f} h of runs, {total / 3600 / workers:.2f} h on {workers} worker(s)"
-
-
 def describe(jobs: Iterable[Job]) -> str:
     jobs = list(jobs)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("stage1", "baseline", "student")}
@@ -304,8 +307,12 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     jobs = make_plan(cfg)
     records = survey(jobs, cfg)
     todo, done = [j for j in jobs if records[j.key] is None], sum(r is not None for r in records.values())
-    log.info("%s %s: %s; %d done, %d to run; %s", cfg.stores[0], cfg.student, describe(jobs), done, len(todo),
-             estimate(todo, cfg, workers))
+    log.info("%s %s: %s; %d done, %d to run", cfg.stores[0], cfg.student, describe(jobs), done, len(todo))
+    for line in estimate_lines(todo, cfg, workers, calibrate=dry_run, save_models=cfg.save_models):
+        log.info("estimate: %s", line)
+    if dry_run:
+        for job in todo:
+            log.debug("planned: %s (seed %d, store %d)", job.key, job.seed, job.store_index)
     if dry_run or not todo:
         return [{"key": j.key, "status": "planned"} for j in todo]
     if executor == "local":

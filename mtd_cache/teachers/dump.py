@@ -8,9 +8,9 @@ merge them into the store (``store.StoreWriter``).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..energy import EnergyMeter
 from ..errors import MtdError, ResourceError
+from ..progress import Progress
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
 from ..tasks.registry import get_task
@@ -34,16 +34,12 @@ log = logging.getLogger(__name__)
 
 
 def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int], options: dict[str, Any],
-             device: str | None = None) -> Path:
+             device: str | None = None, force: bool = False) -> Path:
     """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis).
 
     One dump per output at a time (``store.output_lock``): a second is refused, naming the first.
     """
     with output_lock(out):
-        if out.exists():
-            log.info("%s is complete already; remove it to dump again", out)
-            TeacherStore.open(out).close()  # still refuse a damaged file loudly
-            return out
         spec_task = get_task(task)
         teachers = find_teachers(teachers_dir, spec_task.name)
         check_task_file(spec_task, teachers)
@@ -51,7 +47,49 @@ def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int],
         if bad:
             raise MtdError(f"--primary {bad[0]} is out of range: {teachers_dir} has {len(teachers)} teachers "
                            f"(0-{len(teachers) - 1})")
+        if out.exists():
+            if not _replace_existing(out, spec_task, teachers, primaries, options, device, force):
+                return out
         return _dump(spec_task, teachers, out, primaries, options, device)
+
+
+def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: Sequence[int],
+                      options: dict[str, Any], device: str | None, force: bool) -> bool:
+    """An existing ``out`` is kept when it holds what this dump would write (False: nothing to do); otherwise
+    refused naming what differs, or (``force``) removed to be dumped again (True)."""
+    with TeacherStore.open(out) as have:  # a damaged file is refused loudly here
+        theirs = json.loads(have.attrs["spec_json"])
+    plan = modality(task).dump_plan(task, teachers, list(primaries), options, device)
+    mine = _flat(replace(plan.spec, **teacher_fields(teachers)).to_json())
+    theirs = _flat(theirs)
+    differs = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k) and k not in NO_EFFECT]
+    if len(differs) > 1 and "fingerprint" in differs:
+        differs.remove("fingerprint")  # a consequence: name its cause
+    if not differs:
+        log.info("%s holds this dump already (same teachers, data and settings): nothing to do", out)
+        return False
+    what = "; ".join(f"{k}: {_short(theirs.get(k))} there, {_short(mine.get(k))} asked" for k in differs[:2])
+    if not force:
+        raise MtdError(f"{out} was dumped otherwise ({what}): give another --out, or --force to dump again")
+    log.warning("%s was dumped otherwise (%s): dumping again (--force)", out, what)
+    out.unlink()
+    return True
+
+
+# settings that shape how a dump runs, not what it writes
+NO_EFFECT = frozenset({"extra.batch_size", "extra.chunk", "extra.size_budget_gb", "extra.eval_batch_size"})
+
+
+def _flat(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec with its ``extra`` settings as ``extra.<key>`` (so a difference names the setting)."""
+    out = {k: v for k, v in spec.items() if k != "extra"}
+    out.update({f"extra.{k}": v for k, v in (spec.get("extra") or {}).items()})
+    return out
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_task_file(task: Any, teachers: list[Teacher]) -> None:
@@ -105,8 +143,7 @@ def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> tu
     model = plan.load(teacher)
     seconds, items = 0.0, 0
     views = max(1, w.spec.num_views)
-    with tqdm(total=sum(b - a for a, b in todo), desc=f"dump teacher {t}", unit="ex", leave=False,
-              disable=None if sys.stderr.isatty() else True) as bar:
+    with Progress(sum(b - a for a, b in todo), f"dump teacher {t}", unit="ex") as bar:
         for a, b in todo:
             start = time.perf_counter()
             out = plan.forward(model, a, b, ps, bar.update)

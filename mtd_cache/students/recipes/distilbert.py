@@ -138,7 +138,9 @@ def _student(ctx: StudentContext, tok) -> torch.nn.Module:
         net = bert.distilbert_from_bert(teacher, layers, s.fold_token_type)
         ctx.extra.update(init=f"teacher {t}", init_layers=layers, init_teacher_layers=bert.num_layers(teacher))
     else:
-        net = bert.load_classifier(s.init, task.num_classes, task.label_names)
+        net = bert.load_classifier(s.init, task.num_classes, task.label_names,
+                                   hint="give a local folder (--set init=PATH), or start from the teachers' "
+                                        "layers (--init-from-teacher)")
         if bert.num_layers(net) != s.student_layers:
             raise MtdError(f"init {s.init!r} has {bert.num_layers(net)} layers, student_layers is "
                            f"{s.student_layers}: set student_layers={bert.num_layers(net)} or init_from_teacher")

@@ -141,7 +141,7 @@ def build(ctx: StudentContext) -> Fit:
 
 def _student(ctx: StudentContext, tok: Any) -> torch.nn.Module:
     s, store = ctx.settings, ctx.store
-    net = factory.build(ctx.student, task_of_store(store))
+    net = factory.build(ctx.student, task_of_store(store), hint="give a local folder: --student hf:PATH")
     depth = bert.num_layers(net)
     layers = None
     if s.student_layers is not None and s.student_layers != depth:

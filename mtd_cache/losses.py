@@ -74,6 +74,13 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
+def _check_kd(temperature: float, scale: str, divergence: str) -> None:
+    _check_choice("scale", scale, KD_SCALES)
+    _check_choice("divergence", divergence, KD_DIVERGENCES)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
     # Softmax and squared errors in half precision lose too much; float64 is kept.
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -149,10 +156,7 @@ def kd_loss(
     Shapes: student_logits (B, C); teacher_logits (B, C) already averaged, or
     (B, k, C) averaged here. Returns a scalar. The teacher side is detached.
     """
-    _check_choice("scale", scale, KD_SCALES)
-    _check_choice("divergence", divergence, KD_DIVERGENCES)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_kd(temperature, scale, divergence)
     if teacher_logits.dim() == 3:
         teacher_logits = mean_teacher_logits(teacher_logits.detach())
     student, teacher = _student_teacher(student_logits, teacher_logits)
@@ -217,10 +221,7 @@ def multi_teacher_kd(
     if rule == "mean_losses":
         terms = [kd_loss(student_logits, teacher_logits[:, i], temperature, scale, divergence) for i in range(k)]
         return sum(float(w[i]) * terms[i] for i in range(k))
-    _check_choice("scale", scale, KD_SCALES)
-    _check_choice("divergence", divergence, KD_DIVERGENCES)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_kd(temperature, scale, divergence)
     student = _compute_dtype(student_logits)
     teacher = teacher_logits.detach().to(student.dtype)
     if tuple(teacher.shape[::2]) != tuple(student.shape):

@@ -374,7 +374,7 @@ def check_config(cfg: SweepConfig) -> None:
                                    "teachers (one weight per store teacher)")
             if bad:
                 raise MtdError(f"--pool: index {max(bad)} out of range: {path} has {s.num_teachers} teachers "
-                               f"(0-{s.num_teachers - 1})")
+                               f"(--pool 0-{s.num_teachers - 1} takes them all; make: POOL=0-{s.num_teachers - 1})")
 
 
 def check_threads(records: dict[str, dict[str, Any] | None], cfg: SweepConfig, threads: int) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
-from ...losses import KD_RULES, multi_teacher_kd
+from ...losses import KD_DIVERGENCES, KD_RULES, KD_SCALES, multi_teacher_kd
 from ...models import bert
 from ...models.inference import evaluate_split
+from ...runtime import PRECISIONS
 from ...settings import Settings, setting
 from ...tasks.registry import task_of_store
 from ...tasks.text_data import Encoded, TaskInputs
@@ -44,6 +45,33 @@ class StudentSettings(Settings):
         if w is not None and (not w or not all(math.isfinite(x) and x >= 0 for x in w) or not sum(w) > 0):
             raise MtdError(f"student setting teacher_weights={w}: one finite weight >= 0 per store teacher, "
                            "not all 0")
+
+
+@dataclass(frozen=True)
+class TextStudentSettings(StudentSettings):
+    """BERT's fine-tuning recipe (HF run_glue README, TinyBERT task_distill.py) with Hinton's KD, as the
+    DistilBERT and text-KD students share it."""
+
+    lr: float = setting(5e-5, "peak AdamW lr: TinyBERT task_distill.py --learning_rate default; HF TrainingArguments",
+                        above=0)
+    epochs: int = setting(3, "run_glue README recipe and TinyBERT's --num_train_epochs default", low=1)
+    batch_size: int = setting(32, "run_glue README and TinyBERT --train_batch_size", low=1)
+    warmup: float = setting(0.1, "linear warm-up fraction: TinyBERT --warmup_proportion", low=0, high=1)
+    weight_decay: float = setting(0.01, "none on bias/LayerNorm: TinyBERT's BertAdam groups", low=0)
+    grad_clip: float = setting(1.0, "BertAdam max_grad_norm; HF TrainingArguments max_grad_norm (0: none)", low=0)
+    temperature: float = setting(2.0, "HF distillation train.py --temperature default", above=0)
+    alpha_ce: float = setting(1.0, "hard-label CE weight: DESIGN.md's L_CE + L_KD^k (+ the recipe's terms), "
+                                   "unweighted", low=0)
+    alpha_kd: float = setting(1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0", low=0)
+    kd_scale: str = setting("sum_t2", "distiller.py's KLDivLoss(batchmean) * T**2", choices=KD_SCALES)
+    divergence: str = setting("kl", "as distiller.py's KLDivLoss (same gradients as ce)", choices=KD_DIVERGENCES)
+    tokenizer: str | None = setting(None, "None: the store's (saved with the teachers); another must tokenise "
+                                          "identically")
+    max_length: int | None = setting(None, "None: the store's; another is refused (other inputs)", low=2)
+    precision: str = setting("auto", "bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
+    eval_batch_size: int = setting(128, "dev inference batch", low=1)
+    eval_every: int = setting(1, "dev metrics every N epochs (0: after the last only)", low=0)
+    prefetch: int = setting(3, "batches read from the store ahead, in a thread", low=0)
 
 
 def chosen_weights(settings: Any, teachers: tuple[int, ...], num_teachers: int) -> list[float] | None:

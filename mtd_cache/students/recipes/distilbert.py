@@ -31,38 +31,26 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
-from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce
+from ...losses import cosine_hidden_loss, hard_ce
 from ...models import bert
 from ...optim import optimizer_and_schedule
-from ...runtime import PRECISIONS, autocast_dtype
+from ...runtime import autocast_dtype
 from ...settings import setting
 from ...tasks.text_data import epoch_batches, to_device
 from ...train import Fit
 from ..context import StudentContext
 from ..targets import make_targets, teacher_path
-from .common import StudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
+from .common import TextStudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
 
 MODALITY = "text"
 NEEDS_PRIMARY = True
 
 
 @dataclass(frozen=True)
-class Settings(StudentSettings):
+class Settings(TextStudentSettings):
     """DistilBERT's task-specific distillation (Sanh et al. 2019; HF distillation project), BERT's fine-tuning."""
 
-    lr: float = setting(5e-5, "peak AdamW lr: TinyBERT task_distill.py --learning_rate default; HF TrainingArguments",
-                        above=0)
-    epochs: int = setting(3, "run_glue README recipe and TinyBERT's --num_train_epochs default", low=1)
-    batch_size: int = setting(32, "run_glue README and TinyBERT --train_batch_size", low=1)
-    warmup: float = setting(0.1, "linear warm-up fraction: TinyBERT --warmup_proportion", low=0, high=1)
-    weight_decay: float = setting(0.01, "none on bias/LayerNorm: TinyBERT's BertAdam groups", low=0)
-    grad_clip: float = setting(1.0, "BertAdam max_grad_norm; HF TrainingArguments max_grad_norm (0: none)", low=0)
-    temperature: float = setting(2.0, "HF distillation train.py --temperature default", above=0)
-    alpha_ce: float = setting(1.0, "hard-label CE weight: DESIGN.md's L_CE + L_KD^k + L_cos (unweighted sum)", low=0)
-    alpha_kd: float = setting(1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0", low=0)
     alpha_cos: float = setting(1.0, "cosine loss on the primary's last hidden state", low=0)
-    kd_scale: str = setting("sum_t2", "distiller.py's KLDivLoss(batchmean) * T**2", choices=KD_SCALES)
-    divergence: str = setting("kl", "as distiller.py's KLDivLoss (same gradients as ce)", choices=KD_DIVERGENCES)
     init: str = setting("distilbert-base-uncased", "student checkpoint: Hub name or folder (Sanh et al. 2019)")
     init_from_teacher: bool = setting(False, "instead: teacher embeddings + evenly spaced layers "
                                              "(extract_distilbert.py)")
@@ -70,13 +58,6 @@ class Settings(StudentSettings):
                                              "baseline)", low=0)
     student_layers: int = setting(6, "DistilBERT's depth; with init_from_teacher 12 -> 6 takes 0,2,4,7,9,11", low=1)
     fold_token_type: bool = setting(True, "init_from_teacher: add the segment-0 embedding into positions")
-    tokenizer: str | None = setting(None, "None: the store's (saved with the teachers); another must tokenise "
-                                          "identically")
-    max_length: int | None = setting(None, "None: the store's; another is refused (other inputs)", low=2)
-    precision: str = setting("auto", "bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
-    eval_batch_size: int = setting(128, "dev inference batch", low=1)
-    eval_every: int = setting(1, "dev metrics every N epochs (0: after the last only)", low=0)
-    prefetch: int = setting(3, "batches read from the store ahead, in a thread", low=0)
 
 
 def build(ctx: StudentContext) -> Fit:

@@ -28,17 +28,17 @@ from typing import Any
 import torch
 
 from ...errors import MtdError
-from ...losses import KD_DIVERGENCES, KD_SCALES, cosine_hidden_loss, hard_ce, hidden_mse
+from ...losses import cosine_hidden_loss, hard_ce, hidden_mse
 from ...models import bert, factory
 from ...optim import optimizer_and_schedule
-from ...runtime import PRECISIONS, autocast_dtype
+from ...runtime import autocast_dtype
 from ...settings import setting
 from ...tasks.registry import task_of_store
 from ...tasks.text_data import epoch_batches, to_device
 from ...train import Fit
 from ..context import StudentContext
 from ..targets import make_targets
-from .common import StudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
+from .common import TextStudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
 
 log = logging.getLogger(__name__)
 MODALITY = "text"
@@ -46,32 +46,14 @@ HIDDEN_LOSSES = ("mse", "cosine")
 
 
 @dataclass(frozen=True)
-class Settings(StudentSettings):
+class Settings(TextStudentSettings):
     """BERT's fine-tuning recipe (HF run_glue README, TinyBERT task_distill.py) with Hinton's KD."""
 
-    lr: float = setting(5e-5, "peak AdamW lr: HF TrainingArguments learning_rate default; TinyBERT task_distill.py",
-                        above=0)
-    epochs: int = setting(3, "run_glue README recipe and TinyBERT's --num_train_epochs default", low=1)
-    batch_size: int = setting(32, "run_glue README and TinyBERT --train_batch_size", low=1)
-    warmup: float = setting(0.1, "linear warm-up fraction: TinyBERT --warmup_proportion", low=0, high=1)
-    weight_decay: float = setting(0.01, "none on bias/LayerNorm: TinyBERT's BertAdam groups", low=0)
-    grad_clip: float = setting(1.0, "BertAdam max_grad_norm; HF TrainingArguments max_grad_norm (0: none)", low=0)
-    temperature: float = setting(2.0, "HF distillation train.py --temperature default", above=0)
-    alpha_ce: float = setting(1.0, "hard-label CE weight", low=0)
-    alpha_kd: float = setting(1.0, "KD weight (DESIGN.md: L_CE + L_KD^k)", low=0)
     alpha_hidden: float = setting(0.0, "hidden-state loss on the primary's last layer: off by default", low=0)
     hidden_loss: str = setting("mse", "mse: TinyBERT's (through W when the widths differ); cosine: DistilBERT's",
                                choices=HIDDEN_LOSSES)
     student_layers: int | None = setting(None, "None: every layer of the checkpoint; N: N evenly spaced ones, "
                                                "first and last included", low=1)
-    kd_scale: str = setting("sum_t2", "distiller.py's KLDivLoss(batchmean) * T**2", choices=KD_SCALES)
-    divergence: str = setting("kl", "as distiller.py's KLDivLoss (same gradients as ce)", choices=KD_DIVERGENCES)
-    tokenizer: str | None = setting(None, "None: the store's; another must tokenise identically")
-    max_length: int | None = setting(None, "None: the store's; another is refused (other inputs)", low=2)
-    precision: str = setting("auto", "bf16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
-    eval_batch_size: int = setting(128, "dev inference batch", low=1)
-    eval_every: int = setting(1, "dev metrics every N epochs (0: after the last only)", low=0)
-    prefetch: int = setting(3, "batches read from the store ahead, in a thread", low=0)
 
 
 def needs_primary(settings: Settings) -> bool:

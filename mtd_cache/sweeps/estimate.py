@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,11 @@ CALIBRATION_STEPS = 3
 KIND_NAMES = {"student": "students", "baseline": "CE-only", "stage1": "stage-1"}
 
 
-def estimate_lines(todo: list[Job], cfg: Any, workers: int, calibrate: bool = False,
+def estimate_lines(todo: list[Job], cfg: Any, workers: int, request: Callable[[Job], Any] | None = None,
                    save_models: bool = False) -> list[str]:
-    """One line per job kind to run (count, seconds each, and where that figure comes from), then the total."""
+    """One line per job kind to run (count, seconds each, and where that figure comes from), then the total.
+
+    ``request`` (a job's ``RunRequest``) turns the calibration on: a dry run's."""
     if not todo:
         return ["nothing to run"]
     lines, total, known = [], 0.0, True
@@ -42,7 +45,7 @@ def estimate_lines(todo: list[Job], cfg: Any, workers: int, calibrate: bool = Fa
         jobs = [j for j in todo if j.kind == kind]
         if not jobs:
             continue
-        each, how, size = _per_run(jobs[0], cfg, calibrate)
+        each, how, size = _per_run(jobs[0], cfg, request)
         model_bytes = model_bytes or size
         if each is None:
             known = False
@@ -63,7 +66,7 @@ def estimate_lines(todo: list[Job], cfg: Any, workers: int, calibrate: bool = Fa
     return lines
 
 
-def _per_run(job: Job, cfg: Any, calibrate: bool) -> tuple[float | None, str, int | None]:
+def _per_run(job: Job, cfg: Any, request: Callable[[Job], Any] | None) -> tuple[float | None, str, int | None]:
     """(seconds per run, how it was found, bytes of the student's weights if known)."""
     from ..store import TeacherStore
 
@@ -78,7 +81,7 @@ def _per_run(job: Job, cfg: Any, calibrate: bool) -> tuple[float | None, str, in
         per_ex, n, size = rate
         return per_ex * examples * epochs, f"measured: {n} finished runs, scaled to {examples} x {epochs} epochs", \
             size
-    if not calibrate:
+    if request is None:
         return None, "no finished runs of this configuration yet (--dry-run calibrates)", None
     from ..students.recipes import student_traits
 
@@ -87,7 +90,7 @@ def _per_run(job: Job, cfg: Any, calibrate: bool) -> tuple[float | None, str, in
         job = Job(kind="baseline", teachers=(), primary=None, repeat=job.repeat, seed=job.seed,
                   store_index=job.store_index)
     try:
-        return _calibrated(job, cfg, examples, epochs)
+        return _calibrated(request(job), examples, epochs)
     except Exception as exc:  # a model that cannot load here, a store without its data: say so, go on
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, f"calibration failed: {first[:160]}", None
@@ -129,14 +132,13 @@ def _measured_rate(job: Job, cfg: Any) -> tuple[float, int, int | None] | None:
     return (statistics.median(rates), len(rates), size) if rates else None
 
 
-def _calibrated(job: Job, cfg: Any, examples: int, epochs: int) -> tuple[float, str, int]:
+def _calibrated(req: Any, examples: int, epochs: int) -> tuple[float, str, int]:
     """A few timed steps of the job as it will run: seconds per run = per step x steps per epoch x epochs."""
     import torch
 
     from ..students.run import plan_run
-    from .execute import request_for
 
-    planned = plan_run(request_for(job, cfg))
+    planned = plan_run(req)
     ctx = planned.context()
     fit = planned.impl.build(planned, ctx)
     batches = fit.batches(0)

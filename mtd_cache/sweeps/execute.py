@@ -308,7 +308,8 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     records = survey(jobs, cfg)
     todo, done = [j for j in jobs if records[j.key] is None], sum(r is not None for r in records.values())
     log.info("%s %s: %s; %d done, %d to run", cfg.stores[0], cfg.student, describe(jobs), done, len(todo))
-    for line in estimate_lines(todo, cfg, workers, calibrate=dry_run, save_models=cfg.save_models):
+    calibrate = (lambda job: request_for(job, cfg)) if dry_run else None
+    for line in estimate_lines(todo, cfg, workers, calibrate, save_models=cfg.save_models):
         log.info("estimate: %s", line)
     if dry_run:
         for job in todo:

@@ -191,3 +191,15 @@ def _parse_token(token: str, text: str, option: str) -> range:
     if int(lo) > int(hi):
         raise MtdError(f"{option}: descending range {token!r} (write {hi}-{lo})")
     return range(int(lo), int(hi) + 1)
+
+
+def slug(name: str) -> str:
+    """``name`` as one safe path component (its runs' folder): unchanged when it is one already (``resnet20``,
+    ``distilbert``), else the family, the last part of the name and a hash of the whole
+    (``tv:resnet18@DEFAULT`` -> ``tv_resnet18@DEFAULT_1a2b3c4d``, ``hf:/models/mini-3l`` -> ``hf_mini-3l_...``)."""
+    name = str(name)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
+        return name
+    head, _, rest = name.partition(":") if name.startswith(("hf:", "tv:")) else ("model", "", name)
+    tail = re.sub(r"[^A-Za-z0-9._@-]+", "_", rest.rstrip("/").rsplit("/", 1)[-1]).strip("._")[-40:] or "model"
+    return f"{head}_{tail}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"

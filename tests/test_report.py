@@ -284,3 +284,11 @@ def test_empty_runs_dir(tmp_path: Path) -> None:
     assert len(df) == 0 and list(aggregate(df).columns) == SUMMARY_COLUMNS
     written = write_report(df, tmp_path / "out")
     assert {p.name for p in written} == {"runs.csv", "runs.md", "summary.csv", "summary.md", "cost.csv", "cost.md"}
+
+
+def test_figures_of_a_student_named_by_a_path_stay_in_the_report_folder(df: pd.DataFrame, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    written = write_report(df.assign(student="hf:/models/mini-3l"), out)
+    figures = sorted(p.name for p in written if p.suffix == ".png")
+    assert all(p.parent == out for p in written) and len(figures) == 4
+    assert all(name.startswith("cifar10_hf_mini-3l_") for name in figures)

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,19 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[st
     labels = {}
     if label_names is not None:
         labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
-    return pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "the model", hint,
-                      num_labels=num_labels, **labels, **kwargs)
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the head a checkpoint lacks is initialised on purpose: no load report
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()  # a log gets no carriage-return bars
+    try:
+        return pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "the model", hint,
+                          num_labels=num_labels, **labels, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_config(name_or_path: str, hint: str = LOCAL_HINT):

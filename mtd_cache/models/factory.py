@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MtdError
+from ..utils import slug  # noqa: F401  (a model name as one path component)
 from .resnet_cifar import RESNETS, build_resnet
 
 HF, TV, RESNET = "hf:", "tv:", "resnet"
@@ -87,18 +87,6 @@ def hf_ref(name: str) -> str:
 def resnet_depth(name: str) -> int | None:
     """The depth 6n+2 of a CIFAR ResNet name, None for any other model."""
     return RESNETS.get(name)
-
-
-def slug(name: str) -> str:
-    """``name`` as one safe path component (its runs' folder): unchanged when it is one already (``resnet20``,
-    ``distilbert``), else the family, the last part of the name and a hash of the whole
-    (``tv:resnet18@DEFAULT`` -> ``tv_resnet18@DEFAULT_1a2b3c4d``, ``hf:/models/mini-3l`` -> ``hf_mini-3l_...``)."""
-    name = str(name)
-    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
-        return name
-    head, _, rest = name.partition(":") if name.startswith((HF, TV)) else ("model", "", name)
-    tail = re.sub(r"[^A-Za-z0-9._@-]+", "_", rest.rstrip("/").rsplit("/", 1)[-1]).strip("._")[-40:] or "model"
-    return f"{head}_{tail}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def local_sha256(name: str) -> str | None:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import MtdError
-from ..utils import atomic_path
+from ..utils import atomic_path, slug
 from .aggregate import CURVES, aggregate
 from .costs import cost_summary, run_costs
 from .figures import figures
@@ -124,7 +124,8 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
         baselines = df[(df["k"] == 0) & (df["experiment"] == exp)]
         if len(baselines) and CE_ONLY_LABEL not in lines:
             lines[CE_ONLY_LABEL] = float(baselines["metric"].mean())
-        stem = f"{task}_{student}" + (f"_{exp[:8]}" if several.get((task, student), False) else "")
+        stem = f"{slug(task)}_{slug(student)}" + \
+            (f"_{exp[:8]}" if several.get((task, student), False) else "")  # one file name, whatever the names
         written += figures(per_k.assign(title=titles.get(exp, "")), out / stem, lines)
     log.info("report: %d files in %s", len(written), out)
     return written

@@ -7,6 +7,7 @@ DistilBERT student a ``DistilBertForSequenceClassification``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -14,7 +15,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,22 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[st
     labels = {}
     if label_names is not None:
         labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+    with quiet_transformers():  # the head a checkpoint lacks is initialised on purpose: no load report
+        return pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "the model", hint,
+                          num_labels=num_labels, **labels, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings at error level and, off a terminal, no carriage-return bars (a log stays lines)."""
     from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the head a checkpoint lacks is initialised on purpose: no load report
+    hf_logging.set_verbosity_error()
     if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()  # a log gets no carriage-return bars
+        hf_logging.disable_progress_bar()
     try:
-        return pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, "the model", hint,
-                          num_labels=num_labels, **labels, **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:

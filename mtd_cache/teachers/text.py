@@ -118,8 +118,9 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                     "data": text_fingerprint(task, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
 
     def save() -> None:
-        net.save_pretrained(out)
-        tok.save_pretrained(out)
+        with bert.quiet_transformers():
+            net.save_pretrained(out)
+            tok.save_pretrained(out)
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         if "logits" not in last:  # resumed after the last epoch: nothing was evaluated in this session

@@ -62,13 +62,14 @@ def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None
                 continue
             log.warning("teacher seed %d: %s; retraining (--force)", seed, differs)
             (folder / RECORD).unlink()
-        made = not folder.exists()
+        made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
         folder.mkdir(parents=True, exist_ok=True)
         try:
             result = train_one(spec, seed, model, data_dir, folder, options, device)
         except BaseException:
-            if made and not any(folder.iterdir()):
-                folder.rmdir()  # nothing left behind by a teacher that never started
+            for p in made:  # nothing left behind by a teacher that never started
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
             raise
         reason = result.pop("chance_reason", None)
         constant = bool(reason) and reason.startswith("predicts a single class")

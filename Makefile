@@ -28,6 +28,7 @@ STORE = cache/$(TASK)/store.h5
 opt = $(if $(2),$(1) $(2))
 sets = $(foreach s,$(SET),--set $(s))
 paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $(POOL) $(call opt,--model,$(MODEL)) \
+	$(call opt,--threads,$(THREADS)) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--epochs,$(EPOCHS)) $(sets) $(if $(DRY_RUN),--dry-run)
 
 .PHONY: demo test bench venv teachers augment cache sweep report paper clean help

@@ -16,6 +16,7 @@ BIN = Path(sys.executable).parent
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mtd_cache.errors import MtdError
     from mtd_cache.paper import TASKS, paper_steps
 
     p = argparse.ArgumentParser(description="The paper's protocol: teachers, stores, sweeps, report.")
@@ -29,16 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="teacher model (default: each task's, the paper's)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: each recipe's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of each student run (mtd-sweep)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="student setting KEY=VALUE")
     args = p.parse_args(argv)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        print(f"paper: error: unknown task {unknown[0]!r}; the paper's: {', '.join(TASKS)}", file=sys.stderr)
-        return 2
     students = tuple(args.students.split(",")) if args.students else None
-    steps = paper_steps(tasks, students, args.repeats, args.workers, args.seeds, args.pool, args.model,
-                        args.data_dir, args.epochs, tuple(args.sets))
+    if args.model and "cifar10" in tasks and len(tasks) > 1:
+        print("paper: error: --model names one teacher model for every task: give --tasks of one kind (cifar10, "
+              "or GLUE tasks)", file=sys.stderr)
+        return 2
+    try:
+        steps = paper_steps(tasks, students, args.repeats, args.workers, args.seeds, args.pool, args.model,
+                            args.data_dir, args.epochs, tuple(args.sets), threads=args.threads)
+    except MtdError as exc:
+        print(f"paper: error: {exc}", file=sys.stderr)
+        return 2
     for i, step in enumerate(steps, 1):
         print(f"[{i}/{len(steps)}] {step.what}" + (f": {step.plan}" if step.plan else ""), flush=True)
         print("    $ " + " ".join(step.argv), flush=True)

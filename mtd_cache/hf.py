@@ -29,6 +29,10 @@ class DistillationTrainer(Trainer):
     def __init__(self, *args: Any, targets: KDTargets, alpha_ce: float = 1.0, alpha_kd: float = 1.0,
                  index_column: str = "index", view_column: str = "view", **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # our loss is a mean over the batch, not normalised by the accumulated item count: Trainer divides it by
+        # the gradient-accumulation steps (else gradients grow with them)
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
         self.targets, self.alpha_ce, self.alpha_kd = targets, float(alpha_ce), float(alpha_kd)
         self.index_column, self.view_column = index_column, view_column
         self.last_terms: dict[str, float] = {}  # the latest batch's loss terms, for inspection

@@ -38,8 +38,8 @@ KD target rules (``multi_teacher_kd``; w_i the teachers' weights, summing to 1, 
 * "mean_logits" (the paper's eq. 9, the default): KD to softmax(sum_i w_i z_i / t);
 * "mean_probs": KD to sum_i w_i softmax(z_i / t), the mixture of the teachers' softened distributions;
 * "mean_losses": sum_i w_i KD(z_S, z_i), the teachers' KD losses averaged. With "ce" it equals
-  "mean_probs" (the soft cross-entropy is linear in the target); with "kl" it differs from it by
-  sum_i w_i H(p_i) - H(p_mix), a constant for the student: the same gradients, other values.
+  "mean_probs" (the soft cross-entropy is linear in the target); with "kl" it exceeds it by
+  H(p_mix) - sum_i w_i H(p_i) >= 0 (times the scale), a constant for the student: the same gradients.
 
 "mean" equals "sum" divided by C: for a 2-class task TinyBERT's prediction loss is
 half of Hinton's un-scaled term. "kl" and "ce" differ by the teacher entropy, a

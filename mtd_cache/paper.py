@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import MtdError
 from .sweeps.execute import SweepConfig, describe, make_plan
 
 GLUE = ("mrpc", "cola", "sst-2")
@@ -40,15 +41,17 @@ class Step:
 def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None = None, repeats: int = 3,
                 workers: int = 1, seeds: str = "0-5", pool: str = "0-5", model: str | None = None,
                 data_dir: str | None = None, epochs: int | None = None, sets: tuple[str, ...] = (),
-                cache: str = "cache", runs: str = "runs") -> list[Step]:
-    """The protocol's commands for ``tasks`` (and only ``students``, when given), in the order they run."""
+                cache: str = "cache", runs: str = "runs", threads: int | None = None) -> list[Step]:
+    """The protocol's commands for ``tasks`` (the paper's, or any other GLUE task: its BERT students) and only
+    ``students``, when given, in the order they run."""
     steps: list[Step] = []
     pool_ids = _indices(pool)
     data = ["--data-dir", data_dir] if data_dir else []
     sweep_opts = ["--repeats", str(repeats), "--workers", str(workers), "--pool", pool, "--out", runs, *data,
+                  *(["--threads", str(threads)] if threads else []),
                   *(["--epochs", str(epochs)] if epochs else []), *[a for s in sets for a in ("--set", s)]]
     for task in tasks:
-        chosen = [s for s in STUDENTS[task] if students is None or s in students]
+        chosen = [s for s in students_of(task) if students is None or s in students]
         if not chosen:
             continue
         base = Path(cache) / task
@@ -86,6 +89,18 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
             steps.append(_sweep(task, "tinybert", stores, pool_ids, repeats, sweep_opts))
     steps.append(Step("the report over every run", ["mtd-report", runs, "--out", str(Path(runs) / "report")]))
     return steps
+
+
+def students_of(task: str) -> tuple[str, ...]:
+    """The paper's students of a task: ResNet-20 on CIFAR-10, DistilBERT and TinyBERT on a GLUE task."""
+    from .tasks.glue import GLUE_TASKS
+
+    if task in STUDENTS:
+        return STUDENTS[task]
+    if task in GLUE_TASKS:
+        return STUDENTS["mrpc"]
+    raise MtdError(f"unknown task {task!r} for the paper's protocol; the paper's: {', '.join(TASKS)}, or another "
+                   f"GLUE task ({', '.join(sorted(GLUE_TASKS))})")
 
 
 def _sweep(task: str, student: str, stores: list[str], pool: tuple[int, ...], repeats: int,

@@ -194,6 +194,7 @@ def test_the_trainers_kd_loss_is_kd_loss_on_the_same_batch(sst2_store, tmp_path)
     for alpha_ce in (0.0, 1.0):
         trainer = DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=collate,
                                       targets=targets, alpha_ce=alpha_ce)
+        assert trainer.model_accepts_loss_kwargs is False  # a batch mean: Trainer divides by the GA steps
         loss = trainer.compute_loss(student, dict(batch))
         with torch.no_grad():
             logits = student(**{k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}).logits

@@ -24,7 +24,7 @@ def _runs(experiment: str, online: bool, twin: str, walls: list[float]) -> list[
 def test_cached_and_online_costs_by_hand():
     df = pd.DataFrame(_runs("E", False, "O", [10.0, 10.0, 12.0]))
     shared = {"E": {"teachers": {"wall_s": 30.0, "energy_j": 60.0}, "dump": {"wall_s": 6.0, "energy_j": 12.0}}}
-    out = run_costs(df, shared, {"s.h5": (0.01, 0.05)})
+    out = run_costs(df, shared, {"s.h5": (0.01, 0.05, 100)})
     # cached: own wall + (30 + 6) / 3 runs; online: own wall + k * 100 * 2 forwards at 0.01 s
     assert out["cached_s"].tolist() == [22.0, 22.0, 24.0]
     assert out["online_s"].tolist() == pytest.approx([12.0, 12.0, 16.0])
@@ -44,20 +44,29 @@ def test_cached_and_online_costs_by_hand():
 
 def test_measured_online_runs_are_preferred_and_unknown_rates_stay_unknown():
     cached, online = _runs("E", False, "O", [10.0, 10.0, 12.0]), _runs("O", True, "E", [30.0, 31.0, 50.0])
-    out = run_costs(pd.DataFrame(cached + online), {}, {"s.h5": (0.01, None)})
+    out = run_costs(pd.DataFrame(cached + online), {}, {"s.h5": (0.01, None, 100)})
     mine = out[out["experiment"] == "E"]
     assert mine["online_s"].tolist() == [30.0, 31.0, 50.0] and set(mine["online_source"]) == {"measured"}
     assert out[out["experiment"] == "O"]["online_s"].tolist() == [30.0, 31.0, 50.0]
-    unknown = run_costs(pd.DataFrame(cached), {}, {"s.h5": (None, None)})
+    unknown = run_costs(pd.DataFrame(cached), {}, {"s.h5": (None, None, None)})
     assert unknown["online_s"].isna().all() and set(unknown["online_source"]) == {"unknown"}
     assert math.isnan(aggregate(unknown).set_index("k").loc[2, "multi_online_s_mean"])
+
+
+def test_records_from_before_teacher_forwards_count_k_examples_epochs():
+    rows = _runs("E", False, "O", [10.0, 10.0, 12.0])
+    for r in rows:
+        r.pop("teacher_forwards")
+        r["epochs"] = 2
+    out = run_costs(pd.DataFrame(rows), {}, {"s.h5": (0.01, None, 100)})  # 100 training examples in the store
+    assert out["online_s"].tolist() == pytest.approx([12.0, 12.0, 16.0])
 
 
 def test_stage1_is_shared_by_the_runs_that_name_it():
     rows = _runs("E", False, "O", [10.0, 10.0, 12.0])
     for r, sid in zip(rows, ["a", "b", "a"], strict=True):
         r.update(stage1_id=sid, stage1_wall_s=8.0, stage1_energy_j=np.nan, stage1_teacher_forwards=400)
-    out = run_costs(pd.DataFrame(rows), {}, {"s.h5": (0.01, None)})
+    out = run_costs(pd.DataFrame(rows), {}, {"s.h5": (0.01, None, 100)})
     # stage 1 "a" is shared by runs 0 and 2 (4 s each), "b" is run 1's alone (8 s); its 400 forwards likewise
     assert out["cached_s"].tolist() == [14.0, 18.0, 16.0]
     assert out["online_s"].tolist() == pytest.approx([10 + 4 + 2 + 2, 10 + 8 + 2 + 4, 12 + 4 + 4 + 2])

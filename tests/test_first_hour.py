@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -19,8 +20,8 @@ from mtd_cache.models import bert
 from mtd_cache.progress import Progress
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.run import RunRequest, evaluate_run, run_student
-from mtd_cache.sweeps.execute import SweepConfig, job_line, run_sweep
-from mtd_cache.sweeps.plan import Job
+from mtd_cache.sweeps.execute import SweepConfig, run_sweep
+from mtd_cache.sweeps.plan import Job, job_line
 from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
 from mtd_cache.train import Fit, fit
@@ -102,6 +103,10 @@ def test_a_store_is_reused_only_when_it_holds_this_dump(sst2_teachers, caplog):
         run_dump("sst-2", root / "t", out, [], {"max_length": 24})
     run_dump("sst-2", root / "t", out, [], {"max_length": 24}, force=True)
     assert TeacherStore.open(out).max_length == 24
+    shutil.copytree(root / "t", root / "moved")  # the same teachers found elsewhere: the same dump
+    stamp = out.stat().st_mtime_ns
+    run_dump("sst-2", root / "moved", out, [], {"max_length": 24})
+    assert out.stat().st_mtime_ns == stamp
 
 
 # ----------------------------------------------------------------------------- 4. offline in one line

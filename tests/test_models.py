@@ -133,6 +133,20 @@ def test_pretrained_weights_are_kept_and_the_classifier_resized(monkeypatch, nam
     assert all(torch.equal(got["net." + k], v) for k, v in kept.items())  # everything else is the weights'
 
 
+def test_a_finished_pretrained_teacher_loads_without_its_download(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    _fake_weights(monkeypatch)
+    net = factory.build("tv:resnet18@DEFAULT", GREY)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    _fake_weights(monkeypatch, urllib.error.URLError("offline"))  # a download now fails
+    info = {"model": "tv:resnet18@DEFAULT", "in_channels": 1, "num_classes": 3, "image_size": 16}
+    again = factory.load_trained(tmp_path, info, 3)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), net.eval()(x), rtol=0, atol=0)
+
+
 def test_weights_that_cannot_be_fetched_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     _fake_weights(monkeypatch, urllib.error.URLError("[Errno -3] Temporary failure in name resolution"))

@@ -47,9 +47,13 @@ def test_make_paper_dry_run_prints_every_step_and_runs_nothing(tmp_path):
     assert "[13/14] mrpc: the tinybert sweep, store r for repeat r (3 stores): 597 jobs" in r.stdout
     assert "$ mtd-cache augment --task mrpc --seed 2 --out cache/mrpc/augmented-2.tsv" in r.stdout
     assert list(tmp_path.iterdir()) == []  # nothing built
-    bad = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "qqp"],
+    rte = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "rte", "--students",
+                          "tinybert", "--threads", "2"], capture_output=True, text=True)
+    assert rte.returncode == 0 and "rte: the tinybert sweep" in rte.stdout and "--threads 2" in rte.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "imagenet"],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown task 'qqp'; the paper's: cifar10, mrpc, cola, sst-2" in bad.stderr
+    assert bad.returncode == 2 and "unknown task 'imagenet' for the paper's protocol; the paper's: cifar10, mrpc, " \
+        "cola, sst-2, or another GLUE task" in bad.stderr
 
 
 def test_repeat_stores_must_differ_and_one_store_for_tinybert_repeats_is_named(tmp_path, caplog):

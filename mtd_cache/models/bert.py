@@ -7,17 +7,14 @@ DistilBERT student a ``DistilBertForSequenceClassification``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
 import json
 import logging
 import math
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +22,7 @@ import torch
 
 from ..errors import MtdError
 from ..ragged import unpad_attention, unpad_hidden
+from .hub import LOCAL_HINT, pretrained, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,6 @@ LAYER_MAP = {
 # ----------------------------------------------------------------------------- loading
 
 
-LOCAL_HINT = "give a local folder"
 
 
 def load_tokenizer(name_or_path: str, hint: str = LOCAL_HINT):
@@ -66,66 +63,10 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[st
                           num_labels=num_labels, **labels, **kwargs)
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings at error level and, off a terminal, no carriage-return bars (a log stays lines)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_config(name_or_path: str, hint: str = LOCAL_HINT):
     from transformers import AutoConfig
 
     return pretrained(AutoConfig.from_pretrained, name_or_path, "the config of", hint)
-
-
-def pretrained(loader: Callable[..., Any], name_or_path: Any, what: str, hint: str = LOCAL_HINT,
-               **kwargs: Any) -> Any:
-    """``loader(name_or_path, **kwargs)`` (a ``from_pretrained``), offline-first: a name that is not a local
-    folder is looked up in the Hugging Face cache only when the Hub cannot be reached (``HF_HUB_OFFLINE`` set,
-    or one short connection attempt failed), so an offline machine fails at once, in one line, with ``hint``
-    (the setting that takes a local folder) instead of a minute of retries."""
-    name = str(name_or_path)
-    offline = None if Path(name).exists() else hub_unreachable()
-    try:
-        return loader(name, **kwargs, **({"local_files_only": True} if offline else {}))
-    except Exception as exc:  # missing files, not that kind of model, hub refused: one line for the user
-        if offline:
-            raise MtdError(f"{what} {name!r}: not a local folder, not in the Hugging Face cache, and the Hub "
-                           f"cannot be reached ({offline}): {hint}") from None
-        raise MtdError(f"could not load {what} {name!r}: {_short(exc)}") from None
-
-
-_REACH: dict[str, str | None] = {}
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hugging Face Hub cannot be reached (``HF_HUB_OFFLINE``, or a failed connection), or None; asked
-    once per process."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    if host not in _REACH:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            _REACH[host] = None
-        except OSError as exc:
-            _REACH[host] = f"{host}: {exc.strerror or type(exc).__name__}"
-    return _REACH[host]
 
 
 def shared_tokenizer(folders: Sequence[Any]) -> tuple[Any, dict[str, str]]:
@@ -419,8 +360,3 @@ class AttentionScores:
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, length, width = x.shape
         return x.float().view(b, length, self.heads, width // self.heads).transpose(1, 2)
-
-
-def _short(exc: Exception) -> str:
-    lines = [s for s in str(exc).splitlines() if s.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]

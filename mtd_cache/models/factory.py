@@ -144,7 +144,8 @@ def load_trained(folder: Path, info: dict[str, Any], num_labels: int) -> torch.n
     if parsed.family == RESNET:
         net = build_resnet(parsed.name, info["in_channels"], info["num_classes"])
     else:
-        net = build_torchvision(parsed, info["in_channels"], info["num_classes"], info.get("image_size"))
+        net = build_torchvision(parsed, info["in_channels"], info["num_classes"], info.get("image_size"),
+                                download=False)  # every weight comes from model.safetensors
     net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
     return net.eval()
 
@@ -171,13 +172,21 @@ class TorchvisionClassifier(nn.Module):
         return f"in_channels={self.in_channels}"
 
 
-def build_torchvision(name: ModelName, channels: int, num_classes: int, size: int | None) -> TorchvisionClassifier:
+# what a builder sets for pretrained weights besides the class count (torchvision's googlenet, inception_v3):
+# a finished teacher is rebuilt with them, without the download
+_WEIGHTS_KWARGS = {"googlenet": {"transform_input": True, "aux_logits": False, "init_weights": False},
+                   "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False}}
+
+
+def build_torchvision(name: ModelName, channels: int, num_classes: int, size: int | None,
+                      download: bool = True) -> TorchvisionClassifier:
     """``tv:NAME[@WEIGHTS]`` for ``channels`` (1 or 3) x ``size`` images and ``num_classes`` classes.
 
     Without weights the builder makes ``num_classes`` outputs itself. With weights the pretrained model is
     loaded and every classifier layer (a Linear or 1x1 Conv2d with one output per ImageNet category) is
     replaced by a fresh one of ``num_classes`` outputs. A forward pass on two blank images of the task's size
-    checks that the model runs at that size (ViTs need 224 x 224, Inception 75 x 75).
+    checks that the model runs at that size (ViTs need 224 x 224, Inception 75 x 75). ``download=False``
+    builds the same architecture without fetching the weights (a finished teacher, whose weights are its own).
     """
     import torchvision.models as tvm
 
@@ -188,6 +197,11 @@ def build_torchvision(name: ModelName, channels: int, num_classes: int, size: in
         warnings.simplefilter("ignore", FutureWarning)
         if name.weights is None:
             net = tvm.get_model(name.ref, weights=None, num_classes=num_classes)
+        elif not download:
+            categories = len(tvm.get_model_weights(name.ref)[name.weights].meta["categories"])
+            net = tvm.get_model(name.ref, weights=None, num_classes=categories,
+                                **_WEIGHTS_KWARGS.get(name.ref, {}))
+            _resize_heads(net, name, categories, num_classes)
         else:
             net, categories = _pretrained(name, tvm)
             _resize_heads(net, name, categories, num_classes)

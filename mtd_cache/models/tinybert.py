@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import MtdError
 from ..utils import atomic_path
-from . import bert
+from . import bert, hub
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def from_general(name_or_path: str, num_labels: int, fit_size: int) -> tuple[Tin
     """A student from a TinyBERT general checkpoint; True when its ``fit_dense`` was loaded too."""
     from transformers import BertModel
 
-    encoder = bert.pretrained(BertModel.from_pretrained, name_or_path, "the TinyBERT init",
+    encoder = hub.pretrained(BertModel.from_pretrained, name_or_path, "the TinyBERT init",
                               "give a local folder (--set init=PATH), or start from the teachers' layers "
                               "(--init-from-teacher)")
     net = TinyBertStudent(encoder, num_labels, fit_size)

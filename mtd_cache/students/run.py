@@ -124,7 +124,8 @@ def plan_run(req: RunRequest) -> PlannedRun:
         validate_selection(req.teachers, req.primary, store.num_teachers, needs_primary(recipe, resolved.settings))
     elif req.primary is not None:
         raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
-    chosen_weights(resolved.settings, req.teachers, store.num_teachers)  # refused here, before any work
+    if req.kind == "student":  # refused here, before any work (a stage 1 reads no teacher's logits)
+        chosen_weights(resolved.settings, req.teachers, store.num_teachers)
     if getattr(resolved.settings, "teacher_dropout", False) and not req.online:
         raise MtdError("teacher_dropout=true needs --online: a store holds each teacher's one deterministic output "
                        "per input, dropout draws a new one every pass")
@@ -225,7 +226,8 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "experiment_identity": planned.experiment, "predictions": predictions,
         "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
-        **kd_target(ctx), **_work(planned, job), "metric_name": planned.store.metric,
+        **(kd_target(ctx) if planned.impl is _STUDENT else {}), **_work(planned, job),
+        "metric_name": planned.store.metric,
         "metric": float(history[-1]["metric"]) if "metric" in history[-1] else None,
         "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
@@ -288,11 +290,27 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
                        "train it with mtd-train (weights are kept unless --no-save-model) or a sweep with "
                        "--save-models")
     cfg = rec.get("config") or {}
+    if cfg.get("online"):
+        raise MtdError(f"run {rec['run_id'][:12]} ran its teachers online: rebuild it with mtd-train --online "
+                       "--teachers-dir (its teachers' folder is not recorded)")
     req = RunRequest(store=rec["store"], student=rec["student"], teachers=tuple(rec["teachers"]),
                      primary=rec["primary"], seed=rec["seed"], out=out, overrides=dict(cfg.get("recipe") or {}),
                      data_dir=data_dir, device=device)
     planned = plan_run(req)
+    if planned.run_id != rec["run_id"]:
+        raise MtdError(f"run {rec['run_id'][:12]} rebuilt from its record has id {planned.run_id[:12]}: its store "
+                       f"({rec['store']}) or teachers changed since it ran")
     ctx = planned.context()
+
+    def done_only(kind: str) -> dict[str, Any]:  # a stage 1 that is gone is named, never trained here
+        before = plan_run(replace(req, kind=kind, teachers=(req.primary,)))
+        found = before.done()
+        if found is None:
+            raise MtdError(f"the {kind} run this student started from ({before.record}) is gone: train the run "
+                           "again with mtd-train")
+        return found
+
+    ctx.prerequisite = done_only
     job = planned.impl.build(planned, ctx)
     load_model(job.model, str(weights), device=str(ctx.device))
     metrics = dict(job.evaluate())

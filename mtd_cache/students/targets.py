@@ -205,7 +205,7 @@ def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (
     states = bool(hidden_layers or attn_layers)
     online = bool(ctx.online) if states_online is None else states_online
     rule = getattr(ctx.settings, "kd_rule", "mean_logits")
-    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers)
+    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers) if kd else None
     if not online:
         return StoreTargets(ctx.store, ctx.teachers, kd, ctx.device, ctx.primary, hidden_layers, attn_layers,
                             rule, weights)

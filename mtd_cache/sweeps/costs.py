@@ -69,7 +69,7 @@ def _sum_or_nan(values: pd.Series) -> float:
 
 
 def run_costs(df: pd.DataFrame, shared: dict[str, dict[str, dict[str, float | None]]] | None = None,
-              forward: dict[str, tuple[float | None, float | None]] | None = None) -> pd.DataFrame:
+              forward: dict[str, tuple[float | None, float | None, int | None]] | None = None) -> pd.DataFrame:
     """``df`` with each run's cost on the two axes the report plots, in seconds and joules.
 
     * ``cached_s`` / ``cached_j`` (the store's): the run's own cost, plus its share of what its experiment's
@@ -79,7 +79,8 @@ def run_costs(df: pd.DataFrame, shared: dict[str, dict[str, dict[str, float | No
       its own measured cost; a cached run's is the measured cost of its online twin (the same run of the same
       experiment with the teachers online) where one was run, else an estimate: its own cost plus one
       teacher inference per example, epoch and teacher read (``teacher_forwards``), at the rate its store's
-      dump measured (``forward``: store path -> seconds, joules per (example, view)). Both add the stage-1
+      dump measured (``forward``: store path -> seconds, joules per (example, view), training examples; a record
+      written before ``teacher_forwards`` existed counts k x examples x its epochs). Both add the stage-1
       share, with its primary's inference for the estimate. ``online_source``: measured, estimated, unknown.
     """
     out = df.copy()
@@ -87,11 +88,16 @@ def run_costs(df: pd.DataFrame, shared: dict[str, dict[str, dict[str, float | No
     share_s = out["experiment"].map(lambda e: _shared_sum(shared, e, "wall_s")).astype(float) / n
     share_j = out["experiment"].map(lambda e: _shared_sum(shared, e, "energy_j")).astype(float) / n
     stage_s, stage_j, stage_fw = _stage1_share(out)
-    rate_s = out["store"].map(lambda p: (forward or {}).get(p, (None, None))[0]) if "store" in out else None
-    rate_j = out["store"].map(lambda p: (forward or {}).get(p, (None, None))[1]) if "store" in out else None
-    rate_s = pd.Series(rate_s, index=out.index, dtype=float) if rate_s is not None else np.nan
-    rate_j = pd.Series(rate_j, index=out.index, dtype=float) if rate_j is not None else np.nan
+    def of_store(i: int) -> pd.Series:
+        if "store" not in out:
+            return pd.Series(np.nan, index=out.index, dtype=float)
+        return pd.Series(out["store"].map(lambda p: ((forward or {}).get(p) or (None,) * 3)[i]), index=out.index,
+                         dtype=float)
+
+    rate_s, rate_j = of_store(0), of_store(1)
     forwards = _column(out, "teacher_forwards")
+    older = out["k"].astype(float) * of_store(2) * _column(out, "epochs")  # records before teacher_forwards
+    forwards = forwards.fillna(older)
     online = out["online"].fillna(False).astype(bool) if "online" in out else pd.Series(False, index=out.index)
     out["cached_s"] = out["wall_s"] + share_s + stage_s
     out["cached_j"] = out["energy_j"] + share_j + stage_j

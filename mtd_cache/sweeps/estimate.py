@@ -74,9 +74,9 @@ def _per_run(job: Job, cfg: Any, request: Callable[[Job], Any] | None) -> tuple[
     if not store_path.exists():
         return None, f"{store_path} is not there yet", None
     with TeacherStore.open(store_path) as store:
-        examples = int(store.num_examples)
+        examples, task = int(store.num_examples), store.task
     epochs = _epochs(job, cfg)
-    rate = _measured_rate(job, cfg)
+    rate = _measured_rate(job, cfg, task)
     if rate is not None:
         per_ex, n, size = rate
         return per_ex * examples * epochs, f"measured: {n} finished runs, scaled to {examples} x {epochs} epochs", \
@@ -110,11 +110,12 @@ def _comparable(requested: dict[str, Any]) -> str:
                       sort_keys=True)
 
 
-def _measured_rate(job: Job, cfg: Any) -> tuple[float, int, int | None] | None:
+def _measured_rate(job: Job, cfg: Any, task: str | None = None) -> tuple[float, int, int | None] | None:
     """Median seconds per example-epoch of finished runs of the same task, student, kind and settings."""
     from ..students.recipes import get_recipe
 
     want = _comparable(get_recipe(cfg.student).Settings.resolve(cfg.overrides).requested)
+    online = cfg.teachers_dir is not None
     rates, size = [], None
     folder = Path(cfg.out)
     pattern = f"*/{factory.slug(cfg.student)}/**/*.json"
@@ -123,7 +124,10 @@ def _measured_rate(job: Job, cfg: Any) -> tuple[float, int, int | None] | None:
         kind = rec.get("kind") if rec else None
         if rec is None or kind != job.kind or not rec.get("train_examples") or not rec.get("epochs"):
             continue
-        recipe = (rec.get("config") or {}).get("recipe") or (rec.get("identity") or {}).get("recipe")
+        config = rec.get("config") or rec.get("identity") or {}
+        if bool(config.get("online")) != online or (task and rec.get("task") != task):
+            continue  # teachers run in the loop cost more; another task is another model and data
+        recipe = config.get("recipe")
         if recipe is not None and job.kind != "stage1" and _comparable(recipe) != want:
             continue
         rates.append(rec["wall_s"] / (rec["train_examples"] * rec["epochs"]))
@@ -152,7 +156,9 @@ def _calibrated(req: Any, examples: int, epochs: int) -> tuple[float, str, int]:
         except StopIteration:
             break
         t0 = time.perf_counter()
-        loss = fit.step(batch)["loss"]
+        with torch.autocast(ctx.device.type, dtype=fit.autocast_dtype or torch.float32,
+                            enabled=fit.autocast_dtype is not None):  # as train.fit runs it (bf16 on a GPU)
+            loss = fit.step(batch)["loss"]
         fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fit.optimizer.step()

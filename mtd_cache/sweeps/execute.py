@@ -36,12 +36,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import EXIT_INCOMPLETE, MtdError
-from ..progress import duration
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
-from .plan import Job, plan_sweep
+from .plan import Job, job_line, plan_sweep
 
 log = logging.getLogger(__name__)
 
@@ -158,20 +157,6 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
             bar.update()
             log.info("%s", job_line(done, result, len(results), len(jobs), time.perf_counter() - start))
     return results
-
-
-def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
-    """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA."""
-    what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}")
-    teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
-    primary = f" primary {job.primary}" if job.primary is not None else ""
-    outcome = result["status"]
-    if result.get("metric") is not None:
-        outcome = f"{outcome}, metric {result['metric']:.4f} in {duration(result.get('wall_s') or 0)}"
-    elif result.get("error"):
-        outcome = f"{outcome}: {result['error']}"
-    eta = f"; ETA {duration(elapsed / finished * (total - finished))}" if finished < total else "; sweep done"
-    return f"[{finished}/{total}] {what}{teachers}{primary} seed {job.seed}: {outcome}{eta}"
 
 
 def run_local(jobs: list[Job], cfg: SweepConfig, workers: int, wait: bool = False) -> list[dict]:

@@ -47,8 +47,9 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Pa
     for name, prefix, xs, xlabel in specs:
         fig, ax = plt.subplots(figsize=(8.6, 4.6))
         if all(np.isnan(x).all() for x in xs.values()):
-            ax.text(0.5, 0.5, "cost unknown: the store predates the dump's teacher-throughput record\n"
-                    "(dump again, or sweep with --online-teachers-dir)", ha="center", va="center",
+            ax.text(0.5, 0.5, "cost unknown: the store holds no teacher throughput (dumped before it was "
+                    "recorded:\ndump the teachers into a new store), or the store is gone; a sweep with\n"
+                    "--online-teachers-dir measures the online cost instead", ha="center", va="center",
                     transform=ax.transAxes, fontsize="small")
         else:
             _plot_modes(ax, per_k, prefix, xs)

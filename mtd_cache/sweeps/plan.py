@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import MtdError
+from ..progress import duration
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +101,17 @@ def _check_plan_args(pool: list[int], repeats: int, bert_student: bool, two_stag
     if stores not in (1, repeats):
         raise MtdError(f"--store given {stores} times: give it once, or once per repeat ({repeats})")
     return tuple(sorted(pool))
+
+
+def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
+    """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA."""
+    what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}")
+    teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
+    primary = f" primary {job.primary}" if job.primary is not None else ""
+    outcome = result["status"]
+    if result.get("metric") is not None:
+        outcome = f"{outcome}, metric {result['metric']:.4f} in {duration(result.get('wall_s') or 0)}"
+    elif result.get("error"):
+        outcome = f"{outcome}: {result['error']}"
+    eta = f"; ETA {duration(elapsed / finished * (total - finished))}" if finished < total else "; sweep done"
+    return f"[{finished}/{total}] {what}{teachers}{primary} seed {job.seed}: {outcome}{eta}"

@@ -111,6 +111,8 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
     # of a cached sweep's runs are found
     out["twin_experiment"] = make_experiment_id({**identity, "online": not identity.get("online")}) \
         if identity else None
+    if "epochs" not in out and isinstance(rec.get("history"), list):  # records before "epochs" was written
+        out["epochs"] = len(rec["history"])
     name = rec.get("predictions")
     out["predictions"] = str(path.parent / name) if isinstance(name, str) and name else None
     out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None

@@ -88,14 +88,15 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
                  shared_costs: dict[str, dict[str, float | None]] | None = None, n_resamples: int = N_RESAMPLES,
                  seed: int = 0, experiment_lines: dict[str, dict[str, float]] | None = None,
                  experiment_costs: dict[str, dict[str, dict[str, float | None]]] | None = None,
-                 forward: dict[str, tuple[float | None, float | None]] | None = None) -> list[Path]:
+                 forward: dict[str, tuple[float | None, float | None, int | None]] | None = None) -> list[Path]:
     """Tables (CSV, markdown) of every run, the per-k summary, the differences and costs, and the figures.
 
     ``reference_lines`` (label -> score) are drawn on every figure, ``experiment_lines`` (experiment ->
     label -> score) on that experiment's, e.g. the teacher ensemble's dev score; the CE-only students'
     mean is added from the experiment's k = 0 runs unless a line already has its label.
     ``experiment_costs`` (experiment -> name -> cost), else ``shared_costs``, are amortised over the
-    experiment's runs. ``forward`` (store path -> one teacher inference's seconds and joules per example)
+    experiment's runs. ``forward`` (store path -> one teacher inference's seconds and joules per example, and
+    the store's training examples)
     prices the online-equivalent cost of cached runs (``costs.run_costs``). Returns the files written.
     """
     out = Path(out_dir)
@@ -249,31 +250,37 @@ def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats
         df = df[df["experiment"] == chosen[0]]
     lines, shared, forward = {}, {}, {}
     for exp, runs in df.groupby("experiment"):
-        lines[exp], shared[exp] = {}, {}
+        lines[exp], shared[exp], teacher_sets = {}, {}, set()
         for store_path in sorted(set(runs["store"].dropna())) if "store" in runs else []:
-            ref, costs, forward[store_path] = _store_reference(Path(store_path))
+            ref, costs, forward[store_path], teachers = _store_reference(Path(store_path))
             lines[exp].update(ref)
+            if teachers in teacher_sets:  # R repeat stores of the same teachers: trained once, counted once
+                costs.pop("teachers", None)
+            teacher_sets.add(teachers)
             for name, c in costs.items():
                 acc = shared[exp].setdefault(name, {"wall_s": 0.0, "energy_j": 0.0})
                 acc["wall_s"] = (acc["wall_s"] or 0.0) + (c["wall_s"] or 0.0)
                 known = acc["energy_j"] is not None and c["energy_j"] is not None
                 acc["energy_j"] = acc["energy_j"] + c["energy_j"] if known else None
-    unknown = sorted(p for p, (rate, _) in forward.items() if rate is None)
+    unknown = sorted(p for p, (rate, _, _) in forward.items() if rate is None)
     if unknown:
-        log.warning("%s: dumped before teacher throughput was recorded: online-equivalent costs unknown "
-                    "(dump again, or sweep with --online-teachers-dir for measured ones)", ", ".join(unknown))
+        log.warning("%s: no teacher throughput recorded (dumped before it was, or gone): online-equivalent costs "
+                    "unknown (dump the teachers into a new store, or sweep with --online-teachers-dir for measured "
+                    "ones)", ", ".join(unknown))
     return write_report(df, out_dir, repeats=repeats, n_resamples=n_resamples, experiment_lines=lines,
                         experiment_costs=shared, forward=forward)
 
 
 def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float | None]],
-                                          tuple[float | None, float | None]]:
+                                          tuple[float | None, float | None, int | None], tuple[str, ...]]:
+    """The store's reference lines, its dump's (and its teachers') cost, its teacher throughput (seconds, joules
+    per example) with its training-example count, and its teachers' hashes."""
     from ..store import TeacherStore
     from ..tasks.registry import task_of_store
 
     if not path.exists():
         log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
-        return {}, {}, (None, None)
+        return {}, {}, (None, None, None), ()
     with TeacherStore.open(path, check_finite=False) as s:
         lines = {}
         if s.dev_logits is not None and len(s.dev_logits):
@@ -284,12 +291,13 @@ def _store_reference(path: Path) -> tuple[dict[str, float], dict[str, dict[str, 
                 log.warning("no teacher-ensemble line from %s: %s", path, exc)
         costs = {"dump": {"wall_s": s.dump_wall_s, "energy_j": s.dump_energy_j}}
         teachers = [_teacher_info(Path(p)) for p in s.teacher_paths]
-        forward = (s.teacher_forward_s, s.teacher_forward_j)
+        forward = (s.teacher_forward_s, s.teacher_forward_j, int(s.num_examples))
+        hashes = tuple(s.teachers_sha256)
     if teachers and all(t is not None for t in teachers):
         known = all(t.get("energy_j") is not None for t in teachers)
         costs["teachers"] = {"wall_s": math.fsum(t.get("wall_s") or 0.0 for t in teachers),
                              "energy_j": math.fsum(t["energy_j"] for t in teachers) if known else None}
-    return lines, costs, forward
+    return lines, costs, forward, hashes
 
 
 def _teacher_info(folder: Path) -> dict[str, Any] | None:

@@ -58,7 +58,7 @@ def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: 
     """An existing ``out`` is kept when it holds what this dump would write (False: nothing to do); otherwise
     refused naming what differs, or (``force``) removed to be dumped again (True)."""
     with TeacherStore.open(out) as have:  # a damaged file is refused loudly here
-        theirs = json.loads(have.attrs["spec_json"])
+        theirs = have.spec.to_json()
     plan = modality(task).dump_plan(task, teachers, list(primaries), options, device)
     mine = _flat(replace(plan.spec, **teacher_fields(teachers)).to_json())
     theirs = _flat(theirs)
@@ -77,14 +77,25 @@ def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: 
 
 
 # settings that shape how a dump runs, not what it writes
-NO_EFFECT = frozenset({"extra.batch_size", "extra.chunk", "extra.size_budget_gb", "extra.eval_batch_size"})
+NO_EFFECT = frozenset({"extra.batch_size", "extra.chunk", "extra.size_budget_gb", "extra.eval_batch_size",
+                       # where things were found: the fingerprint and the teachers' hashes say what they are
+                       "teacher_paths", "extra.data_dir"})
 
 
 def _flat(spec: dict[str, Any]) -> dict[str, Any]:
     """A spec with its ``extra`` settings as ``extra.<key>`` (so a difference names the setting)."""
     out = {k: v for k, v in spec.items() if k != "extra"}
-    out.update({f"extra.{k}": v for k, v in (spec.get("extra") or {}).items()})
+    out.update({f"extra.{k}": _what(k, v) for k, v in (spec.get("extra") or {}).items()})
     return out
+
+
+def _what(key: str, value: Any) -> Any:
+    """A recorded file without where it was found: its ``path`` (a tokenizer's ``name``, its folder); what it is
+    stays (hashes, content)."""
+    if not isinstance(value, dict):
+        return value
+    where = {"path", "name"} if key == "tokenizer" else {"path"}
+    return {n: x for n, x in value.items() if n not in where}
 
 
 def _short(v: Any) -> str:

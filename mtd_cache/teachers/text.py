@@ -18,7 +18,7 @@ import torch
 
 from ..errors import MtdError
 from ..losses import hard_ce, tinybert_layer_map
-from ..models import bert, factory
+from ..models import bert, factory, hub
 from ..models.inference import evaluate_split, run_model
 from ..optim import optimizer_and_schedule
 from ..runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
@@ -118,7 +118,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                     "data": text_fingerprint(task, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
 
     def save() -> None:
-        with bert.quiet_transformers():
+        with hub.quiet_transformers():
             net.save_pretrained(out)
             tok.save_pretrained(out)
 

@@ -88,6 +88,7 @@ def run_costs(df: pd.DataFrame, shared: dict[str, dict[str, dict[str, float | No
     share_s = out["experiment"].map(lambda e: _shared_sum(shared, e, "wall_s")).astype(float) / n
     share_j = out["experiment"].map(lambda e: _shared_sum(shared, e, "energy_j")).astype(float) / n
     stage_s, stage_j, stage_fw = _stage1_share(out)
+
     def of_store(i: int) -> pd.Series:
         if "store" not in out:
             return pd.Series(np.nan, index=out.index, dtype=float)

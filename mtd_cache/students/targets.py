@@ -44,7 +44,19 @@ class TeacherOutputs:
     scores: torch.Tensor | None = None  # (B, layers, heads, L, L) float32: its pre-softmax attention scores
 
 
-class StoreTargets:
+class _Targets:
+    """What both kinds of targets share: a text batch's host side read in the prefetch thread."""
+
+    def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def fetch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` (a collated text batch) with what ``read`` gives for its ``index``: the recipes' prefetch."""
+        batch.update(self.read(batch["index"].numpy()))
+        return batch
+
+
+class StoreTargets(_Targets):
     """Targets read from the store: the averaged logits by the store's gather, the primary's stored states."""
 
     def __init__(self, store: TeacherStore, teachers: Sequence[int], kd: bool, device: torch.device,
@@ -90,7 +102,7 @@ class StoreTargets:
         return out
 
 
-class OnlineTargets:
+class OnlineTargets(_Targets):
     """Targets computed by running the teachers on the batch (text: the collated batch; images: the pixels)."""
 
     def __init__(self, models: dict[int, torch.nn.Module], kd: bool, text: bool, primary: int | None = None,

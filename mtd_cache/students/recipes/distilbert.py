@@ -78,10 +78,6 @@ def build(ctx: StudentContext) -> Fit:
     steps = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, steps)
 
-    def fetch(b: dict[str, Any]) -> dict[str, Any]:
-        b.update(targets.read(b["index"].numpy()))
-        return b
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         out = net(**bert.model_inputs(net, b), output_hidden_states=use_cos)
@@ -100,7 +96,8 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
                      teacher_source="online" if ctx.online else "store",
                      loss_terms=["ce"] + ["kd"] * use_kd + ["cos"] * use_cos)
-    batches = epoch_batches(train, s.batch_size, ctx.seed, fetch if (use_kd or use_cos) else None, depth=s.prefetch)
+    batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch if (use_kd or use_cos) else None,
+                            depth=s.prefetch)
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=text_evaluator(ctx, net, inputs.dev, dtype), eval_every=s.eval_every,
                checkpoint=ctx.checkpoint, metrics_csv=ctx.metrics_csv, desc=f"distilbert k={len(ctx.teachers)}",

@@ -88,10 +88,6 @@ def build(ctx: StudentContext) -> Fit:
     project = projection if projection is not None else torch.nn.Identity()
     hidden_term = hidden_mse if s.hidden_loss == "mse" else cosine_hidden_loss
 
-    def fetch(b: dict[str, Any]) -> dict[str, Any]:
-        b.update(targets.read(b["index"].numpy()))
-        return b
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         out = net(**bert.model_inputs(net, b), output_hidden_states=use_hidden)
@@ -112,7 +108,7 @@ def build(ctx: StudentContext) -> Fit:
                      teacher_source="online" if ctx.online else "store",
                      hidden_loss=s.hidden_loss if use_hidden else None,
                      loss_terms=["ce"] + ["kd"] * use_kd + ["hidden"] * use_hidden)
-    batches = epoch_batches(train, s.batch_size, ctx.seed, fetch if (use_kd or use_hidden) else None,
+    batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch if (use_kd or use_hidden) else None,
                             depth=s.prefetch)
     return Fit(model=model, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=text_evaluator(ctx, net, inputs.dev, dtype), eval_every=s.eval_every,

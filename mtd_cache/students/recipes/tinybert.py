@@ -148,10 +148,6 @@ def build(ctx: StudentContext) -> Fit:
     total = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, total)
 
-    def fetch(b: dict[str, Any]) -> dict[str, Any]:
-        b.update(targets.read(b["index"].numpy()))
-        return b
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         logits = net(**bert.model_inputs(net, b)).logits
@@ -170,7 +166,7 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
                      teacher_source="online" if ctx.online else "store", select_on_dev=s.select_on_dev,
                      loss_terms=["ce"] * (alpha_ce > 0) + ["kd"] * use_kd)
-    batches = epoch_batches(train, s.batch_size, ctx.seed, fetch if use_kd else None, depth=s.prefetch)
+    batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch if use_kd else None, depth=s.prefetch)
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=evaluate, eval_every=s.eval_every, checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"tinybert k={len(ctx.teachers)}", autocast_dtype=dtype,

@@ -190,17 +190,13 @@ def build_stage1(ctx: StudentContext, sid: str, ident: dict[str, Any]) -> Fit:
     optimizer, scheduler = optimizer_and_schedule(net, s.ild_lr, s.weight_decay, 0.0, steps, schedule=s.ild_schedule)
     masked = s.ild_mask == "valid"
 
-    def fetch(b: dict[str, Any]) -> dict[str, Any]:
-        b.update(targets.read(b["index"].numpy()))
-        return b
-
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         teacher = targets(b, b, b["input_ids"].shape[1])
         out = net(**bert.model_inputs(net, b), output_hidden_states=True, output_scores=True)
         return ild_loss(net, out, teacher.hidden, teacher.scores, b["attention_mask"] if masked else None)
 
-    batches = epoch_batches(train, s.batch_size, ctx.seed, fetch, depth=s.prefetch, stream=1, pad_to=pad_to)
+    batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch, depth=s.prefetch, stream=1, pad_to=pad_to)
     ctx.extra.update(stage1_id=sid, layer_map=gmap, ild_source=source, precision=precision, **init)
     log.info("stage 1 %s: %d epochs of ILD from primary %d (%s states), layer map %s", sid[:12], epochs,
              ctx.primary, source, gmap)

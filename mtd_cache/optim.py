@@ -6,13 +6,30 @@ Shared by teachers and students: a student trains with its family's recipe, as t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .errors import MtdError
+from .settings import Settings, setting
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+
+
+@dataclass(frozen=True)
+class SgdRecipeSettings(Settings):
+    """He et al.'s CIFAR recipe (akamaster/pytorch_resnet_cifar10 ``trainer.py``), as ``sgd_recipe`` reads it:
+    the image teachers' and the image students' (each adds its own ``warmup_iters``)."""
+
+    epochs: int = setting(200, "trainer.py --epochs 200", low=1)
+    lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
+    momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
+    weight_decay: float = setting(1e-4, "trainer.py --weight-decay 1e-4", low=0)
+    batch_size: int = setting(128, "trainer.py --batch-size 128", low=1)
+    milestones: list[float] = setting([0.5, 0.75], "lr / 10 at these fractions of the epochs: 100 and 150 of 200")
+    warmup_lr: float = setting(0.01, "ResNet-110's warm-up lr (trainer.py)", above=0)
+    legacy_warmup: bool = setting(False, "reproduce trainer.py's warm-up that never restores lr 0.1")
 
 
 def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,

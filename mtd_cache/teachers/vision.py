@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from ..errors import MtdError
 from ..models import factory
 from ..models.inference import accuracy, predict, view_logits
-from ..optim import sgd_recipe
+from ..optim import SgdRecipeSettings, sgd_recipe
 from ..runtime import resolve_device, seed_everything
 from ..settings import Settings, setting
 from ..store import StoreSpec
@@ -40,21 +40,13 @@ from .folders import Teacher
 
 
 @dataclass(frozen=True)
-class ImageTeacherSettings(Settings):
+class ImageTeacherSettings(SgdRecipeSettings):
     """He et al.'s CIFAR recipe (akamaster/pytorch_resnet_cifar10 ``trainer.py``)."""
 
     WHAT = "image-teacher"
     model: str = setting("resnet110", "the paper's teachers: ResNet-110 (He et al. 2016, sec. 4.2); any CIFAR "
                                       "ResNet or tv:NAME[@WEIGHTS]")
-    epochs: int = setting(200, "trainer.py --epochs 200", low=1)
-    lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
-    momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
-    weight_decay: float = setting(1e-4, "trainer.py --weight-decay 1e-4", low=0)
-    batch_size: int = setting(128, "trainer.py --batch-size 128", low=1)
-    milestones: list[float] = setting([0.5, 0.75], "lr / 10 at these fractions of the epochs: 100 and 150 of 200")
     warmup_iters: int | None = setting(None, "None: 400 for resnet110 and deeper (He et al.), else 0", low=0)
-    warmup_lr: float = setting(0.01, "ResNet-110's warm-up lr (trainer.py)", above=0)
-    legacy_warmup: bool = setting(False, "reproduce trainer.py's warm-up that never restores lr 0.1")
     eval_batch_size: int = setting(1000, "test inference batch", low=1)
     train_subset: int | None = setting(None, "train on the first N training images only (a quick CPU run)", low=1)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ...losses import KD_DIVERGENCES, KD_SCALES
 from ...models import factory
 from ...models.inference import image_metrics
-from ...optim import sgd_recipe
+from ...optim import SgdRecipeSettings, sgd_recipe
 from ...settings import setting
 from ...tasks.image_data import view_batches
 from ...train import Fit
@@ -38,18 +38,10 @@ NEEDS_PRIMARY = False
 
 
 @dataclass(frozen=True)
-class Settings(StudentSettings):
+class Settings(StudentSettings, SgdRecipeSettings):
     """He et al.'s CIFAR recipe for the student (akamaster trainer.py), KD as Hinton et al."""
 
-    epochs: int = setting(200, "trainer.py --epochs 200", low=1)
-    lr: float = setting(0.1, "trainer.py --lr 0.1", above=0)
-    momentum: float = setting(0.9, "trainer.py --momentum 0.9", low=0, below=1)
-    weight_decay: float = setting(1e-4, "trainer.py --weight-decay 1e-4", low=0)
-    batch_size: int = setting(128, "trainer.py --batch-size 128", low=1)
-    milestones: list[float] = setting([0.5, 0.75], "lr / 10 at these fractions of the epochs (100, 150 of 200)")
     warmup_iters: int = setting(0, "no warm-up for students (ResNet-20 needs none: He et al.)", low=0)
-    warmup_lr: float = setting(0.01, "lr during warm-up, if any", above=0)
-    legacy_warmup: bool = setting(False, "the reference trainer's never-restored warm-up lr")
     temperature: float = setting(4.0, "Hinton-style KD on CIFAR commonly uses t = 4 (e.g. CRD's benchmark)", above=0)
     alpha_kd: float = setting(1.0, "weight of the KD term (CE weight 1)", low=0)
     kd_scale: str = setting("sum_t2", "sum over classes, mean over the batch, times t^2 (Hinton)",

@@ -17,6 +17,10 @@ hashes the int 4, as it always has; the typed value is the float 4.0), without t
 (a student that takes the store's tokenizer has ``tokenizer: null`` in its id, as before). A setting
 added after the first release is declared with ``since=``: it enters ``requested``, and so the run id,
 only when it differs from its default, so existing run ids stay valid.
+
+``Resolved.canonical`` is ``requested`` with every value in its declared type (4 and 4.0 are one float,
+``[1, 2]`` and ``[1.0, 2.0]`` one list): what experiments are keyed by, and the alias under which a run
+is found whatever the spelling of its settings (``students.run``).
 """
 
 from __future__ import annotations
@@ -74,10 +78,12 @@ def setting(default: Any, source: str = "", *, low: float | None = None, high: f
 
 @dataclass(frozen=True)
 class Resolved(Generic[S]):
-    """Typed settings plus what identifies them: ``requested`` is hashed into run ids, as given."""
+    """Typed settings plus what identifies them: ``requested`` is hashed into run ids, as given; ``canonical``
+    holds the same keys, each value in its declared type (JSON: tuples as lists)."""
 
     settings: S
     requested: dict[str, Any]
+    canonical: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,22 @@ class Settings:
                 requested[f.name] = raw
         settings = cls(**values)
         settings.check()
-        return Resolved(settings, requested)
+        return Resolved(settings, requested, cls.canonical(requested))
+
+    @classmethod
+    def canonical(cls, requested: Mapping[str, Any]) -> dict[str, Any]:
+        """``requested`` with each known value in its declared type, as JSON (``4`` -> ``4.0`` for a float,
+        ``(0, 6)`` -> ``[0, 6]``); unknown keys, and values that no longer fit their type (a record written by an
+        older version), are kept as they are."""
+        hints = _hints(cls)
+        out = {}
+        for key, value in requested.items():
+            try:
+                typed = _coerce(key, hints[key], value, cls.WHAT) if key in hints else value
+            except MtdError:
+                typed = value
+            out[key] = list(typed) if isinstance(typed, tuple) else typed
+        return out
 
     def check(self) -> None:
         """Rules across settings; subclasses extend it (one line naming the settings)."""

@@ -42,7 +42,7 @@ from ..store import TeacherStore
 from ..tasks.registry import task_of_store
 from ..teachers import Teacher
 from ..train import Fit, fit, remove_checkpoint, total_cost
-from ..utils import atomic_path
+from ..utils import atomic_path, atomic_write_json
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
 from .recipes.common import chosen_weights
@@ -86,6 +86,7 @@ class PlannedRun:
     kind: str  # student | baseline | a recipe's run kind
     run_id: str
     identity: dict[str, Any]  # what the run id hashes (with the store's fingerprint and teachers' hashes)
+    canonical_id: str  # the id of the same identity with every setting in its declared type (``alias_target``)
     experiment: dict[str, Any]  # what defines the comparison the run belongs to (``record.experiment_identity``)
     record: Path  # the run record; the run is done when it holds status "done" (``impl.done``)
     lock: Path
@@ -137,12 +138,13 @@ def plan_run(req: RunRequest) -> PlannedRun:
     if weights is not None:  # a student checkpoint in a local folder: retrained there, a new run
         identity["student_sha256"] = weights
     run_id = make_run_id(identity, store.fingerprint, store.teachers_sha256)
+    canonical_id = make_run_id({**identity, "recipe": resolved.canonical}, store.fingerprint, store.teachers_sha256)
     path = record_path(req.out, store.task, factory.slug(req.student), run_id)
-    experiment = experiment_identity(store.task, req.student, resolved.requested,
+    experiment = experiment_identity(store.task, req.student, resolved.canonical,
                                      req.experiment_stores or [store.fingerprint], store.teachers_sha256, req.online)
     planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
                          kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
-                         experiment=experiment,
+                         canonical_id=canonical_id, experiment=experiment,
                          record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.pt"),
                          metrics_csv=path.with_suffix(".metrics.csv"),
                          online=online_teachers(store, req.teachers_dir) if req.online else None,
@@ -333,7 +335,13 @@ class _StudentKind:
 
     @staticmethod
     def done(planned: PlannedRun) -> dict[str, Any] | None:
-        return load_done(planned.record)
+        """The finished record of this run: under its own id, or under another spelling of the same settings
+        (``temperature=4`` and ``4.0``): the canonical id's record, or the record its alias names."""
+        found = load_done(planned.record)
+        if found is not None:
+            return found
+        other = alias_target(planned)
+        return load_done(planned.record.with_name(f"{other}.json")) if other else None
 
     @staticmethod
     def build(planned: PlannedRun, ctx: StudentContext) -> Fit:
@@ -343,9 +351,29 @@ class _StudentKind:
     def commit(planned: PlannedRun, ctx: StudentContext, job: Fit, record: dict[str, Any]) -> dict[str, Any]:
         if planned.request.save_model:  # before the record: a record that names weights always has them
             record["model_file"] = _save_model(job.model, model_path(planned.record))
+        record["canonical_id"] = planned.canonical_id
         write_record(planned.record, record)
+        if planned.canonical_id != planned.run_id:  # found again by the canonical spelling of its settings
+            atomic_write_json(alias_file(planned), {"run_id": planned.run_id})
         remove_checkpoint(job)
         return record
+
+
+def alias_file(planned: PlannedRun) -> Path:
+    """``<canonical_id>.alias`` beside the records: names the run trained under another spelling of the settings."""
+    return planned.record.with_name(f"{planned.canonical_id}.alias")
+
+
+def alias_target(planned: PlannedRun) -> str | None:
+    """The run id a finished run of these settings has under another spelling: the canonical id itself when its
+    record exists, else the one its alias file names."""
+    if planned.canonical_id != planned.run_id and planned.record.with_name(f"{planned.canonical_id}.json").exists():
+        return planned.canonical_id
+    try:
+        target = json.loads(alias_file(planned).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return target if isinstance(target, str) and target.isalnum() and target != planned.run_id else None
 
 
 _STUDENT = _StudentKind()

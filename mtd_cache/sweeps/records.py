@@ -6,10 +6,15 @@
   twice (a copied file) is counted once. TinyBERT's stage-1 records are costs
   of the students that name them, not results: they are left out.
 - **Experiments.** Every run belongs to one experiment (``record.experiment_of``):
-  the hash of everything that defines a comparison except what a sweep varies.
+  the hash of everything that defines a comparison except what a sweep varies,
+  each setting canonical by its declared type (``temperature`` 4 and 4.0 are one
+  experiment, also in records written before experiments were canonical).
   Records written before the key existed get it rebuilt from their configuration
   and store; those that cannot (no configuration recorded) are ``unassigned`` and
   reported apart, never pooled with an experiment.
+- **One run, once.** Two records of the same run under two spellings of its
+  settings (trained before runs were found by their canonical alias) are one run:
+  the first (by path) is kept, with a warning.
 - **Dead runs.** A student that predicts one class for the whole evaluation set,
   or scores no more than a point above always predicting the majority class, has
   diverged (a lost seed lottery, not a result to average): ``dead`` is flagged when
@@ -28,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..record import experiment_of, make_experiment_id
+from ..errors import MtdError
+from ..record import experiment_of, make_experiment_id, make_run_id
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +61,11 @@ def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
             log.debug("%s is a TinyBERT stage-1 run: a cost of the students that name it, not a result", path)
         elif rec["status"] not in DONE_STATUSES:
             log.info("skipping %s: status %r", path, rec["status"])
-        elif rec["run_id"] in seen:
-            log.warning("skipping %s: run %s already loaded", path, rec["run_id"])
+        elif rec["run_id"] in seen or rec["_canonical"] in seen:
+            log.warning("skipping %s: run %s already loaded (the same run, perhaps under another spelling of its "
+                        "settings)", path, rec["run_id"])
         else:
-            seen.add(rec["run_id"])
+            seen.update((rec["run_id"], rec["_canonical"]))
             rows.append(rec)
     log.info("loaded %d finished runs from %s", len(rows), runs_dir)
     identities = {}
@@ -70,6 +77,7 @@ def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
                     len(unassigned), unassigned[0].pop("_why"))
     for row in rows:
         row.pop("_why", None)
+        row.pop("_canonical", None)
     extra = sorted({key for row in rows for key in row} - set(REQUIRED))
     df = pd.DataFrame(rows, columns=[*REQUIRED, *extra])
     df = df.astype({"k": "int64", "seed": "int64", "primary": "Int64", "metric": "float64",
@@ -106,7 +114,11 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
                primary=None if rec["primary"] is None else int(rec["primary"]),
                energy_j=math.nan if rec["energy_j"] is None else float(rec["energy_j"]))
     exp, identity, why = experiment_of(rec)
-    out.update(experiment=exp or UNASSIGNED, _identity=identity, _why=why, online=bool((identity or {}).get("online")))
+    if identity is not None:
+        identity = canonical_identity(identity)
+        exp = make_experiment_id(identity)
+    out.update(experiment=exp or UNASSIGNED, _identity=identity, _why=why, online=bool((identity or {}).get("online")),
+               _canonical=canonical_run_id(rec))
     # the same experiment with the teachers run the other way (store <-> online): where measured online times
     # of a cached sweep's runs are found
     out["twin_experiment"] = make_experiment_id({**identity, "online": not identity.get("online")}) \
@@ -117,6 +129,35 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
     out["predictions"] = str(path.parent / name) if isinstance(name, str) and name else None
     out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None
     return out
+
+
+def canonical_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's identity with every setting in its declared type (the student's recipe's settings)."""
+    settings = _settings_of(identity.get("student"))
+    if settings is None or not isinstance(identity.get("recipe"), dict):
+        return identity
+    return {**identity, "recipe": settings.canonical(identity["recipe"])}
+
+
+def canonical_run_id(rec: dict[str, Any]) -> str:
+    """The run's id with every setting in its declared type: recorded by newer runs, rebuilt for older ones."""
+    if isinstance(rec.get("canonical_id"), str):
+        return rec["canonical_id"]
+    cfg, settings = rec.get("config"), _settings_of(rec.get("student"))
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("recipe"), dict) or settings is None or \
+            not {"teachers", "seed"} <= set(cfg):  # not the identity its run id hashes: the run is its own
+        return str(rec["run_id"])
+    return make_run_id({**cfg, "recipe": settings.canonical(cfg["recipe"])}, str(rec.get("store_fingerprint")),
+                       list(rec.get("teachers_sha256") or []))
+
+
+def _settings_of(student: Any) -> Any:
+    from ..students.recipes import get_recipe
+
+    try:
+        return get_recipe(str(student)).Settings
+    except (MtdError, ImportError):
+        return None
 
 
 def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:

@@ -27,13 +27,30 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--verify", is_flag=True, help="Hash every dataset against its recorded checksum (reads the whole "
                                              "file); a mismatch exits 2 naming the dataset.")
-def inspect_cmd(store: Path, as_json: bool, verify: bool) -> None:
+@click.option("--measure-forward", is_flag=True,
+              help="Time one teacher inference again (warm, at a student's batch, every teacher in turn) and write "
+                   "it beside the store (STORE.forward.json): the report prices the online-equivalent cost with it.")
+@click.option("--teachers-dir", type=click.Path(path_type=Path),
+              help="With --measure-forward: the store's teachers (default: the folders the dump found them in).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="With --measure-forward: items per forward (default: 128 for images, 32 for text).")
+@click.option("--batches", type=click.IntRange(min=1), default=24, show_default=True,
+              help="With --measure-forward: timed forwards.")
+@click.option("--device", help="With --measure-forward: cpu, cuda (default: cuda when available).")
+def inspect_cmd(store: Path, as_json: bool, verify: bool, measure_forward: bool, teachers_dir: Path | None,
+                batch_size: int | None, batches: int, device: str | None) -> None:
     from ..errors import StoreError
-    from ..store import TeacherStore
+    from ..store import TeacherStore, read_forward_sidecar
 
     with TeacherStore.open(store) as s:
         info = s.summary()
         checked = s.verify() if verify else None
+    if measure_forward:
+        from ..teachers.throughput import measure_forward as measure
+
+        measure(store, str(teachers_dir) if teachers_dir else None, batch_size, batches, device=device)
+    sidecar = read_forward_sidecar(store, info["fingerprint"])
+    info["forward"] = {"dump": info.get("teacher_forward_s"), "sidecar": sidecar}
     if checked is not None:
         info["verify"] = checked
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_summary(info))
@@ -61,6 +78,7 @@ def format_summary(info: dict) -> str:
         lines.append("primaries    none")
     energy = "unknown" if info["dump_energy_j"] is None else f"{info['dump_energy_j']:.0f} J"
     lines.append(f"dump cost    {info['dump_wall_s']:.1f} s, energy {energy}")
+    lines.append(f"teacher rate {_rate_line(info)}")
     lines.append(f"fingerprint  {info['fingerprint']}")
     v = info.get("verify")
     if v is not None:
@@ -71,6 +89,22 @@ def format_summary(info: dict) -> str:
             lines.append(f"checksums    {len(v['checked']) + len(v['bad'])} datasets verified: {state}"
                          + (f"; {len(v['unrecorded'])} without a checksum" if v["unrecorded"] else ""))
     return "\n".join(lines)
+
+
+def _rate_line(info: dict) -> str:
+    """One teacher inference per item: the dump's median (and quartiles), and a sidecar's re-measurement."""
+    fwd = info.get("forward") or {}
+    dump = info.get("teacher_forward_s")
+    text = "not recorded (dumped before it was)" if dump is None else \
+        f"{1e3 * dump:.4g} ms per item at the dump"
+    if dump is not None and info.get("teacher_forward_s_q25") is not None:
+        text += f" (quartiles {1e3 * info['teacher_forward_s_q25']:.4g}-{1e3 * info['teacher_forward_s_q75']:.4g}, " \
+                f"{info.get('teacher_forward_chunks')} chunks)"
+    side = fwd.get("sidecar")
+    if side:
+        text += f"; re-measured {1e3 * side['teacher_forward_s']:.4g} ms ({side['file']}, {side.get('batches')} " \
+                f"batches of {side.get('batch_items')}, {side.get('measured_utc')}): the report uses it"
+    return text
 
 
 @cli.command("import", help="Build a store from teacher logits saved as .npy arrays (teachers from any framework).")

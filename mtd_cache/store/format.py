@@ -51,7 +51,11 @@ ATTR_WALL, ATTR_ENERGY = "dump_wall_s", "dump_energy_j"
 # a student that ran its k teachers online would pay per training example seen (the report's online cost);
 # absent from stores dumped before it was recorded (their online-equivalent cost is unknown)
 ATTR_FORWARD_S, ATTR_FORWARD_J = "teacher_forward_s", "teacher_forward_j"
-COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc", ATTR_FORWARD_S, ATTR_FORWARD_J)  # excluded from equality
+# how robust the rate is: its quartiles over the dump's chunks, and how many chunks it is the median of
+ATTR_FORWARD_Q25, ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS = "teacher_forward_s_q25", "teacher_forward_s_q75", \
+    "teacher_forward_chunks"
+COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc", ATTR_FORWARD_S, ATTR_FORWARD_J, ATTR_FORWARD_Q25,
+              ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS)  # excluded from equality
 
 # Keys of the spec's ``extra`` (settings a dump records for the students that read the store): named once
 # here; other modules read them through ``TeacherStore``'s typed properties and write them through ``extra``.

@@ -24,7 +24,10 @@ from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
     ATTR_FORMAT,
+    ATTR_FORWARD_CHUNKS,
     ATTR_FORWARD_J,
+    ATTR_FORWARD_Q25,
+    ATTR_FORWARD_Q75,
     ATTR_FORWARD_S,
     ATTR_VERSION,
     ATTR_WALL,
@@ -82,17 +85,24 @@ def write_attrs(w: Any, f: h5py.File) -> None:
 
 
 def forward_cost(costs: dict[str, Any]) -> dict[str, float]:
-    """One teacher's inference seconds (and joules, when the dump's energy is known) per (example, view) item:
-    the median over the plain teachers (over the primaries when every teacher is one) of seconds / items;
-    joules: the dump's energy over every item it ran."""
-    every = [(float(e[0]), int(e[1]), bool(e[2])) for e in (costs.get("forward") or {}).values()
-             if e[1] > 0 and e[0] > 0]
-    per = [(s, n) for s, n, primary in every if not primary] or [(s, n) for s, n, _ in every]
-    if not per:
+    """One teacher inference per (example, view) item, measured robustly: the median over the dump's chunks of
+    seconds / items (the plain teachers' chunks, the primaries' only when every teacher is one; each session's
+    first chunk of a teacher left out as its warm-up when the teacher has others), with the quartiles and the
+    number of chunks; joules: the dump's energy over every item it ran."""
+    chunks = []
+    for entry in (costs.get("forward") or {}).values():
+        if isinstance(entry, list):  # written by a version that kept one total per teacher
+            entry = {"chunks": [[entry[0], entry[1], True]], "primary": bool(entry[2])}
+        got = [(float(s), int(n), bool(warm)) for s, n, warm in entry["chunks"] if n > 0 and s > 0]
+        steady = [c for c in got if not c[2]] or got
+        chunks += [(s / n, n, bool(entry["primary"])) for s, n, _ in steady]
+    rates = [r for r, _, primary in chunks if not primary] or [r for r, _, _ in chunks]
+    if not rates:
         return {}
-    out = {ATTR_FORWARD_S: float(np.median([s / n for s, n in per]))}
+    q25, q50, q75 = (float(q) for q in np.quantile(rates, [0.25, 0.5, 0.75]))
+    out = {ATTR_FORWARD_S: q50, ATTR_FORWARD_Q25: q25, ATTR_FORWARD_Q75: q75, ATTR_FORWARD_CHUNKS: len(rates)}
     if costs.get("energy_j"):
-        out[ATTR_FORWARD_J] = float(costs["energy_j"]) / sum(n for _, n, _ in every)
+        out[ATTR_FORWARD_J] = float(costs["energy_j"]) / sum(n for _, n, _ in chunks)
     return out
 
 

@@ -18,7 +18,10 @@ from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
     ATTR_FORMAT,
+    ATTR_FORWARD_CHUNKS,
     ATTR_FORWARD_J,
+    ATTR_FORWARD_Q25,
+    ATTR_FORWARD_Q75,
     ATTR_FORWARD_S,
     ATTR_VERSION,
     ATTR_WALL,
@@ -279,6 +282,7 @@ class TeacherStore:
                          for t, m in enumerate(self.dev_metric)],
             "primaries": {str(t): p.describe() for t, p in self._primaries.items()},
             "fingerprint": self.fingerprint, "dump_wall_s": self.dump_wall_s, "dump_energy_j": self.dump_energy_j,
+            **{k: _number(a.get(k)) for k in (ATTR_FORWARD_S, ATTR_FORWARD_Q25, ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS)},
             "extra": self.spec.extra,
         }
 

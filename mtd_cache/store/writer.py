@@ -154,18 +154,22 @@ class StoreWriter:
 
     # costs ---------------------------------------------------------------------
     def add_cost(self, wall_s: float, energy_j: float | None,
-                 forward: dict[int, tuple[float, int, bool]] | None = None) -> None:
+                 forward: dict[int, tuple[list[tuple[float, int]], bool]] | None = None) -> None:
         """Accumulate the dump's cost over interrupted sessions (recorded, never compared); ``forward``: per
-        teacher, the seconds its training-set inference took this session, the (example, view) items, and
-        whether it is a primary (its time includes copying its states out)."""
+        teacher, each chunk's inference seconds and (example, view) items this session, and whether it is a
+        primary (its time includes copying its states out). A session's first chunk of a teacher is marked warm-up."""
         f = self.dir / "costs.json"
         c = json.loads(f.read_text()) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
         c["wall_s"] += wall_s
         c["energy_j"] = None if energy_j is None or c["energy_j"] is None else c["energy_j"] + energy_j
         done = c.setdefault("forward", {})
-        for t, (seconds, items, primary) in (forward or {}).items():
-            was = done.get(str(t), [0.0, 0, primary])
-            done[str(t)] = [was[0] + seconds, was[1] + items, bool(primary)]
+        for t, (chunks, primary) in (forward or {}).items():
+            was = done.get(str(t), {"chunks": [], "primary": primary})
+            if isinstance(was, list):  # written by a version that kept one total per teacher
+                was = {"chunks": [[was[0], was[1], True]] if was[1] else [], "primary": bool(was[2])}
+            was["chunks"] += [[float(sec), int(n), i == 0] for i, (sec, n) in enumerate(chunks)]
+            was["primary"] = bool(primary)
+            done[str(t)] = was
         atomic_write_json(f, c)
 
     # finish ------------------------------------------------------------------

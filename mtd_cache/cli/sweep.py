@@ -36,16 +36,31 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--device", help="cpu, cuda (default: cuda when available).")
 @click.option("--online-teachers-dir", type=click.Path(path_type=Path),
               help="Run every student with its teachers online from this folder (the baseline the store beats).")
+@click.option("--online-twins", type=click.Path(path_type=Path),
+              help="Follow each student run with its online twin (its teachers from this folder run inside the "
+                   "loop; same teachers, primary and seed): measured online costs, timed under the same load as "
+                   "the cached runs, that the report checks its estimates against.")
+@click.option("--twin-repeats", type=click.IntRange(min=1),
+              help="With --online-twins: twin the runs of the first N repeats only (default: every repeat).")
+@click.option("--order", type=click.Choice(["plan", "shuffled"]), default="plan", show_default=True,
+              help="plan: stage 1, CE-only, then k ascending; shuffled: the students in a seeded random order, so a "
+                   "machine's changing load does not follow k in the per-k costs.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
-        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, dry_run, verbose) -> None:
+        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, online_twins, twin_repeats, order,
+        dry_run, verbose) -> None:
     from ..settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
     from ..utils import parse_index_set
 
     setup_logging(verbose)
     check_out_folder("--out", out)
+    if online_twins and online_teachers_dir:
+        raise click.BadParameter("give --online-twins or --online-teachers-dir, not both",
+                                 param_hint="'--online-twins'")
+    if twin_repeats and not online_twins:
+        raise click.BadParameter("--twin-repeats needs --online-twins", param_hint="'--twin-repeats'")
     if base_seed + repeats - 1 >= 2**32:
         raise click.BadParameter(f"{base_seed} + {repeats} repeats passes the largest seed 2^32 - 1",
                                  param_hint="'--base-seed'")
@@ -55,7 +70,9 @@ def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, a
                           pool=parse_index_set(pool, option="--pool", max_count=10_000), repeats=repeats,
                           base_seed=base_seed, out=str(out), overrides=overrides, data_dir=data_dir, device=device,
                           threads=threads,
-                          teachers_dir=str(online_teachers_dir) if online_teachers_dir else None)
+                          teachers_dir=str(online_teachers_dir) if online_teachers_dir else None,
+                          twins_dir=str(online_twins) if online_twins else None, twin_repeats=twin_repeats,
+                          order=order)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
                  **({"slurm_partition": slurm_partition} if slurm_partition else {})}
         results = run_sweep(cfg, workers=workers, executor=executor, address=address, dry_run=dry_run, slurm=slurm)

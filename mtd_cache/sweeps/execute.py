@@ -40,7 +40,7 @@ from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
-from .plan import Job, job_line, plan_sweep
+from .plan import Job, arrange, job_line, plan_sweep
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class SweepConfig:
     threads: int | None = None  # torch threads per run (None: cores / workers); fixed for bitwise-equal runs
     teachers_dir: str | None = None  # set: every run computes its teachers online (the store's baseline)
     save_models: bool = False  # keep every student's weights beside its record (--save-models)
+    order: str = "plan"  # "plan" (k ascending) or "shuffled" (``plan.arrange``)
+    twins_dir: str | None = None  # set: each student job of the first twin_repeats repeats gets an online twin
+    twin_repeats: int | None = None
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -68,15 +71,17 @@ def make_plan(cfg: SweepConfig) -> list[Job]:
     stores = len(cfg.stores)
     if stores not in (1, cfg.repeats):
         raise MtdError(f"{stores} stores for {cfg.repeats} repeats: give one store, or one per repeat")
-    return plan_sweep(list(cfg.pool), cfg.student, cfg.repeats, bert_student=needs_primary,
+    jobs = plan_sweep(list(cfg.pool), cfg.student, cfg.repeats, bert_student=needs_primary,
                       two_stage=two_stage, base_seed=cfg.base_seed, stores=stores)
+    return arrange(jobs, cfg.order, cfg.twins_dir is not None, cfg.twin_repeats, cfg.base_seed)
 
 
 def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
+    teachers_dir = cfg.twins_dir if job.online else cfg.teachers_dir
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
-                      data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
-                      teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
+                      data_dir=cfg.data_dir, device=cfg.device, online=teachers_dir is not None,
+                      teachers_dir=teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
                       save_model=cfg.save_models,
                       experiment_stores=_fingerprints(cfg.stores) if len(cfg.stores) > 1 else ())
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..errors import MtdError
@@ -40,6 +41,7 @@ class Job:
     seed: int
     store_index: int
     depends_on: tuple[str, ...] = ()
+    online: bool = False  # an online twin: the same run with its teachers inside (``arrange``)
 
     @property
     def k(self) -> int:
@@ -52,7 +54,7 @@ class Job:
         teachers = "-".join(map(str, self.teachers)) or "none"
         primary = "none" if self.primary is None else str(self.primary)
         return (f"{self.kind}/t{teachers}/p{primary}/r{self.repeat}"
-                f"/s{self.seed}/store{self.store_index}")
+                f"/s{self.seed}/store{self.store_index}" + ("/online" if self.online else ""))
 
 
 def plan_sweep(pool: list[int], student: str, repeats: int, bert_student: bool, two_stage: bool,
@@ -77,6 +79,37 @@ def plan_sweep(pool: list[int], student: str, repeats: int, bert_student: bool, 
     log.info("sweep plan for %s: %d stage-1, %d baseline, %d student jobs",
              student, len(stage1), len(baselines), len(students))
     return jobs
+
+
+ORDERS = ("plan", "shuffled")
+
+
+def arrange(jobs: list[Job], order: str = "plan", twins: bool = False, twin_repeats: int | None = None,
+            seed: int = 0) -> list[Job]:
+    """The plan in the order it runs.
+
+    ``order`` "plan": stage 1, CE-only, then the students by k ascending, so a machine whose load changes
+    during the sweep shifts the per-k costs (and the slow last hours fall on the largest k); "shuffled": the
+    student jobs in a seeded random order (stage-1 and CE-only jobs still first), so load is spread over
+    every k alike. ``twins``: each student job of the first ``twin_repeats`` repeats (default all) is followed
+    by its online twin (its teachers run inside the loop; same teachers, primary and seed), so the report can
+    check its estimated online cost against a measurement taken under the same load."""
+    if order not in ORDERS:
+        raise MtdError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
+    head = [j for j in jobs if j.kind != "student"]
+    students = [j for j in jobs if j.kind == "student"]
+    if order == "shuffled":
+        students = [students[i] for i in random.Random(seed).sample(range(len(students)), len(students))]
+    if not twins:
+        return head + students
+    if any(j.depends_on for j in students):
+        raise MtdError("online twins are for one-stage students: a two-stage (TinyBERT) run's online twin would "
+                       "need its own stage 1")
+    limit = twin_repeats if twin_repeats is not None else max((j.repeat for j in students), default=0) + 1
+    paired = []
+    for j in students:
+        paired += [j, replace(j, online=True)] if j.repeat < limit else [j]
+    return head + paired
 
 
 def _subsets(pool: tuple[int, ...]) -> Iterable[tuple[int, ...]]:
@@ -105,7 +138,8 @@ def _check_plan_args(pool: list[int], repeats: int, bert_student: bool, two_stag
 
 def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
     """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA."""
-    what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}")
+    what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}") + \
+        (" online twin" if job.online else "")
     teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
     primary = f" primary {job.primary}" if job.primary is not None else ""
     outcome = result["status"]

@@ -37,24 +37,43 @@ def main() -> None:
     run("mtd-sweep", "--store", store, "--student", "resnet8", "--pool", "0-5", "--repeats", "1",
         "--epochs", STUDENT_EPOCHS, "--workers", "2", "--out", RUNS)
     run("mtd-report", RUNS, "--out", RUNS / "report")
-    summary = pd.read_csv(RUNS / "report" / "summary.csv")
+    report = RUNS / "report"
+    summary = pd.read_csv(report / "summary.csv")
+    summary = summary[summary["variant"] == "all runs"]
+    diffs = pd.read_csv(report / "differences.csv")
+    diffs = diffs[diffs["variant"] == "all runs"].set_index(["k", "difference"])
+    m, r = int(summary["eval_examples"].iloc[0]), int(summary["eq_r"].iloc[0])
+
+    def points(k: int, name: str, interval: bool = True) -> str:
+        d = diffs.loc[(k, name)]
+        text = f"{100 * d['estimate']:+.2f}"
+        return text + (f" [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]" if interval else "")
+
+    print("\nResNet-8 students on digits, test accuracy. Equal effort first: each mode's mean run (R = 1 repeat),")
+    print("multi-teacher (the average of the k teachers) minus single-teacher (one of them alone), in points:")
+    print(f"{'k':>2} {'combos':>6} {'multi':>7} {'single':>7}  {'difference [95% CI]':<24} {'P(>0)':>6}  covers")
+    for _, row in summary.iterrows():
+        k = int(row["k"])
+        d = diffs.loc[(k, "eq_worst")]
+        print(f"{k:>2} {int(row['eq_n_combinations']):>6} {row['eq_multi_min_mean']:>7.4f} "
+              f"{row['eq_single_min_mean']:>7.4f}  {points(k, 'eq_worst'):<24} {d['p_positive']:>6.3f}  {d['covers']}")
+    print("\nworst and best case (the lowest and highest run of each mode), each = equal effort + selection (points):")
+    for _, row in summary.iterrows():
+        k = int(row["k"])
+        print(f"  k={k}: worst {points(k, 'worst')} = {points(k, 'eq_worst', False)} "
+              f"{points(k, 'selection_worst', False)}; best {points(k, 'best')} = {points(k, 'eq_best', False)} "
+              f"{points(k, 'selection_best', False)}")
     cols = {"k": "k", "n_combinations": "combos", "multi_min_mean": "multi min", "multi_max_mean": "multi max",
             "single_min_mean": "single min", "single_max_mean": "single max"}
-    print("\nResNet-8 students on digits, test accuracy averaged over the teacher combinations of each k")
+    print("\neach mode's worst and best run, averaged over the teacher combinations of each k:")
     print(summary[list(cols)].rename(columns=cols).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    m = int(summary["eval_examples"].iloc[0])
-    print(f"\ntest set: {m} images: one image = {100 / m:.3g} points of accuracy")
-    diffs = pd.read_csv(RUNS / "report" / "differences.csv")
-    worst = diffs[diffs["difference"] == "worst"]
-    print("worst case, multi-teacher minus single-teacher (points), 95% paired bootstrap interval, P(> 0):")
-    for _, d in worst.iterrows():
-        print(f"  k={int(d['k'])}: {100 * d['estimate']:+.2f}  [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
-              f"  P(>0) = {d['p_positive']:.2f}")
-    cost = pd.read_csv(RUNS / "report" / "cost.csv").set_index("component")
-    cached, online = cost.loc["total", "wall_s"], cost.loc["total online-equivalent", "wall_s"]
-    print(f"cost of the whole sweep: {cached:.0f} s with the store (teachers, dump and every student), "
-          f"{online:.0f} s online-equivalent (every student running its k teachers, teachers' training not "
-          "counted); per combination on both axes: cost.md and the *_score_vs_{online,cached}_time.png figures")
+    print(f"\ntest set: {m} images: one image = {100 / m:.3g} points of accuracy; {r} repeat: the intervals cover the "
+          "test images only (the seed lottery's spread needs 2 or more repeats: make sweep runs 3)")
+    cost = pd.read_csv(report / "cost.csv").set_index(["experiment", "component"]).groupby("component").sum()
+    cached, online = cost.loc["total (cached)", "wall_s"], cost.loc["total online-equivalent", "wall_s"]
+    print(f"cost of the whole sweep: {cached:.0f} s with the store (students plus their shares of the teachers' "
+          f"training and the dump), {online:.0f} s online-equivalent (every student running its k teachers, plus "
+          "the teachers' training); break-even and the rate used: cost.md")
     print(f"\nreport: {RUNS / 'report'} (summary.md, differences.md, cost.md, *.png); "
           f"demo finished in {time.perf_counter() - t0:.0f} s")
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from mtd_cache.sweeps.aggregate import SUMMARY_COLUMNS, aggregate, expected_extremes
-from mtd_cache.sweeps.costs import cost_summary
+from mtd_cache.sweeps.costs import Shared, cost_summary, run_costs
 from mtd_cache.sweeps.records import load_records
 from mtd_cache.sweeps.report import CE_ONLY_LABEL, write_report
 
@@ -214,14 +214,16 @@ def test_expected_extremes_rejects(values: list[float], r: int) -> None:
 
 
 def test_cost_summary_amortises_shared_costs(df: pd.DataFrame) -> None:
-    # 16 runs: students 6*10 + 6*12 + 2*14 + 2*5 (CE-only) = 170 s, 16 * 100 J
-    cost = cost_summary(df, shared={"teachers": {"wall_s": 320.0, "energy_j": 1600.0},
-                                    "dump": {"wall_s": 16.0, "energy_j": None}}).set_index("component")
+    # 16 runs on one store: students 6*10 + 6*12 + 2*14 + 2*5 (CE-only) = 170 s, 16 * 100 J; the 14 distilled
+    # runs share the teachers (280 s) and the dump (14 s), the CE-only runs neither
+    shared = Shared(dumps={"s.h5": {"wall_s": 14.0, "energy_j": None}},
+                    teacher_sets={"s.h5": ("K", {"wall_s": 280.0, "energy_j": 1400.0})}, rates={})
+    cost = cost_summary(run_costs(df.assign(store="s.h5"), shared)).set_index("component")
     assert cost.loc["students", "wall_s"] == 170 and cost.loc["students", "energy_j"] == 1600
-    assert cost.loc["teachers", "per_run_wall_s"] == 20 and cost.loc["teachers", "per_run_energy_j"] == 100
-    assert cost.loc["dump", "per_run_wall_s"] == 1 and math.isnan(cost.loc["dump", "energy_j"])
-    assert cost.loc["total", "wall_s"] == 170 + 320 + 16
-    assert math.isnan(cost.loc["total", "energy_j"])  # one unknown energy: no partial total
+    assert cost.loc["teachers", "wall_s"] == 280 and cost.loc["teachers", "energy_j"] == 1400
+    assert cost.loc["dump", "wall_s"] == 14 and math.isnan(cost.loc["dump", "energy_j"])
+    assert cost.loc["total (cached)", "wall_s"] == 170 + 280 + 14
+    assert math.isnan(cost.loc["total (cached)", "energy_j"])  # one unknown energy: no partial total
 
 
 def test_cost_summary_stage1(tmp_path: Path) -> None:
@@ -231,11 +233,9 @@ def test_cost_summary_stage1(tmp_path: Path) -> None:
             record((0, 2), 0, 1.0, primary=0, stage1_id="a", stage1_wall_s=30.0),
             record((1,), 0, 1.0, primary=1, stage1_id="b", stage1_wall_s=50.0)]
     df = load_records(write_runs(tmp_path, recs))
-    row = cost_summary(df).set_index("component").loc["stage1"]
+    row = cost_summary(run_costs(df)).set_index("component").loc["stage1"]
     assert (row["wall_s"], row["n_runs"], row["per_run_wall_s"]) == (80, 4, 20)
     assert math.isnan(row["energy_j"])
-    given = cost_summary(df, stage1={"a": {"wall_s": 3.0, "energy_j": 6.0}, "b": {"wall_s": 1.0, "energy_j": 2.0}})
-    assert tuple(given.set_index("component").loc["stage1", ["wall_s", "energy_j"]]) == (4, 8)
 
 
 def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
@@ -243,6 +243,7 @@ def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
     written = write_report(df, out, reference_lines={"teacher ensemble (dev)": 93.0})
     names = sorted(p.name for p in written)
     assert names == sorted(["runs.csv", "runs.md", "summary.csv", "summary.md", "cost.csv", "cost.md",
+                            "differences.csv", "differences.md",
                             "cifar10_resnet20_score_vs_k.png", "cifar10_resnet20_score_vs_online_time.png",
                             "cifar10_resnet20_score_vs_cached_time.png",
                             "cifar10_resnet20_equal_effort_vs_k.png"])
@@ -259,10 +260,19 @@ def test_write_report_files(df: pd.DataFrame, tmp_path: Path) -> None:
     assert runs.loc[runs["run_id"] == "r0-2s1", "metric"].item() == 92
     assert runs.loc[runs["run_id"] == "r0-2s1", "teachers"].item() == "0,2"
 
-    md = (out / "summary.md").read_text().splitlines()
-    assert md[0].startswith("| task | student |") and md[5:] == [  # the table: header + 3 rows, then its notes
-        "", "- no confidence intervals: 14 of 14 runs kept no predictions"]
-    assert md[3].startswith(f"| cifar10 | resnet20 | 2 | 3 | 84.0000 ±{pstd(81, 88, 83):.4f} |")  # mean ± std
+    md = (out / "summary.md").read_text()
+    assert md.startswith("**How to read this report.**")  # the terms defined once, first
+    assert "- no confidence intervals: 14 of 14 runs kept no predictions" in md
+    assert "- CE-only students (k = 0, no teacher): 61.0000 mean over 2 runs" in md
+    eq = md.index("### Equal effort: the expected worst of R = 2 runs of each mode")
+    assert eq < md.index("### Equal effort: the expected best of R = 2 runs of each mode")
+    assert eq < md.index("### Worst and best case") < md.index("### Each mode's worst and best case")
+    # k = 2, the worst case: multi 84 (mean of the minima 81, 88, 83), single min 220 / 3, in points x 100
+    assert f"| 2 | 3 | 84.0000 ±{pstd(81, 88, 83):.4f} | 88.0000 ±" in md
+    diffs = pd.read_csv(out / "differences.csv").set_index(["k", "difference"])
+    assert diffs.loc[(2, "worst"), "estimate"] == pytest.approx(84 - 220 / 3)
+    assert diffs.loc[(2, "worst"), "estimate"] == pytest.approx(
+        diffs.loc[(2, "eq_worst"), "estimate"] + diffs.loc[(2, "selection_worst"), "estimate"])
 
     for png in out.glob("*.png"):
         image = matplotlib.image.imread(png)
@@ -274,7 +284,8 @@ def test_write_report_ce_only_line_from_baselines(df: pd.DataFrame, tmp_path: Pa
     seen: list[dict] = []
     import mtd_cache.sweeps.report as report
     real = report.figures
-    monkeypatch.setattr(report, "figures", lambda per_k, stem, lines: seen.append(lines) or real(per_k, stem, lines))
+    monkeypatch.setattr(report, "figures",
+                        lambda per_k, stem, lines, diffs: seen.append(lines) or real(per_k, stem, lines, diffs))
     write_report(df, tmp_path, reference_lines={"teacher ensemble (dev)": 93.0})
     assert seen == [{"teacher ensemble (dev)": 93.0, CE_ONLY_LABEL: 61.0}]
 
@@ -283,7 +294,8 @@ def test_empty_runs_dir(tmp_path: Path) -> None:
     df = load_records(tmp_path)
     assert len(df) == 0 and list(aggregate(df).columns) == SUMMARY_COLUMNS
     written = write_report(df, tmp_path / "out")
-    assert {p.name for p in written} == {"runs.csv", "runs.md", "summary.csv", "summary.md", "cost.csv", "cost.md"}
+    assert {p.name for p in written} == {"runs.csv", "runs.md", "summary.csv", "summary.md", "cost.csv", "cost.md",
+                                         "differences.csv", "differences.md"}
 
 
 def test_figures_of_a_student_named_by_a_path_stay_in_the_report_folder(df: pd.DataFrame, tmp_path: Path) -> None:

@@ -61,17 +61,21 @@ def test_one_example_apart_gives_the_interval_worked_out_by_hand(tmp_path):
     summary, diffs, notes = summarize(load_records(tmp_path), n_resamples=9999, seed=0)
     k2 = diffs[(diffs["k"] == 2) & (diffs["difference"] == "worst")].iloc[0]
     # multi worst - single worst = acc(0,1) - min(acc 0, acc 1) = acc(0,1) - acc 0 (run 1 is right wherever run 0
-    # is): 1/M times the number of draws of the one example run (0,1) adds, Binomial(M, 1/M).
-    lo, hi = stats.binom.ppf([0.025, 0.975], M, 1 / M) / M
-    assert (lo, hi) == (0.0, 0.03)
-    got = (k2["estimate"], k2["ci_low"], k2["ci_high"])
-    assert got == pytest.approx((0.01, lo, hi), abs=1e-12)
-    assert k2["p_positive"] == pytest.approx(1 - (1 - 1 / M) ** M, abs=0.015)  # P(drawn at least once) = 0.634
+    # is): in a resample, 1/M times the draws of the one example run (0,1) adds, Binomial(M, 1/M). One repeat:
+    # the basic interval, [2 θ̂ - Q(0.975), 2 θ̂ - Q(0.025)], and P(> 0) = P(2 θ̂ - θ* > 0) = P(Binomial <= 1).
+    q_lo, q_hi = stats.binom.ppf([0.025, 0.975], M, 1 / M) / M
+    assert (q_lo, q_hi) == (0.0, 0.03)
+    got = (k2["estimate"], k2["ci_low"], k2["ci_high"], k2["covers"], k2["method"])
+    assert got == pytest.approx((0.01, 0.02 - q_hi, 0.02 - q_lo, "examples", "basic"), abs=1e-12)
+    assert k2["p_positive"] == pytest.approx(stats.binom.cdf(1, M, 1 / M), abs=0.015)  # 0.736
     row = summary[summary["k"] == 2].iloc[0]
     assert row["eval_examples"] == M and row["multi_min_mean"] == pytest.approx(0.91)
     assert row["multi_min_ci_low"] <= 0.91 <= row["multi_min_ci_high"]
     (exp,) = notes
-    assert notes[exp][0].startswith("evaluation set: 100 examples: one example = 1 points of accuracy")
+    assert notes[exp][0].startswith("evaluation set: 100 examples: one example = 1 points")
+    assert notes[exp][1].startswith("1 repeat (one student seed per run): the intervals cover the evaluation "
+                                    "examples only; the seed lottery's spread is not estimable from one repeat. 2 "
+                                    "repeats make it estimable")
 
 
 def test_identical_predictions_give_a_zero_width_interval(tmp_path):
@@ -80,8 +84,9 @@ def test_identical_predictions_give_a_zero_width_interval(tmp_path):
         write_run(tmp_path, rid, ts, 0, same)
     _, diffs, _ = summarize(load_records(tmp_path), n_resamples=500)
     for _, d in diffs[diffs["k"] == 2].iterrows():
-        if d["difference"].startswith("eq_"):
-            continue  # one run per mode, R = 1: equal effort is the same as the plain extremes
+        if d["difference"].startswith("selection"):
+            assert d["estimate"] == 0.0 and np.isnan(d["ci_low"])  # an estimate only
+            continue
         assert (d["estimate"], d["ci_low"], d["ci_high"], d["p_positive"]) == (0.0, 0.0, 0.0, 0.0)
 
 
@@ -137,6 +142,17 @@ def test_dead_runs_are_flagged_and_counted(tmp_path):
     df = load_records(tmp_path)
     assert df.set_index("run_id").loc["dead", "dead"] == True  # noqa: E712 - a bool column
     assert not df.set_index("run_id").loc["t4.0-0", "dead"]
-    summary, _, notes = summarize(df, n_resamples=100)
-    assert summary.set_index("k").loc[1, "single_dead"] == 1 and summary.set_index("k").loc[2, "multi_dead"] == 0
+    summary, diffs, notes = summarize(df, n_resamples=100)
+    main = summary[summary["variant"] == "all runs"].set_index("k")
+    assert main.loc[1, "single_dead"] == 1 and main.loc[2, "multi_dead"] == 0
+    # kept in the main numbers: teacher 1's single-teacher worst is the dead run (right on 10 of 100)
+    assert main.loc[2, "single_min_mean"] == pytest.approx(0.10) and main.loc[2, "n_combinations"] == 1
+    assert main.loc[1, "multi_min_mean"] == pytest.approx((0.90 + 0.10) / 2)
+    # the dead-excluded variant drops every combination holding teacher 1, in both modes
+    excluded = summary[summary["variant"] == "dead excluded"].set_index("k")
+    assert excluded.loc[1, "n_combinations"] == 1 and excluded.loc[1, "multi_min_mean"] == pytest.approx(0.90)
+    assert excluded.loc[2, "n_combinations"] == 0 and np.isnan(excluded.loc[2, "multi_min_mean"])
+    worst = diffs[(diffs["k"] == 2) & (diffs["difference"] == "worst")].set_index("variant")
+    assert worst.loc["all runs", "estimate"] == pytest.approx(0.91 - 0.10)
+    assert np.isnan(worst.loc["dead excluded", "estimate"])
     assert any(n.startswith("1 dead runs") for n in next(iter(notes.values())))

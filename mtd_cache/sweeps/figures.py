@@ -16,9 +16,11 @@ from ..utils import atomic_path  # noqa: E402
 from .aggregate import MODES  # noqa: E402
 
 
-def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Path]:
-    """Score vs k (paper figs 2, 3, 6), vs distillation time on both cost axes (online-equivalent: figs 4, 5, 7;
-    cached: the store's), equal effort vs k, for one experiment.
+def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.DataFrame | None = None) -> list[Path]:
+    """The headline first, equal effort vs k (both modes, and below it the difference with its interval and the
+    worst and best differences split into equal-effort gain and selection effect); then score vs k (paper figs
+    2, 3, 6) and vs distillation time on both cost axes (online-equivalent: figs 4, 5, 7; cached: the store's),
+    for one experiment.
 
     Each mode's worst and best curve: the mean over combinations (line), ±1 std over combinations (shaded)
     and the 95% bootstrap interval over evaluation examples (hatched band, where predictions were kept).
@@ -34,6 +36,7 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Pa
         return {m: (per_k[col.format(m)] if col.format(m) in per_k else pd.Series(np.nan, index=per_k.index))
                 .to_numpy(float) for m in MODES}
 
+    written = [equal_effort_figure(per_k, diffs, stem, title, lines)] if diffs is not None and len(diffs) else []
     specs = [("score_vs_k", "", {m: k for m in MODES}, "number of teachers k"),
              ("score_vs_online_time", "", cost("online"),
               "online-equivalent distillation time per combination (s): every run with its k teachers inside "
@@ -41,9 +44,10 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Pa
              ("score_vs_cached_time", "", cost("cached"),
               "cached distillation time per combination (s): the runs plus their shares of the teachers, the "
               "dump and stage 1"),
-             ("equal_effort_vs_k", "eq_", {m: k for m in MODES},
-              f"number of teachers k (expected over {int(per_k['eq_r'].iloc[0])} runs)")]
-    written = []
+             ]
+    if diffs is None or not len(diffs):
+        specs.append(("equal_effort_vs_k", "eq_", {m: k for m in MODES},
+                      f"number of teachers k (expected over {int(per_k['eq_r'].iloc[0])} runs)"))
     for name, prefix, xs, xlabel in specs:
         fig, ax = plt.subplots(figsize=(8.6, 4.6))
         if all(np.isnan(x).all() for x in xs.values()):
@@ -67,6 +71,50 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float]) -> list[Pa
     return written
 
 
+def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, title: str,
+                        lines: dict[str, float]) -> Path:
+    """Top: each mode's equal-effort value per k. Bottom: the equal-effort difference (points) with its 95%
+    interval, and the worst and best differences as stacked bars of equal-effort gain and selection effect."""
+    k = per_k["k"].to_numpy(dtype=float)
+    r = int(per_k["eq_r"].iloc[0])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.6, 7.2), sharex=True, height_ratios=(3, 2))
+    _plot_modes(top, per_k, "eq_", {m: k for m in MODES}, only=("min",) if r == 1 else ("min", "max"))
+    _reference_lines(top, lines)
+    top.set(ylabel=str(per_k["metric_name"].iloc[0]))
+    top.set_title(f"{title}\nequal effort: " + ("the mean run of each mode" if r == 1 else
+                                                 f"expected worst and best of R = {r} runs of each mode"),
+                  fontsize="medium")
+    top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+    def points(name: str, col: str = "estimate") -> np.ndarray:
+        rows = diffs[diffs["difference"] == name].set_index("k").reindex(per_k["k"].to_numpy())
+        return 100 * rows[col].to_numpy(float)
+
+    sides = [("eq_worst", "equal effort" if r == 1 else "equal effort, worst")] + \
+        ([] if r == 1 else [("eq_best", "equal effort, best")])
+    for i, (name, label) in enumerate(sides):
+        x = k + (0.12 * (i - (len(sides) - 1) / 2))
+        est, low, high = points(name), points(name, "ci_low"), points(name, "ci_high")
+        bottom.errorbar(x, est, yerr=[est - low, high - est], fmt="o", color=f"C{2 + i}", capsize=3,
+                        label=f"{label} [95% CI]")
+    width = 0.16
+    for j, (total, eq, sel, label) in enumerate((("worst", "eq_worst", "selection_worst", "worst"),
+                                                 ("best", "eq_best", "selection_best", "best"))):
+        x = k + (-0.3 if j == 0 else 0.3)
+        bottom.bar(x, points(eq), width, color="0.75", edgecolor="0.4", label="equal-effort part" if j == 0 else None)
+        bottom.bar(x, points(sel), width, bottom=points(eq), color="none", edgecolor="0.2", hatch="//",
+                   label="selection part" if j == 0 else None)
+        bottom.scatter(x, points(total), marker="v" if label == "worst" else "^", color="k", zorder=3,
+                       label=f"{label}-case difference")
+    bottom.axhline(0, color="0.3", linewidth=0.8)
+    bottom.set(xlabel="number of teachers k", ylabel="multi - single (points)")
+    bottom.set_xticks(sorted(set(k)))
+    bottom.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.text(0.01, 0.01, granularity(per_k), fontsize="x-small", color="0.35")
+    fig.subplots_adjust(right=0.66, bottom=0.1, hspace=0.08)
+    return _save(fig, stem.with_name(f"{stem.name}_equal_effort_vs_k.png"))
+
+
 def granularity(per_k: pd.DataFrame) -> str:
     """The evaluation set's granularity, as the figures and summary state it."""
     m = per_k["eval_examples"].iloc[0] if "eval_examples" in per_k else np.nan
@@ -76,12 +124,13 @@ def granularity(per_k: pd.DataFrame) -> str:
             "shaded: ±1 std over combinations; hatched: 95% bootstrap interval over examples")
 
 
-def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray]) -> None:
+def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray],
+                only: tuple[str, ...] = ("min", "max")) -> None:
     """Each mode's min and max curves with +-1 std shading and the 95% interval as a hatched band."""
     styles = {"multi": ("C0", "-", "///"), "single": ("C1", ":", "\\\\\\")}
     for mode in MODES:
         color, ls, hatch = styles[mode]
-        for stat in ("min", "max"):
+        for stat in only:
             curve = f"{prefix}{mode}_{stat}"
             mean = per_k[f"{curve}_mean"].to_numpy(float)
             std = per_k[f"{curve}_std"].to_numpy(float)

@@ -134,3 +134,35 @@ def test_a_re_measured_rate_beside_the_store_is_preferred_and_named(tmp_path):
     assert read_forward_sidecar(store, "2" * 64) is None  # measured for another store's data: ignored
     forward_sidecar(store).write_text(json.dumps({"fingerprint": "1" * 64, "teacher_forward_s": "fast"}))
     assert read_forward_sidecar(store, "1" * 64) is None
+
+
+@pytest.mark.slow
+def test_twins_measure_what_the_estimate_prices_and_the_report_compares_them(tmp_path):
+    from click.testing import CliRunner
+
+    from mtd_cache.cli.cache import cli as cache_cli
+    from mtd_cache.sweeps.execute import SweepConfig, run_sweep
+    from mtd_cache.sweeps.report import make_report
+    from mtd_cache.teachers import train_teachers
+    from mtd_cache.teachers.dump import run_dump
+
+    teachers = tmp_path / "teachers"
+    train_teachers("digits", [0, 1], teachers, "resnet8", None, {"epochs": 1, "batch_size": 512})
+    store = run_dump("digits", teachers, tmp_path / "store.h5", [], {})
+    got = CliRunner().invoke(cache_cli, ["inspect", str(store), "--measure-forward", "--batches", "4"])
+    assert got.exit_code == 0, got.output
+    side = json.loads(forward_sidecar(store).read_text())
+    assert side["batches"] == 4 and side["batch_items"] == 126 and side["teacher_forward_s"] > 0  # 14 images x 9
+    assert "re-measured" in got.output and "the report uses it" in got.output
+    cfg = SweepConfig(stores=(str(store),), student="resnet8", pool=(0, 1), repeats=1, out=str(tmp_path / "runs"),
+                      overrides={"epochs": 1, "batch_size": 512}, threads=1, twins_dir=str(teachers))
+    results = run_sweep(cfg, workers=1)
+    assert [r["key"].endswith("/online") for r in results] == [False, False, True, False, True, False, True]
+    make_report(tmp_path / "runs", tmp_path / "report", n_resamples=200)
+    cost = (tmp_path / "report" / "cost.md").read_text()
+    assert "measured by store.h5.forward.json" in cost and "Estimate against measurement" in cost
+    assert "| 1 | 2 |" in cost and "| 2 | 1 |" in cost  # per k: the pairs
+    assert "Break-even for store.h5" in cost
+    table = pd.read_csv(tmp_path / "report" / "cost.csv")
+    online = table[table["component"] == "dump"].groupby("experiment")["wall_s"].sum()
+    assert sorted(online.round(6).tolist())[0] == 0.0  # the online experiment is charged no dump

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from math import comb
 
 import pytest
 
 from mtd_cache.errors import MtdError
 from mtd_cache.students.run import validate_selection
-from mtd_cache.sweeps.plan import Job, plan_sweep
+from mtd_cache.sweeps.plan import Job, arrange, plan_sweep
 from mtd_cache.utils import parse_index_set
 
 POOL = [0, 1, 2, 3, 4, 5]
@@ -156,3 +157,28 @@ def test_validate_selection_errors(teachers: tuple, primary: int | None, require
     with pytest.raises(MtdError) as err:
         validate_selection(teachers, primary, num_teachers=6, primary_required=required)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_online_twins_follow_their_cached_run_and_keep_the_cached_keys() -> None:
+    jobs = plan_sweep([0, 1], "resnet8", 2, bert_student=False, two_stage=False)
+    paired = arrange(jobs, twins=True, twin_repeats=1)
+    assert [j.key for j in paired if not j.online] == [j.key for j in jobs]  # the cached jobs keep their keys
+    twins = [(i, j) for i, j in enumerate(paired) if j.online]
+    assert len(twins) == 3 and all(paired[i - 1] == replace(j, online=False) for i, j in twins)
+    assert all(j.repeat == 0 and j.key.endswith("/online") for _, j in twins)
+    assert len(arrange(jobs, twins=True)) == len(jobs) + 6  # every repeat by default
+    stage = plan_sweep([0, 1], "tinybert", 1, bert_student=True, two_stage=True)
+    with pytest.raises(MtdError, match="online twins are for one-stage students"):
+        arrange(stage, twins=True)
+
+
+def test_a_shuffled_order_is_seeded_and_keeps_what_jobs_depend_on_first() -> None:
+    jobs = plan_sweep([0, 1, 2], "tinybert", 2, bert_student=True, two_stage=True)
+    shuffled = arrange(jobs, "shuffled", seed=3)
+    assert shuffled == arrange(jobs, "shuffled", seed=3) != arrange(jobs, "shuffled", seed=4)
+    assert sorted(j.key for j in shuffled) == sorted(j.key for j in jobs)
+    first_student = next(i for i, j in enumerate(shuffled) if j.kind == "student")
+    assert all(j.kind != "student" for j in shuffled[:first_student])  # stage 1 and CE-only still first
+    assert [j.k for j in shuffled[first_student:]] != sorted(j.k for j in shuffled[first_student:])
+    with pytest.raises(MtdError, match="unknown order 'random'"):
+        arrange(jobs, "random")

@@ -16,7 +16,7 @@ from .common import bad, check_out_folder, run_command, setup_logging
               help="R for the equal-effort comparison (default: distinct seeds).")
 @click.option("--experiment", help="Report only the experiment whose id starts with this (runs.csv lists them).")
 @click.option("--bootstrap", type=click.IntRange(min=100), default=2000, show_default=True,
-              help="Resamples of the evaluation examples for the 95% intervals.")
+              help="Resamples (of the evaluation examples, and of the repeats when R >= 2) for the 95% intervals.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(runs_dir: Path, out: Path | None, repeats: int | None, experiment: str | None, bootstrap: int,
         verbose: bool) -> None:

@@ -118,7 +118,8 @@ def cost_summary(runs: pd.DataFrame) -> pd.DataFrame:
     per_run_energy_j."""
     n = len(runs)
     rows = [_row("students", runs["wall_s"], runs["energy_j"], n)]
-    rows += [_row(name, runs[f"{name}_s"], runs[f"{name}_j"], n) for name in COMPONENTS[1:] if f"{name}_s" in runs]
+    rows += [_row(name, runs[f"{name}_s"], runs[f"{name}_j"], n) for name in COMPONENTS[1:] if f"{name}_s" in runs
+             and (name != "stage1" or runs["stage1_s"].ne(0).any())]  # a stage 1 where a recipe has one
     rows.append(_row("total (cached)", runs["cached_s"], runs["cached_j"], n) if "cached_s" in runs else
                 _row("total (cached)", runs["wall_s"], runs["energy_j"], n))
     if "online_s" in runs:

@@ -23,7 +23,7 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.
     for one experiment.
 
     Each mode's worst and best curve: the mean over combinations (line), ±1 std over combinations (shaded)
-    and the 95% bootstrap interval over evaluation examples (hatched band, where predictions were kept).
+    and the 95% bootstrap interval (error bars, where predictions were kept).
     The evaluation set's granularity is stated under the title.
     """
     metric = str(per_k["metric_name"].iloc[0])
@@ -78,7 +78,8 @@ def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, ti
     k = per_k["k"].to_numpy(dtype=float)
     r = int(per_k["eq_r"].iloc[0])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.6, 7.2), sharex=True, height_ratios=(3, 2))
-    _plot_modes(top, per_k, "eq_", {m: k for m in MODES}, only=("min",) if r == 1 else ("min", "max"))
+    _plot_modes(top, per_k, "eq_", {m: k for m in MODES}, only=("min",) if r == 1 else ("min", "max"),
+                names={"min": "mean run" if r == 1 else f"worst of {r}", "max": f"best of {r}"})
     _reference_lines(top, lines)
     top.set(ylabel=str(per_k["metric_name"].iloc[0]))
     top.set_title(f"{title}\nequal effort: " + ("the mean run of each mode" if r == 1 else
@@ -121,27 +122,30 @@ def granularity(per_k: pd.DataFrame) -> str:
     if pd.isna(m):
         return "evaluation set size unknown (no predictions kept): no intervals"
     return (f"evaluation set: {int(m)} examples, one example = {100 / m:.3g} points of accuracy; "
-            "shaded: ±1 std over combinations; hatched: 95% bootstrap interval over examples")
+            "shaded: ±1 std over combinations; bars: 95% bootstrap intervals")
 
 
 def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray],
-                only: tuple[str, ...] = ("min", "max")) -> None:
-    """Each mode's min and max curves with +-1 std shading and the 95% interval as a hatched band."""
-    styles = {"multi": ("C0", "-", "///"), "single": ("C1", ":", "\\\\\\")}
-    for mode in MODES:
-        color, ls, hatch = styles[mode]
-        for stat in only:
+                only: tuple[str, ...] = ("min", "max"), names: dict[str, str] | None = None) -> None:
+    """Each mode's min and max curves, ±1 std over combinations shaded, and the 95% intervals as error bars
+    a little apart (bands would cover the plot: near 100% an interval is wider than the curves' spread)."""
+    styles = {"multi": ("C0", "-"), "single": ("C1", ":")}
+    names = names or {"min": "worst", "max": "best"}
+    span = float(np.ptp(np.concatenate(list(xs.values())))) if len(per_k) > 1 else 1.0
+    for i, mode in enumerate(MODES):
+        color, ls = styles[mode]
+        for j, stat in enumerate(only):
             curve = f"{prefix}{mode}_{stat}"
             mean = per_k[f"{curve}_mean"].to_numpy(float)
             std = per_k[f"{curve}_std"].to_numpy(float)
-            marker = "v" if stat == "min" else "^"
-            label = f"{mode}-teacher {'worst' if stat == 'min' else 'best'}"
-            ax.plot(xs[mode], mean, color=color, linestyle=ls, marker=marker, label=label)
+            label = f"{mode}-teacher {names[stat]}"
+            ax.plot(xs[mode], mean, color=color, linestyle=ls, marker="v" if stat == "min" else "^", label=label)
             ax.fill_between(xs[mode], mean - std, mean + std, color=color, alpha=0.12, linewidth=0)
             if f"{curve}_ci_low" in per_k and per_k[f"{curve}_ci_low"].notna().any():
                 low, high = per_k[f"{curve}_ci_low"].to_numpy(float), per_k[f"{curve}_ci_high"].to_numpy(float)
-                ax.fill_between(xs[mode], low, high, facecolor="none", edgecolor=color, hatch=hatch, alpha=0.45,
-                                linewidth=0.6, linestyle="--", label=f"{label}: 95% CI")
+                shift = span * 0.012 * (2 * i + j - 1.5)
+                ax.errorbar(xs[mode] + shift, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=color,
+                            alpha=0.6, capsize=2, linewidth=0.8, label=f"{label}: 95% CI")
 
 
 def _reference_lines(ax: Any, lines: dict[str, float]) -> None:

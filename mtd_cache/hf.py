@@ -29,10 +29,12 @@ class DistillationTrainer(Trainer):
     def __init__(self, *args: Any, targets: KDTargets, alpha_ce: float = 1.0, alpha_kd: float = 1.0,
                  index_column: str = "index", view_column: str = "view", **kwargs: Any):
         super().__init__(*args, **kwargs)
-        # our loss is a mean over the batch, not normalised by the accumulated item count: Trainer divides it by
-        # the gradient-accumulation steps (else gradients grow with them)
-        self.model_accepts_loss_kwargs = False
-        self.loss_is_scaled_for_ga = False
+        # Under gradient accumulation the loss of a micro-batch is its sum over examples divided by the examples of
+        # the whole accumulated step, so a short last micro-batch weighs by its size (14 examples as 4+4+4+2: each
+        # 1/14, not 1/8 for the last two). Trainer counts them (``num_items_in_batch``) only for a model that
+        # "accepts loss kwargs"; our ``compute_loss`` does the scaling, so Trainer must not divide again.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
         self.targets, self.alpha_ce, self.alpha_kd = targets, float(alpha_ce), float(alpha_kd)
         self.index_column, self.view_column = index_column, view_column
         self.last_terms: dict[str, float] = {}  # the latest batch's loss terms, for inspection
@@ -58,4 +60,18 @@ class DistillationTrainer(Trainer):
             terms["kd"] = self.targets.loss(logits, index, view)
             loss = loss + self.alpha_kd * terms["kd"]
         self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        if model.training:  # evaluation reports the batch mean
+            loss = self._scaled_for_accumulation(loss, len(logits), num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _scaled_for_accumulation(self, mean: torch.Tensor, batch: int, num_items: Any) -> torch.Tensor:
+        """The micro-batch's share of the accumulated step's mean loss: its sum over examples over the step's
+        examples (and Trainer's multi-device factor, as its own ``compute_loss`` applies it); without a count,
+        the mean over the accumulation steps, as Trainer does for a model that takes no loss kwargs."""
+        if num_items is None:
+            return mean / self.current_gradient_accumulation_steps
+        loss = mean * batch / num_items
+        if self.args.average_tokens_across_devices:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                           else self.args.n_gpu)
+        return loss

@@ -194,8 +194,8 @@ def test_the_trainers_kd_loss_is_kd_loss_on_the_same_batch(sst2_store, tmp_path)
     for alpha_ce in (0.0, 1.0):
         trainer = DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=collate,
                                       targets=targets, alpha_ce=alpha_ce)
-        assert trainer.model_accepts_loss_kwargs is False  # a batch mean: Trainer divides by the GA steps
-        loss = trainer.compute_loss(student, dict(batch))
+        assert trainer.loss_is_scaled_for_ga  # compute_loss scales for gradient accumulation itself
+        loss = trainer.compute_loss(student, dict(batch))  # the student in eval mode: the batch mean
         with torch.no_grad():
             logits = student(**{k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}).logits
         kd = kd_loss(logits, torch.as_tensor(store.mean_logits([0, 2], batch["index"].numpy())), 2.0)
@@ -214,3 +214,40 @@ def test_the_trainer_example_runs_a_few_steps(sst2_store, capsys):
     assert out["steps"] == 3 and out["rule"] == "mean_probs" and 0 <= out["student_dev_accuracy"] <= 1
     assert len(out["teachers_dev_accuracy"]) == 3
     assert '"student_dev_accuracy"' in capsys.readouterr().out
+
+
+def test_the_trainer_weighs_a_short_last_micro_batch_by_its_size(sst2_store, tmp_path):
+    """14 examples as micro-batches of 4, 4, 4, 2 in one accumulated step: the gradient of the 14 examples' mean
+    loss, as one batch of 14 gives it (a mean per micro-batch over 4 steps would weigh the last two 1/8 each)."""
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
+
+    from mtd_cache.hf import DistillationTrainer
+
+    _, path, student_dir = sst2_store
+    store = TeacherStore.open(path)
+    examples = mtd_cache.TextExamples(store, "train")
+    labels = [int(examples[i]["labels"]) for i in range(len(examples))]
+    # 12 of one class, then 2 of the other: the short micro-batch pulls the other way, so its weight shows
+    order = [i for i, y in enumerate(labels) if y == 0][:12] + [i for i, y in enumerate(labels) if y == 1][:2]
+    train = torch.utils.data.Subset(examples, order)
+    collate = DataCollatorWithPadding(examples.tokenizer)
+    targets = mtd_cache.KDTargets(store, [0, 2], temperature=2.0)
+    biases = {}
+    for micro, steps in ((4, 4), (14, 1)):
+        torch.manual_seed(0)
+        student = AutoModelForSequenceClassification.from_pretrained(student_dir, num_labels=2)
+        for m in student.modules():  # no dropout: both ways compute the same forward passes
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        before = student.classifier.bias.detach().clone()
+        args = TrainingArguments(output_dir=str(tmp_path / str(micro)), report_to=[], use_cpu=True, max_steps=1,
+                                 per_device_train_batch_size=micro, gradient_accumulation_steps=steps,
+                                 learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0,
+                                 max_grad_norm=0.0, save_strategy="no", logging_strategy="no", seed=0,
+                                 dataloader_drop_last=False)
+        trainer = DistillationTrainer(model=student, args=args, train_dataset=train, data_collator=collate,
+                                      targets=targets)
+        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(train)
+        trainer.train()
+        biases[micro] = before - student.classifier.bias.detach()  # lr 1, plain SGD: the gradient
+    torch.testing.assert_close(biases[4], biases[14], rtol=1e-4, atol=1e-6)

@@ -44,7 +44,29 @@ def test_teacher_dropout_is_online_only_and_draws_anew_each_pass(sst2_store, tmp
         assert not any(p.requires_grad for p in model.parameters())
     assert torch.equal(outs[False][0], outs[False][1])  # eval: deterministic, as the store holds
     assert not torch.equal(outs[True][0], outs[True][1])  # the reference's teachers: a new draw every pass
-    assert plan_run(RunRequest(**req, online=True, teachers_dir=str(root))).identity["recipe"]["teacher_dropout"]
+    planned = plan_run(RunRequest(**req, online=True, teachers_dir=str(root)))
+    assert planned.identity["recipe"]["teacher_dropout"] and planned.identity["teacher_dropout_version"] == 2
+
+
+def test_dropout_on_teachers_draw_their_attention_dropout_anew_each_pass(tmp_path):
+    """TinyBERT's reference leaves its teacher in train mode: BERT's attention dropout (decided by the attention
+    module's own flag, not an nn.Dropout's) draws anew every pass too; a BatchNorm layer keeps its statistics."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from mtd_cache.students.targets import teacher_mode
+
+    cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5, attn_implementation="eager")
+    x = {"input_ids": torch.tensor([[2, 7, 8, 9, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    probs = {}
+    for dropout in (False, True):
+        model = teacher_mode(BertForSequenceClassification(cfg), dropout)
+        with torch.no_grad():
+            probs[dropout] = [model(**x, output_attentions=True).attentions[0] for _ in range(2)]
+    assert torch.equal(*probs[False])
+    assert not torch.equal(*probs[True])  # before: only nn.Dropout modules in train mode, these were equal
+    net = teacher_mode(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3), torch.nn.Dropout()), True)
+    assert [m.training for m in net] == [True, False, True]
 
 
 def test_per_parameter_clipping_clips_each_gradient_on_its_own():

@@ -46,7 +46,7 @@ from ..utils import atomic_path, atomic_write_json
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
 from .recipes.common import chosen_weights
-from .targets import online_teachers
+from .targets import TEACHER_DROPOUT_VERSION, online_teachers
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def plan_run(req: RunRequest) -> PlannedRun:
     weights = factory.local_sha256(req.student)
     if weights is not None:  # a student checkpoint in a local folder: retrained there, a new run
         identity["student_sha256"] = weights
+    if getattr(resolved.settings, "teacher_dropout", False):  # what dropout-on teachers compute changed: new runs
+        identity["teacher_dropout_version"] = TEACHER_DROPOUT_VERSION
     run_id = make_run_id(identity, store.fingerprint, store.teachers_sha256)
     canonical_id = make_run_id({**identity, "recipe": resolved.canonical}, store.fingerprint, store.teachers_sha256)
     path = record_path(req.out, store.task, factory.slug(req.student), run_id)

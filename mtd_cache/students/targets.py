@@ -247,12 +247,25 @@ def load_teacher_model(ctx: StudentContext, t: int) -> torch.nn.Module:
     """Teacher ``t`` on the run's device, frozen, in eval mode (hash-checked against the store)."""
     folder = Path(teacher_path(ctx, t))
     info = ctx.online[t].info if ctx.online else {}
-    model = factory.load_trained(folder, info, ctx.store.num_classes).to(ctx.device).eval()
+    model = factory.load_trained(folder, info, ctx.store.num_classes).to(ctx.device)
     model.requires_grad_(False)
-    if getattr(ctx.settings, "teacher_dropout", False):  # the reference's teachers: dropout on, nothing else
+    return teacher_mode(model, getattr(ctx.settings, "teacher_dropout", False))
+
+
+TEACHER_DROPOUT_VERSION = 2  # 1 switched only nn.Dropout modules on, which left BERT's attention dropout off
+
+
+def teacher_mode(model: torch.nn.Module, dropout: bool) -> torch.nn.Module:
+    """A teacher in eval mode; with ``dropout``, in train mode as TinyBERT's reference leaves it (it never calls
+    ``eval()``): every module, so also the attention modules that decide their dropout from their own training
+    flag (transformers' BERT, DistilBERT, RoBERTa), while BatchNorm layers stay in eval mode (the reference's
+    teachers have none; in train mode they would normalise by the batch and rewrite their statistics)."""
+    model.eval()
+    if dropout:
+        model.train()
         for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.train()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     return model
 
 

@@ -36,7 +36,7 @@ from ...tasks.text_data import TaskInputs, epoch_batches, to_device
 from ...train import Fit, remove_checkpoint
 from ...utils import atomic_write_json, canonical_json, sha256_text
 from ..context import StudentContext
-from ..targets import make_targets, teacher_path
+from ..targets import TEACHER_DROPOUT_VERSION, make_targets, teacher_path
 from .common import check_vocabulary, text_inputs
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,8 @@ def identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[str, Any
             "init_teacher_sha256": shas[init_teacher] if s.init_from_teacher and shas else None,
             "max_length": int(s.max_length), "ild_epochs": ild_epochs(ctx),
             "precision": autocast_dtype(s.precision, ctx.device)[1],
-            "recipe": {k: ctx.requested[k] for k in (*STAGE1_KEYS, *STAGE1_LATER_KEYS) if k in ctx.requested}}
+            "recipe": {k: ctx.requested[k] for k in (*STAGE1_KEYS, *STAGE1_LATER_KEYS) if k in ctx.requested},
+            **({"teacher_dropout_version": TEACHER_DROPOUT_VERSION} if s.teacher_dropout else {})}
 
 
 def ild_epochs(ctx: StudentContext) -> int:

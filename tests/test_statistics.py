@@ -124,21 +124,26 @@ def _mean_coverage(got: dict, pop: sm.Population, names: tuple[str, ...]) -> dic
     return out
 
 
+CURVES = ("multi_min", "single_min", "single_max")
+
+
 @pytest.mark.slow
 def test_coverage_of_examples_only_intervals_with_one_repeat():
-    """R = 1, a ~90% accurate student on 360 examples: the differences (basic) and the curves (calibrated
-    percentile) cover their truth at 0.93-0.97 (each averaged over k)."""
+    """R = 1, a ~90% accurate student on 360 examples: the differences (basic) cover their truth at 0.93-0.97,
+    the curves (calibrated percentile, a little conservative) at 0.93-0.98, each averaged over k."""
     pop = sm.Population(repeats=1, base=1.5)
-    got = sm.coverage(pop, reps=160, over_seeds=False, n_resamples=500, n_inner=50)
-    cover = _mean_coverage(got, pop, (*DIFFS, "multi_min", "single_min", "single_max"))
-    assert all(0.93 <= c <= 0.97 for c in cover.values()), cover
+    got = sm.coverage(pop, reps=160, over_seeds=False, n_resamples=500, n_inner=100)
+    diffs, curves = _mean_coverage(got, pop, DIFFS), _mean_coverage(got, pop, CURVES)
+    assert all(0.93 <= c <= 0.97 for c in diffs.values()), diffs
+    assert all(0.93 <= c <= 0.98 for c in curves.values()), curves
 
 
 @pytest.mark.slow
 def test_coverage_of_two_level_intervals_with_three_repeats():
     """R = 3, the truth an expectation over the seed lottery: the percentile intervals over examples and seeds
-    cover the differences and the curves at 0.93-0.97 (each averaged over k)."""
+    cover the differences and the curves at 0.93-0.98 (each averaged over k; a little conservative: drawing 3
+    repeats with replacement from 3 widens them)."""
     pop = sm.Population(repeats=3, base=1.5)
     got = sm.coverage(pop, reps=160, over_seeds=True, n_resamples=500)
-    cover = _mean_coverage(got, pop, (*DIFFS, "multi_min", "single_min", "single_max"))
-    assert all(0.93 <= c <= 0.97 for c in cover.values()), cover
+    cover = _mean_coverage(got, pop, (*DIFFS, *CURVES))
+    assert all(0.93 <= c <= 0.98 for c in cover.values()), cover

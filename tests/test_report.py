@@ -304,3 +304,12 @@ def test_figures_of_a_student_named_by_a_path_stay_in_the_report_folder(df: pd.D
     figures = sorted(p.name for p in written if p.suffix == ".png")
     assert all(p.parent == out for p in written) and len(figures) == 4
     assert all(name.startswith("cifar10_hf_mini-3l_") for name in figures)
+
+
+def test_a_folder_of_one_run_says_there_is_nothing_to_compare_and_draws_nothing(tmp_path: Path) -> None:
+    root = write_runs(tmp_path / "runs", [record((0, 1), 0, 85.0, student="hf:/models/deep/mini-3l")])
+    written = write_report(load_records(root), tmp_path / "report")
+    assert not [p for p in written if p.suffix == ".png"]
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "## cifar10 / hf:mini-3l, experiment" in md  # a local folder named by its last part
+    assert "- nothing to compare yet: no k-combination has both a multi-teacher run and a k = 1 run" in md

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.
     The evaluation set's granularity is stated under the title.
     """
     metric = str(per_k["metric_name"].iloc[0])
-    title = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}"
+    title = f"{per_k['task'].iloc[0]} / {display_name(per_k['student'].iloc[0])}"
     if "title" in per_k and str(per_k["title"].iloc[0]):
         title += f"\n{per_k['title'].iloc[0]}"
     k = per_k["k"].to_numpy(dtype=float)
@@ -37,7 +38,7 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.
                 .to_numpy(float) for m in MODES}
 
     written = [equal_effort_figure(per_k, diffs, stem, title, lines)] if diffs is not None and len(diffs) else []
-    specs = [("score_vs_k", "", {m: k for m in MODES}, "number of teachers k"),
+    specs = [("score_vs_k", "", {m: k for m in MODES}, "number of teachers k"),  # (name, curves, x, x label)
              ("score_vs_online_time", "", cost("online"),
               "online-equivalent distillation time per combination (s): every run with its k teachers inside "
               "(the paper's figs 4, 5, 7)"),
@@ -61,14 +62,40 @@ def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.
         ax.set(xlabel=xlabel, ylabel=metric)
         ax.xaxis.label.set_fontsize("small")
         ax.set_title(title, fontsize="medium")
-        fig.text(0.01, 0.01, granularity(per_k), fontsize="x-small", color="0.35")
+        _caption(fig, CAPTIONS[name], per_k)
         if not name.startswith("score_vs_") or name == "score_vs_k":
             ax.set_xticks(sorted(set(k)))  # integer ticks, also for a pool of one or two teachers
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        fig.subplots_adjust(right=0.66, bottom=0.16)
+        fig.subplots_adjust(right=0.66, bottom=0.24)
         written.append(_save(fig, stem.with_name(f"{stem.name}_{name}.png")))
     return written
+
+
+MODES_IN_WORDS = ("For each number of teachers k: the multi-teacher mode's runs distil the average of k teachers' "
+                  "logits, the single-teacher mode's one of those teachers alone; ")
+CAPTIONS = {
+    "score_vs_k": MODES_IN_WORDS + "▼ worst and ▲ best run of each mode, averaged over the k-combinations.",
+    "score_vs_online_time": MODES_IN_WORDS + "each mode's worst and best against what its runs cost with their "
+                            "k teachers inside (the paper's time axis).",
+    "score_vs_cached_time": MODES_IN_WORDS + "each mode's worst and best against what its runs cost with the "
+                            "store, their shares of the teachers' training and the dump included.",
+    "equal_effort_vs_k": MODES_IN_WORDS + "the expected worst and best of R runs of each mode (equal effort).",
+}
+
+
+def _caption(fig: Any, text: str, per_k: pd.DataFrame) -> None:
+    """What the figure shows, in words, and the evaluation set's granularity, under the axes."""
+    fig.text(0.01, 0.01, textwrap.fill(text, 150) + "\n" + textwrap.fill(granularity(per_k), 150),
+             fontsize="x-small", color="0.3", va="bottom")
+
+
+def display_name(student: str) -> str:
+    """A student as a title names it: a local folder by its last part (``hf:/models/mini-3l`` -> ``hf:mini-3l``)."""
+    head, sep, rest = str(student).partition(":")
+    if sep and "/" in rest:
+        return f"{head}:{rest.rstrip('/').rsplit('/', 1)[-1]}"
+    return str(student)
 
 
 def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, title: str,
@@ -111,8 +138,12 @@ def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, ti
     bottom.set(xlabel="number of teachers k", ylabel="multi - single (points)")
     bottom.set_xticks(sorted(set(k)))
     bottom.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.text(0.01, 0.01, granularity(per_k), fontsize="x-small", color="0.35")
-    fig.subplots_adjust(right=0.66, bottom=0.1, hspace=0.08)
+    _caption(fig, MODES_IN_WORDS + ("top: each mode's mean run" if r == 1 else f"top: the expected worst and best "
+                                    f"of R = {r} runs of each mode") + " (equal effort: the same number of runs); "
+             "bottom: multi minus single in points, the equal-effort difference with its 95% interval, and the "
+             "worst- and best-case differences as bars: their equal-effort part plus the selection part (the "
+             "extreme of more runs).", per_k)
+    fig.subplots_adjust(right=0.66, bottom=0.17, hspace=0.08)
     return _save(fig, stem.with_name(f"{stem.name}_equal_effort_vs_k.png"))
 
 
@@ -121,8 +152,9 @@ def granularity(per_k: pd.DataFrame) -> str:
     m = per_k["eval_examples"].iloc[0] if "eval_examples" in per_k else np.nan
     if pd.isna(m):
         return "evaluation set size unknown (no predictions kept): no intervals"
-    return (f"evaluation set: {int(m)} examples, one example = {100 / m:.3g} points of accuracy; "
-            "shaded: ±1 std over combinations; bars: 95% bootstrap intervals")
+    return (f"evaluation set: {int(m)} examples, one example = {100 / m:.3g} points; shaded: ±1 std over "
+            "combinations; bars: 95% intervals (they are mostly the evaluation set's luck, which both modes share: "
+            "compare modes with the differences)")
 
 
 def _plot_modes(ax: Any, per_k: pd.DataFrame, prefix: str, xs: dict[str, np.ndarray],

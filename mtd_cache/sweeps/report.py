@@ -26,7 +26,7 @@ from ..errors import MtdError
 from ..utils import atomic_path, slug
 from .aggregate import VARIANTS
 from .costs import Shared, cost_summary, experiment_costs_markdown, run_costs, shared_table
-from .figures import figures
+from .figures import display_name, figures
 from .records import UNASSIGNED, load_records
 from .resources import from_stores
 from .summary import summarize
@@ -74,6 +74,8 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
         written.append(_write_text(out / f"{name}.md", md))
     several = summary.groupby(["task", "student"])["experiment"].nunique() > 1
     for (exp, task, student), per_k in main.groupby(["experiment", "task", "student"], sort=True):
+        if not per_k["n_combinations"].gt(0).any():  # nothing to compare: say so in summary.md, draw nothing
+            continue
         lines = {**(reference_lines or {}), **(experiment_lines or {}).get(exp, {})}
         baselines = df[(df["k"] == 0) & (df["experiment"] == exp)]
         if len(baselines) and CE_ONLY_LABEL not in lines:
@@ -128,7 +130,7 @@ def _summary_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, titles: dict[s
     """``summary.md``: what the numbers are, then per experiment equal effort first (``tables``)."""
     parts = [DEFINITIONS]
     for exp, per_k in summary.groupby("experiment", sort=True):
-        head = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}, experiment {exp[:8]}"
+        head = f"{per_k['task'].iloc[0]} / {display_name(per_k['student'].iloc[0])}, experiment {exp[:8]}"
         if exp in titles:
             head += f": {titles[exp]}"
         lines = list(notes.get(exp, []))
@@ -151,7 +153,7 @@ def _cost_markdown(cost: pd.DataFrame, df: pd.DataFrame, summary: pd.DataFrame, 
              "training.\n", markdown(shared_table(df, shared)) if len(df) else ""]
     for exp, rows in cost.groupby("experiment", sort=True) if "experiment" in cost else ():
         per_k = summary[summary["experiment"] == exp]
-        head = f"{per_k['task'].iloc[0]} / {per_k['student'].iloc[0]}, " if len(per_k) else ""
+        head = f"{per_k['task'].iloc[0]} / {display_name(per_k['student'].iloc[0])}, " if len(per_k) else ""
         parts.append(f"## {head}experiment {exp[:8]}" + (f": {titles[exp]}" if exp in titles else "") + "\n")
         parts.append(markdown(rows.drop(columns=["experiment"])))
         runs = df[df["experiment"] == exp]

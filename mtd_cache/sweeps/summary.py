@@ -56,6 +56,10 @@ def summarize(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int 
             diffs.append(diff.assign(experiment=exp, variant=VARIANTS[exclude]))
         if dead.any():
             notes[exp].append(_dead_note(runs, dead))
+        if not parts[-1 - dead.any()]["n_combinations"].gt(0).any():
+            notes[exp].insert(0, "nothing to compare yet: no k-combination has both a multi-teacher run and a k = 1 "
+                                 "run of each of its teachers (a sweep makes them: mtd-sweep); runs.md lists these "
+                                 "runs, and no figure is drawn")
     summary = pd.concat(parts, ignore_index=True) if parts else aggregate(df, pool, repeats)
     differences = pd.concat(diffs, ignore_index=True)[DIFF_COLUMNS] if diffs else pd.DataFrame(columns=DIFF_COLUMNS)
     return summary, differences, notes

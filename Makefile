@@ -24,7 +24,12 @@ AUGMENTED ?=
 GLOVE ?=
 TASKS ?=
 DRY_RUN ?=
-STORE = cache/$(TASK)/store.h5
+TRAIN_SUBSET ?=
+MAX_LENGTH ?=
+LR ?=
+TEACHERS ?= cache/$(TASK)/teachers
+STORE ?= cache/$(TASK)/store.h5
+RUNS ?= runs
 opt = $(if $(2),$(1) $(2))
 sets = $(foreach s,$(SET),--set $(s))
 paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $(POOL) $(call opt,--model,$(MODEL)) \
@@ -36,14 +41,15 @@ paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $
 help:
 	@echo "Set-up:   make demo | make test | make bench"
 	@echo "Workflow: make teachers | augment | cache | sweep | report | paper   (with KNOB=value ...)"
-	@echo "  teachers  TASK MODEL SEEDS EPOCHS DATA_DIR SET        train seeded teachers (SET: teacher settings)"
+	@echo "  teachers  TASK MODEL SEEDS EPOCHS LR TRAIN_SUBSET MAX_LENGTH DATA_DIR SET TEACHERS   train seeded teachers"
 	@echo "  augment   TASK GLOVE DATA_DIR                          TinyBERT's augmented training set"
-	@echo "  cache     TASK PRIMARY STUDENT_LAYERS AUGMENTED DATA_DIR   dump the teachers into cache/TASK/store.h5"
-	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS THREADS EPOCHS DATA_DIR SET DRY_RUN"
+	@echo "  cache     TASK PRIMARY STUDENT_LAYERS AUGMENTED TRAIN_SUBSET MAX_LENGTH DATA_DIR TEACHERS STORE   dump"
+	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS THREADS EPOCHS DATA_DIR SET DRY_RUN STORE RUNS"
 	@echo "            (STUDENT=tinybert: R augmentation files and R stores first, store r for repeat r)"
-	@echo "  report    the report of runs/ into runs/report"
+	@echo "  report    RUNS: the report of RUNS into RUNS/report"
 	@echo "  paper     TASKS REPEATS WORKERS MODEL SEEDS POOL EPOCHS DATA_DIR SET DRY_RUN: the paper's protocol"
 	@echo "Knobs now: TASK=$(TASK) STUDENT=$(STUDENT) MODEL=$(MODEL) SEEDS=$(SEEDS) POOL=$(POOL) EPOCHS=$(EPOCHS)"
+	@echo "  TEACHERS=$(TEACHERS) STORE=$(STORE) RUNS=$(RUNS) TRAIN_SUBSET=$(TRAIN_SUBSET) MAX_LENGTH=$(MAX_LENGTH) LR=$(LR)"
 	@echo "  REPEATS=$(REPEATS) WORKERS=$(WORKERS) THREADS=$(THREADS) DATA_DIR=$(DATA_DIR) SET='$(SET)' DRY_RUN=$(DRY_RUN)"
 	@echo "SET takes KEY=VALUE items separated by spaces: SET='lr=1e-4 temperature=4'"
 
@@ -67,28 +73,31 @@ bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 teachers: $(STAMP)
-	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) \
-		$(call opt,--epochs,$(EPOCHS)) $(call opt,--data-dir,$(DATA_DIR)) $(sets)
+	$(BIN)/mtd-cache teachers --task $(TASK) --seeds $(SEEDS) $(call opt,--model,$(MODEL)) --out $(TEACHERS) \
+		$(call opt,--epochs,$(EPOCHS)) $(call opt,--lr,$(LR)) $(call opt,--train-subset,$(TRAIN_SUBSET)) \
+		$(call opt,--max-length,$(MAX_LENGTH)) $(call opt,--data-dir,$(DATA_DIR)) $(sets)
 
 augment: $(STAMP)
 	$(BIN)/mtd-cache augment --task $(TASK) $(call opt,--glove,$(GLOVE)) $(call opt,--data-dir,$(DATA_DIR))
 
 cache: $(STAMP)
-	$(BIN)/mtd-cache dump --task $(TASK) $(call opt,--primary,$(PRIMARY)) $(call opt,--data-dir,$(DATA_DIR)) \
-		$(call opt,--student-layers,$(STUDENT_LAYERS)) $(call opt,--augmented,$(AUGMENTED))
+	$(BIN)/mtd-cache dump --task $(TASK) --teachers-dir $(TEACHERS) --out $(STORE) $(call opt,--primary,$(PRIMARY)) \
+		$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--student-layers,$(STUDENT_LAYERS)) \
+		$(call opt,--augmented,$(AUGMENTED)) $(call opt,--train-subset,$(TRAIN_SUBSET)) \
+		$(call opt,--max-length,$(MAX_LENGTH))
 
 # TinyBERT as the paper runs it: R augmentation files (seeds 0..R-1), R stores, store r for repeat r.
 sweep: $(STAMP)
 ifeq ($(STUDENT),tinybert)
 	$(BIN)/python bin/paper.py --tasks $(TASK) --students tinybert $(paper_opts)
 else
-	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --pool $(POOL) --repeats $(REPEATS) \
+	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --pool $(POOL) --repeats $(REPEATS) --out $(RUNS) \
 		--workers $(WORKERS) $(call opt,--threads,$(THREADS)) $(call opt,--epochs,$(EPOCHS)) \
 		$(call opt,--data-dir,$(DATA_DIR)) $(sets) $(if $(DRY_RUN),--dry-run)
 endif
 
 report: $(STAMP)
-	$(BIN)/mtd-report runs --out runs/report
+	$(BIN)/mtd-report $(RUNS) --out $(RUNS)/report
 
 # Every task and student of the paper (GPU work): bin/paper.py lists each step; DRY_RUN=1 prints them all with
 # their run counts and runs nothing. TASKS=mrpc,cola limits the tasks.

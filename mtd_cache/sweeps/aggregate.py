@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .records import UNASSIGNED
-from .resampling import CURVES
+from .resampling import CURVES, order_weights
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,16 @@ _Run = tuple[float, ...]  # (metric, wall_s, *COSTS, dead)
 
 
 def expected_extremes(values: Sequence[float], r: int) -> tuple[float, float]:
-    """Exact (E[min], E[max]) of ``r`` values drawn without replacement from ``values``.
-
-    Order statistics over all C(n, r) subsets, with x_(1) <= ... <= x_(n):
-    x_(i) is a subset's minimum in C(n-i, r-1) subsets and its maximum in
-    C(i-1, r-1), so E[min] = sum_i x_(i) C(n-i, r-1) / C(n, r) and
-    E[max] = sum_i x_(i) C(i-1, r-1) / C(n, r). Ties need no care.
-    """
-    x = sorted(float(v) for v in values)
-    n = len(x)
-    if not 1 <= r <= n:
-        raise ValueError(f"cannot draw r = {r} of {n} values")
-    if any(math.isnan(v) for v in x):
+    """Exact (E[min], E[max]) of ``r`` values drawn without replacement from ``values``: the sorted values
+    weighted by how many of the C(n, r) subsets each is the minimum or maximum of (``resampling.order_weights``).
+    Ties need no care."""
+    x = np.sort(np.asarray(values, dtype=float))
+    if not 1 <= r <= len(x):
+        raise ValueError(f"cannot draw r = {r} of {len(x)} values")
+    if np.isnan(x).any():
         raise ValueError("values contain NaN")
-    total = comb(n, r)
-    e_min = math.fsum(v * comb(n - i, r - 1) for i, v in enumerate(x, 1)) / total
-    e_max = math.fsum(v * comb(i - 1, r - 1) for i, v in enumerate(x, 1)) / total
-    return e_min, e_max
+    w_min, w_max = order_weights(len(x), r)
+    return float(w_min @ x), float(w_max @ x)
 
 
 def aggregate(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int | None = None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import MtdError
+from .safe_files import refuse_link
 
 T = TypeVar("T")
 _INT = re.compile(r"^[0-9]+$")  # ASCII digits only: int() also takes other scripts' digits
@@ -39,9 +40,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``.
 
     On any exception the temporary file is removed, so ``target`` either keeps its
-    old content or gets the complete new one: never a half-written file.
+    old content or gets the complete new one: never a half-written file. A symbolic link at ``target``
+    is refused (``safe_files``): the rename would replace the link, but a link where the tool writes
+    was planted, and is named rather than silently dropped.
     """
     target = Path(target)
+    refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)

@@ -52,6 +52,12 @@ def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | N
     except MemoryError:
         click.echo(f"{prog}: error: out of memory (use a smaller --batch-size, or fewer workers)", err=True)
         sys.exit(EXIT_RESOURCE)
+    except Exception as exc:  # a library's own error for a full disk (torch, safetensors, h5py): exit 3
+        if not is_resource_fault(exc):
+            raise
+        click.echo(f"{prog}: error: {_one_line(str(exc))[:300]} (free some space, then run the same command "
+                   "again: it resumes)", err=True)
+        sys.exit(EXIT_RESOURCE)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -138,7 +138,7 @@ def load_trained(folder: Path, info: dict[str, Any], num_labels: int) -> torch.n
     if parsed.family == "hf":
         from . import bert
 
-        return bert.load_classifier(folder, num_labels).eval()
+        return bert.load_classifier(folder, num_labels, use_safetensors=True).eval()  # never a pickled .bin
     from safetensors.torch import load_file
 
     if parsed.family == RESNET:

@@ -143,7 +143,7 @@ def plan_run(req: RunRequest) -> PlannedRun:
     planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
                          kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
                          experiment=experiment,
-                         record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.pt"),
+                         record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.safetensors"),
                          metrics_csv=path.with_suffix(".metrics.csv"),
                          online=online_teachers(store, req.teachers_dir) if req.online else None,
                          impl=_STUDENT)

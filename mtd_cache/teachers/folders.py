@@ -5,7 +5,7 @@ Layout, one folder per seed::
     cache/<task>/teachers/seed<i>/
         model.safetensors (+ config.json, tokenizer files for BERT)   the weights
         teacher.json                                                   what it is and how good
-        checkpoint.pt                                                  only while training (resume)
+        checkpoint.safetensors                                         only while training (resume; no pickle)
 
 ``teacher.json`` is written last and atomically, so a seed counts as done only
 when it exists and the weights still hash to the ``sha256`` it records.

@@ -97,7 +97,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                 device: str | None) -> TeacherJob:
     """Fine-tune one seeded BERT teacher on a text task; ``save`` writes weights, config and tokenizer.
 
-    A per-epoch checkpoint in ``out/checkpoint.pt`` makes a killed run resume; the record carries the
+    A per-epoch checkpoint in ``out/checkpoint.safetensors`` makes a killed run resume; the record carries the
     dev metrics and ``chance_reason`` (None unless the teacher is at chance level).
     """
     s = teacher_settings(model, options)
@@ -151,8 +151,9 @@ def _teacher_fit(net: torch.nn.Module, train: Encoded, dev_set: Encoded, s: Text
         return metrics
 
     return Fit(model=net, optimizer=optimizer, epochs=s.epochs, batches=epoch_batches(train, s.batch_size, seed),
-               step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
-               metrics_csv=out / "metrics.csv", desc=f"{task.name} teacher seed {seed}", autocast_dtype=dtype,
+               step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1,
+               checkpoint=out / "checkpoint.safetensors", metrics_csv=out / "metrics.csv",
+               desc=f"{task.name} teacher seed {seed}", autocast_dtype=dtype,
                grad_clip=s.grad_clip)
 
 

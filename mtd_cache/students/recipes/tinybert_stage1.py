@@ -64,7 +64,7 @@ class _Stage1Kind:
         _, _, ident, folder = location(ctx)
         partial = _partial(folder)
         return replace(planned, kind="stage1", run_id=folder.name, identity=ident, record=folder / RECORD,
-                       lock=folder.parent / f"{folder.name}.lock", checkpoint=partial / "checkpoint.pt",
+                       lock=folder.parent / f"{folder.name}.lock", checkpoint=partial / "checkpoint.safetensors",
                        metrics_csv=partial / "metrics.csv", impl=KIND)
 
     @staticmethod
@@ -258,7 +258,7 @@ def init_student(ctx: StudentContext, tok, fit_size: int | None) -> tuple[TinyBe
     num_labels = ctx.store.num_classes
     if s.init_from_teacher:
         t = s.init_teacher if s.init_teacher is not None else (ctx.primary or 0)
-        teacher = bert.load_classifier(teacher_path(ctx, t), num_labels)
+        teacher = bert.load_classifier(teacher_path(ctx, t), num_labels, use_safetensors=True)
         layers = [g - 1 for g in layer_map(ctx)[1:]]  # student layer m starts as teacher layer g(m)
         net = from_teacher(teacher, layers, fit_size or bert.hidden_size(teacher))
         init = {"init": f"teacher {t}", "init_layers": layers}

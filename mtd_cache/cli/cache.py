@@ -27,10 +27,20 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--verify", is_flag=True, help="Hash every dataset against its recorded checksum (reads the whole "
                                              "file); a mismatch exits 2 naming the dataset.")
-def inspect_cmd(store: Path, as_json: bool, verify: bool) -> None:
+@click.option("--seal", is_flag=True, help="Verify every checksum the store records, hash the datasets that have "
+                                           "none and seal it (a store written before seals, which students refuse): "
+                                           "a sealed copy is written beside it and renamed into place.")
+def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool) -> None:
     from ..errors import StoreError
-    from ..store import TeacherStore
+    from ..store import TeacherStore, output_lock
+    from ..store.seal import seal_store
 
+    if seal:
+        with output_lock(store), TeacherStore.open(store):  # format, shapes, finite logits, recorded checksums
+            done = seal_store(store)
+        click.echo(f"sealed {store}: {len(done['verified'])} datasets matched their checksums, "
+                   f"{len(done['hashed'])} hashed now" if done["sealed"] else f"{store} is sealed already: "
+                   f"{len(done['verified'])} datasets match their checksums")
     with TeacherStore.open(store) as s:
         info = s.summary()
         checked = s.verify() if verify else None
@@ -62,6 +72,8 @@ def format_summary(info: dict) -> str:
     energy = "unknown" if info["dump_energy_j"] is None else f"{info['dump_energy_j']:.0f} J"
     lines.append(f"dump cost    {info['dump_wall_s']:.1f} s, energy {energy}")
     lines.append(f"fingerprint  {info['fingerprint']}")
+    lines.append(f"seal         {info['seal_sha256']}" if info.get("seal_sha256") else "seal         none: students "
+                 "refuse it (its attributes cannot be verified); mtd-cache inspect --seal adds one")
     v = info.get("verify")
     if v is not None:
         if not v["checked"] and not v["bad"]:
@@ -70,6 +82,8 @@ def format_summary(info: dict) -> str:
             state = f"MISMATCH in {', '.join(v['bad'])}" if v["bad"] else "all match"
             lines.append(f"checksums    {len(v['checked']) + len(v['bad'])} datasets verified: {state}"
                          + (f"; {len(v['unrecorded'])} without a checksum" if v["unrecorded"] else ""))
+        if info.get("seal_sha256"):
+            lines.append("attributes   every attribute and checksum as sealed")
     return "\n".join(lines)
 
 

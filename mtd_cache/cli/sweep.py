@@ -36,10 +36,13 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--device", help="cpu, cuda (default: cuda when available).")
 @click.option("--online-teachers-dir", type=click.Path(path_type=Path),
               help="Run every student with its teachers online from this folder (the baseline the store beats).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Train on stores without a seal (their bytes cannot be verified); every record says so.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
-        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, dry_run, verbose) -> None:
+        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, allow_unverified, dry_run,
+        verbose) -> None:
     from ..settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
     from ..utils import parse_index_set
@@ -54,7 +57,7 @@ def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, a
         cfg = SweepConfig(stores=tuple(str(s) for s in stores), student=student,
                           pool=parse_index_set(pool, option="--pool", max_count=10_000), repeats=repeats,
                           base_seed=base_seed, out=str(out), overrides=overrides, data_dir=data_dir, device=device,
-                          threads=threads,
+                          threads=threads, allow_unverified=allow_unverified,
                           teachers_dir=str(online_teachers_dir) if online_teachers_dir else None)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
                  **({"slurm_partition": slurm_partition} if slurm_partition else {})}

@@ -52,6 +52,9 @@ ATTR_WALL, ATTR_ENERGY = "dump_wall_s", "dump_energy_j"
 # absent from stores dumped before it was recorded (their online-equivalent cost is unknown)
 ATTR_FORWARD_S, ATTR_FORWARD_J = "teacher_forward_s", "teacher_forward_j"
 COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc", ATTR_FORWARD_S, ATTR_FORWARD_J)  # excluded from equality
+# the seal (``seal.py``): a checksum over every other root attribute, the groups' attributes and the datasets'
+# checksums (an addition within version 1; stores written before have none and are refused for training)
+ATTR_SEAL_JSON, ATTR_SEAL = "seal_json", "seal_sha256"
 
 # Keys of the spec's ``extra`` (settings a dump records for the students that read the store): named once
 # here; other modules read them through ``TeacherStore``'s typed properties and write them through ``extra``.

@@ -41,6 +41,7 @@ from .format import (
     VIEWS,
 )
 from .integrity import CHECKSUM, Checksum, checksum_of
+from .seal import write_seal
 
 
 def merge_into(w: Any, f: h5py.File) -> None:
@@ -51,6 +52,7 @@ def merge_into(w: Any, f: h5py.File) -> None:
     _merge_dev(w, f)
     for t in sorted(w.spec.primaries):
         _merge_primary(w, f, t)
+    write_seal(f)  # last: over every attribute and dataset checksum written above
 
 
 def primary_datasets(w: Any) -> list[str]:
@@ -105,7 +107,7 @@ def attr_list(values: list) -> Any:
 def load(w: Any, shard: Path) -> dict[str, np.ndarray]:
     if not shard.exists():
         raise StoreError(f"the dump is incomplete: {shard.name} is missing from {w.dir}")
-    with np.load(shard) as z:
+    with np.load(shard, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -111,7 +111,9 @@ class StoreWriter:
         if values.shape[1:] != want or start + len(values) > self.spec.num_examples:
             raise StoreError(f"logits block of shape {values.shape} at {start} does not fit {self.spec.logits_shape()}")
         shard = self.shard(LOGITS, teacher, start, start + len(values))
-        self._write(shard, values=values.astype(self.spec.logits_dtype))
+        values = values.astype(self.spec.logits_dtype)
+        check_finite_logits(values, f"logits as {self.spec.logits_dtype}", start, teacher=teacher)  # float16 overflow
+        self._write(shard, values=values)
 
     def has_logits(self, teacher: int, start: int, stop: int) -> bool:
         return self.shard(LOGITS, teacher, start, stop).exists()
@@ -141,12 +143,14 @@ class StoreWriter:
         if hidden.shape != (rows, ps.hidden_size):
             raise StoreError(f"hidden block {hidden.shape} does not match lengths (expected {(rows, ps.hidden_size)})")
         arrays = {"lengths": lengths, "hidden": np.asarray(hidden, dtype=np.float16)}
+        _check_finite_states(arrays["hidden"], f"primary {teacher} hidden states", start)
         if ps.attn_layers:
             entries = int((lengths.astype(np.int64) ** 2).sum()) * len(ps.attn_layers) * ps.num_heads
             if attn is None or attn.shape != (entries,):
                 got = None if attn is None else attn.shape
                 raise StoreError(f"attention block {got} does not match lengths ({entries},)")
             arrays["attn"] = np.asarray(attn, dtype=np.float16)
+            _check_finite_states(arrays["attn"], f"primary {teacher} attention scores", start)
         self._write(self.shard(PRIMARY, teacher, start, start + len(lengths)), **arrays)
 
     def has_primary(self, teacher: int, start: int, stop: int) -> bool:
@@ -208,6 +212,14 @@ class StoreWriter:
             raise ResourceError(f"not enough free space to merge {self.path}: it needs about {human_bytes(need)}, "
                                 f"{self.dir.parent} has {human_bytes(free)} free; the dump's pieces are kept in "
                                 f"{self.dir}: free some space and run the dump again to finish it")
+
+
+def _check_finite_states(values: np.ndarray, what: str, start: int) -> None:
+    """States as stored (float16) hold no NaN or infinity: a student would train on them."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1)))
+    if len(bad):
+        raise StoreError(f"{what} of the block from example {start} hold a non-finite value as float16 "
+                         f"(element {int(bad[0])}): not stored")
 
 
 def _read_spec(spec_file: Path) -> dict | None:

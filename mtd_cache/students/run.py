@@ -37,8 +37,10 @@ from ..record import (
     write_record,
 )
 from ..runtime import resolve_device, seed_everything
+from ..safe_files import check_target, refuse_links_below
 from ..settings import Resolved
 from ..store import TeacherStore
+from ..store.seal import unsealed
 from ..tasks.registry import task_of_store
 from ..teachers import Teacher
 from ..train import Fit, fit, remove_checkpoint, total_cost
@@ -73,6 +75,8 @@ class RunRequest:
     experiment_stores: tuple[str, ...] = ()
     # keep the student's final weights beside its record (``<run_id>.model.safetensors``); not in the run id
     save_model: bool = False
+    # train on a store without a seal (its bytes unverifiable); recorded in ``store_integrity``, not in the run id
+    allow_unverified: bool = False
 
 
 @dataclass
@@ -116,6 +120,8 @@ def plan_run(req: RunRequest) -> PlannedRun:
     """Every check that can fail, before anything is trained or written; the run's id, record and lock."""
     recipe = get_recipe(req.student)
     store = TeacherStore.open(req.store)
+    if not (store.sealed or req.allow_unverified):
+        raise unsealed(store.path)
     kind = _store_kind(store)
     if kind is not None:  # an imported store of a task mtd-cache does not know is refused by the recipe, later
         check_modality(req.student, recipe, kind, str(req.store))
@@ -233,6 +239,7 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
         "threads": torch.get_num_threads(),
         "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,
+        "store_integrity": "verified" if planned.store.sealed else "unverified (--allow-unverified)",
         "config": planned.identity, "store": str(Path(req.store).resolve()), "history": history, **ctx.extra,
         "started_utc": started, "finished_utc": utc_now(), "status": "done", **provenance(),
     }
@@ -275,8 +282,8 @@ def _save_model(model: torch.nn.Module, path: Path) -> str:
     return path.name
 
 
-def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, device: str | None = None
-                 ) -> dict[str, Any]:
+def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, device: str | None = None,
+                 allow_unverified: bool = False) -> dict[str, Any]:
     """A finished run's student evaluated again from its saved weights (``mtd-train --evaluate RUN_ID``): the
     run rebuilt from its record (store, student, teachers, settings), its weights loaded, the evaluation split
     scored. Returns ``{"run_id", "metric_name", "metric", "recorded_metric", ...}``."""
@@ -295,7 +302,7 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
                        "--teachers-dir (its teachers' folder is not recorded)")
     req = RunRequest(store=rec["store"], student=rec["student"], teachers=tuple(rec["teachers"]),
                      primary=rec["primary"], seed=rec["seed"], out=out, overrides=dict(cfg.get("recipe") or {}),
-                     data_dir=data_dir, device=device)
+                     data_dir=data_dir, device=device, allow_unverified=allow_unverified)
     planned = plan_run(req)
     if planned.run_id != rec["run_id"]:
         raise MtdError(f"run {rec['run_id'][:12]} rebuilt from its record has id {planned.run_id[:12]}: its store "

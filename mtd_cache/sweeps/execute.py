@@ -61,6 +61,7 @@ class SweepConfig:
     threads: int | None = None  # torch threads per run (None: cores / workers); fixed for bitwise-equal runs
     teachers_dir: str | None = None  # set: every run computes its teachers online (the store's baseline)
     save_models: bool = False  # keep every student's weights beside its record (--save-models)
+    allow_unverified: bool = False  # train on stores without a seal (--allow-unverified); recorded, not in run ids
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -77,7 +78,7 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
                       data_dir=cfg.data_dir, device=cfg.device, online=cfg.teachers_dir is not None,
                       teachers_dir=cfg.teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
-                      save_model=cfg.save_models,
+                      save_model=cfg.save_models, allow_unverified=cfg.allow_unverified,
                       experiment_stores=_fingerprints(cfg.stores) if len(cfg.stores) > 1 else ())
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ResourceError, StoreError, is_resource_fault
 from ..locks import describe_owner, file_lock
+from ..safe_files import check_target, make_dirs
 from ..utils import atomic_path, atomic_write_json, fsync_dir, human_bytes
 from .format import (
     DEV_LABEL,
@@ -61,6 +62,8 @@ class StoreWriter:
         path = Path(path)
         spec.validate()
         pdir = partial_dir(path)
+        check_target(path, "store")
+        check_target(pdir, "folder")
         spec_file = pdir / "spec.json"
         old = _read_spec(spec_file)
         if old is None and pdir.exists():
@@ -75,7 +78,7 @@ class StoreWriter:
                     "remove it or dump with the same settings")
             log.info("resuming the unfinished dump in %s", pdir)
         else:
-            pdir.mkdir(parents=True, exist_ok=True)
+            make_dirs(pdir)
             atomic_write_json(spec_file, spec.to_json())
         return cls(path, spec)
 
@@ -182,11 +185,10 @@ class StoreWriter:
         renamed into place.
         """
         tmp = self.dir / "merge.tmp"
-        if tmp.exists():
-            tmp.unlink()  # a merge killed half-way: start it again
+        tmp.unlink(missing_ok=True)  # a merge killed half-way: start it again (a planted link: removed)
         self._check_space()
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w-") as f:  # O_EXCL: created here, never through a link
                 merge_into(self, f)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -200,6 +202,7 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{bad[0]} read back from {tmp} does not match what was written (checksum): the disk "
                              f"returned other bytes; the pieces are kept in {self.dir}, run the dump again")
+        check_target(self.path, "store")
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
         shutil.rmtree(self.dir, ignore_errors=True)

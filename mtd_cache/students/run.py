@@ -202,6 +202,7 @@ def execute_run(planned: PlannedRun, wait: bool = True,
 
     ``on_start`` is called once the lock is held and the run is about to train (a sweep's event log).
     """
+    check_outputs(planned)
     force = planned.request.force
     if not force and (done := planned.done()) is not None:
         log.info("%s %s is done already: %s", planned.kind, planned.run_id[:12], planned.record)
@@ -214,6 +215,16 @@ def execute_run(planned: PlannedRun, wait: bool = True,
         if on_start is not None:
             on_start()
         return _train(planned)
+
+
+def check_outputs(planned: PlannedRun) -> None:
+    """Before training: no link (or FIFO) at any file the run writes, nor at the folders named under ``--out``."""
+    out = Path(planned.request.out)
+    for path in (planned.record, planned.lock, planned.checkpoint, planned.metrics_csv,
+                 planned.record.with_suffix(".predictions.npz"), model_path(planned.record)):
+        if path is not None:
+            refuse_links_below(out, path)
+            check_target(path)
 
 
 def _train(planned: PlannedRun) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import EXIT_INCOMPLETE, MtdError
+from ..safe_files import append_line, check_target
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
@@ -126,8 +127,7 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
 
 def _event(out: str, what: str, job: Job, run_id: str) -> None:
     line = json.dumps({"event": what, "key": job.key, "run_id": run_id, "pid": os.getpid(), "time": time.time()})
-    with open(Path(out) / "sweep-events.jsonl", "a") as f:  # O_APPEND: whole lines, no interleaving
-        f.write(line + "\n")
+    append_line(Path(out) / "sweep-events.jsonl", line)  # O_APPEND: whole lines; never through a planted link
 
 
 # ------------------------------------------------------------------------------------------ scheduling
@@ -305,6 +305,7 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     if executor == "local":
         check_threads(records, cfg, threads_per_run(cfg, workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    check_target(Path(cfg.out) / "sweep-events.jsonl")  # refused before the first job, not in every worker
     results = _run(todo, cfg, workers, executor, address, slurm, wait=False)
     locked = {r["key"] for r in results if r["status"] == "locked"}
     if locked:  # held by another sweep: wait for it, and run what it did not finish (its owner died)

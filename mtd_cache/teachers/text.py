@@ -22,6 +22,7 @@ from ..models import bert, factory, hub
 from ..models.inference import evaluate_split, run_model
 from ..optim import optimizer_and_schedule
 from ..runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
+from ..safe_files import save_into
 from ..settings import LayerList, Settings, setting
 from ..store import PrimarySpec, StoreSpec
 from ..store.format import (
@@ -118,9 +119,8 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                     "data": text_fingerprint(task, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
 
     def save() -> None:
-        with hub.quiet_transformers():
-            net.save_pretrained(out)
-            tok.save_pretrained(out)
+        with hub.quiet_transformers():  # written beside, then renamed in: never through a link in ``out``
+            save_into(out, lambda tmp: (net.save_pretrained(tmp), tok.save_pretrained(tmp)))
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         if "logits" not in last:  # resumed after the last epoch: nothing was evaluated in this session

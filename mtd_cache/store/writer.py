@@ -209,7 +209,8 @@ class StoreWriter:
         return self.path
 
     def _check_space(self) -> None:
-        need = sum(p.stat().st_size for p in self.dir.glob("*.npz")) + (1 << 20)  # the data once more, + metadata
+        data = sum(p.stat().st_size for p in self.dir.glob("*.npz"))
+        need = data + max(data // 100, 1 << 16)  # the data once more (the pieces are there already), + metadata
         free = shutil.disk_usage(self.dir).free
         if need > free:
             raise ResourceError(f"not enough free space to merge {self.path}: it needs about {human_bytes(need)}, "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import Result, run_cli
 
 from mtd_cache.checkpoints import NotACheckpoint, load_state, save_state
 from mtd_cache.students.run import RunRequest, plan_run
@@ -41,8 +42,8 @@ def _plant(path: Path, marker: Path) -> None:
     assert marker.with_suffix(".probe").exists()
 
 
-def _run(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=900, env=env)
+def _run(*args) -> Result:
+    return run_cli(*args)  # in this process: the outcome is what matters here
 
 
 def test_a_planted_pickle_at_a_students_checkpoint_is_never_run(tiny, tmp_path):
@@ -79,8 +80,9 @@ def test_a_planted_pickle_at_a_stage_1_checkpoint_is_never_run(tiny, tmp_path):
     student = plan_run(req)
     for path in (stage1.checkpoint, stage1.checkpoint.with_name("checkpoint.pt"), student.checkpoint):
         _plant(path, marker)
+    sets = [x for k, v in TINYBERT.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     r = _run(BIN / "mtd-train", "--store", tiny["text"], "--student", "tinybert", "--teachers", "0,1", "--primary",
-             "0", "--device", "cpu", "--out", out, *[x for k, v in TINYBERT.items() for x in ("--set", f"{k}={json.dumps(v)}")])
+             "0", "--device", "cpu", "--out", out, *sets)
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
     assert f"ignoring {stage1.checkpoint} is not a checkpoint mtd-cache wrote" in r.stderr

@@ -19,11 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from mtd_cache.cli.common import run_command
 from mtd_cache.store import TeacherStore
 
-BIN = Path(sys.executable).parent
 IMAGE_DATASETS = ["logits", "examples/label", "examples/source", "views", "teachers/dev_metric", "dev/logits",
                   "dev/label"]
 TEXT_DATASETS = ["logits", "examples/label", "examples/source", "teachers/dev_metric", "dev/logits", "dev/label",
@@ -124,7 +124,7 @@ def test_an_edited_attribute_is_named_by_train_and_inspect(stores, tmp_path, cap
     verb = "added" if attr == "added_later" else "changed"
     assert code == 2 and len(err) == 1, err
     assert f"{path} was changed since it was written (attribute {attr!r} was {verb}" in err[0], err
-    r = subprocess.run([str(BIN / "mtd-cache"), "inspect", str(path), "--verify"], capture_output=True, text=True)
+    r = run_cli("mtd-cache", "inspect", path, "--verify")
     assert r.returncode == 2 and f"attribute {attr!r} was {verb}" in r.stderr, r.stderr
     assert _records(tmp_path / "runs") == []
 
@@ -174,7 +174,7 @@ def test_stripped_checksums_are_refused_then_trained_unverified_or_sealed(stores
     unverified = json.loads(next((tmp_path / "a").rglob("*.json")).read_text())
     assert unverified["store_integrity"] == "unverified (--allow-unverified)"
     before = path.stat().st_ino
-    r = subprocess.run([str(BIN / "mtd-cache"), "inspect", str(path), "--seal"], capture_output=True, text=True)
+    r = run_cli("mtd-cache", "inspect", path, "--seal")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"sealed {path}: 0 datasets matched their checksums, 7 hashed now")
     assert path.stat().st_ino != before  # a new file renamed into place, never edited in place
@@ -184,7 +184,7 @@ def test_stripped_checksums_are_refused_then_trained_unverified_or_sealed(stores
     sealed = json.loads(next((tmp_path / "b").rglob("*.json")).read_text())
     assert sealed["store_integrity"] == "verified"
     assert sealed["run_id"] == unverified["run_id"]  # neither the flag nor the seal is in the run id
-    again = subprocess.run([str(BIN / "mtd-cache"), "inspect", str(path), "--seal"], capture_output=True, text=True)
+    again = run_cli("mtd-cache", "inspect", path, "--seal")
     assert again.returncode == 0 and f"{path} is sealed already: 7 datasets match their checksums" in again.stdout
 
 
@@ -195,7 +195,7 @@ def test_seal_refuses_a_store_whose_recorded_checksum_does_not_match(stores, tmp
             del f.attrs[name]
     _flip(path, "primary/0/hidden")
     before = path.read_bytes()
-    r = subprocess.run([str(BIN / "mtd-cache"), "inspect", str(path), "--seal"], capture_output=True, text=True)
+    r = run_cli("mtd-cache", "inspect", path, "--seal")
     assert r.returncode == 2 and "the dataset primary/0/hidden does not match its checksum" in r.stderr, r.stderr
     assert path.read_bytes() == before
 

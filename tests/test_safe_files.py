@@ -4,11 +4,11 @@ the file it points to is untouched; links in the paths a user gives still work."
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import Result, run_cli
 
 from mtd_cache.students.run import RunRequest, plan_run
 
@@ -28,17 +28,17 @@ def _victim(tmp_path: Path) -> Path:
     return victim
 
 
-def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600)
+def _run(*args) -> Result:
+    return run_cli(*args)  # in this process: the outcome is what matters here
 
 
-def _one_line(r: subprocess.CompletedProcess) -> str:
+def _one_line(r: Result) -> str:
     lines = r.stderr.strip().splitlines()
     assert lines and "Traceback" not in r.stderr, r.stderr
     return lines[-1]
 
 
-def _train(digits: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+def _train(digits: Path, out: Path, *extra) -> Result:
     return _run(BIN / "mtd-train", "--store", digits / "s.h5", "--student", "resnet8", "--teachers", "0,1",
                 "--epochs", "1", "--device", "cpu", "--out", out, *extra)
 
@@ -112,15 +112,16 @@ def test_a_link_where_a_dump_writes_is_refused(digits, tmp_path, what):
     assert link.is_symlink() and (victim.is_dir() and not list(victim.iterdir()) or victim.read_bytes() == SECRET)
 
 
-def test_a_link_planted_as_the_merge_file_is_removed_not_written_through(digits, tmp_path):
+def test_a_link_planted_as_the_merge_file_is_removed_not_written_through(digits, tmp_path, monkeypatch):
     """A dump resumed over a partial folder holding a link as merge.tmp: the link goes, its target stays."""
+    from mtd_cache.store import writer
+
     out = tmp_path / "s.h5"
-    code = ("import mtd_cache.store.writer as w; w.StoreWriter.finish = lambda self: (_ for _ in ()).throw("
-            "KeyboardInterrupt()); from mtd_cache.cli.cache import main; main()")
-    args = ["dump", "--task", "digits", "--teachers-dir", str(digits / "t"), "--out", str(out), "--train-subset", "40",
+    args = ["dump", "--task", "digits", "--teachers-dir", digits / "t", "--out", out, "--train-subset", "40",
             "--test-subset", "20"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    assert subprocess.run([sys.executable, "-c", code, *args], capture_output=True, env=env).returncode == 130
+    with monkeypatch.context() as mp:
+        mp.setattr(writer.StoreWriter, "finish", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+        assert _run(BIN / "mtd-cache", *args).returncode == 130
     victim = _victim(tmp_path)
     (tmp_path / "s.h5.partial" / "merge.tmp").symlink_to(victim)
     r = _run(BIN / "mtd-cache", *args)

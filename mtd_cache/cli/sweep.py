@@ -28,6 +28,8 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--slurm-partition", help="Slurm partition.")
 @click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
               help="Slurm time limit, minutes.")
+@click.option("--slurm-local", is_flag=True,
+              help="With --executor slurm: run the jobs as local processes through submitit (no Slurm needed).")
 @click.option("--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs per Slurm job.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--epochs", type=int, help="Student epochs (recipe default).")
@@ -41,7 +43,7 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
-        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, allow_unverified, dry_run,
+        slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, allow_unverified, dry_run,
         verbose) -> None:
     from ..settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
@@ -60,7 +62,8 @@ def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, a
                           threads=threads, allow_unverified=allow_unverified,
                           teachers_dir=str(online_teachers_dir) if online_teachers_dir else None)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
-                 **({"slurm_partition": slurm_partition} if slurm_partition else {})}
+                 **({"slurm_partition": slurm_partition} if slurm_partition else {}),
+                 **({"cluster": "local"} if slurm_local else {})}
         results = run_sweep(cfg, workers=workers, executor=executor, address=address, dry_run=dry_run, slurm=slurm)
     click.echo(sweep_outcome(results))
 

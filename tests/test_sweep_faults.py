@@ -1,0 +1,49 @@
+"""Sweep faults: a worker killed by the system is a failed job (retried once, then named, exit 4), never a crash of
+the sweep; --executor slurm without Slurm is one line, exit 2, unless --slurm-local."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sweep_killer
+from cli_runner import run_cli
+
+from mtd_cache.sweeps import execute
+
+ALWAYS, ONCE = "student/t0-1/pnone/r0/s0/store0", "student/t1/pnone/r0/s0/store0"
+
+
+def test_a_killed_worker_is_a_failed_job_retried_once_and_named(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(execute, "execute", sweep_killer.execute)  # what the pool's workers run
+    monkeypatch.setenv("MTD_TEST_KILL_ALWAYS", ALWAYS)
+    monkeypatch.setenv("MTD_TEST_KILL_ONCE", ONCE)
+    out = tmp_path / "runs"
+    r = run_cli("mtd-sweep", "--store", tiny["image"], "--student", "resnet8", "--pool", "0-1", "--repeats", "1",
+                "--epochs", "1", "--device", "cpu", "--workers", "2", "--threads", "1", "--out", out)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr and "BrokenProcessPool" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"mtd-sweep: error: 1 of 4 runs are not done (3 done, 1 failed); the first is {ALWAYS}: its worker process "
+        "was killed (SIGKILL: out of memory?) 2 times; run the sweep again to retry them")
+    assert f"{ONCE}: its worker process was killed (SIGKILL); running it again" in r.stderr
+    done = [json.loads(p.read_text()) for p in out.rglob("*.json")]
+    assert sorted(rec["teachers"] for rec in done) == [[], [0], [1]] and all(rec["status"] == "done" for rec in done)
+
+
+def test_slurm_without_slurm_is_refused_unless_asked_to_run_locally(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    out = tmp_path / "runs"
+    args = ["--store", tiny["image"], "--student", "resnet8", "--pool", "0", "--repeats", "1", "--epochs", "1",
+            "--device", "cpu", "--out", out, "--executor", "slurm"]
+    r = run_cli("mtd-sweep", *args)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "mtd-sweep: error: --executor slurm: there is no Slurm here (sbatch is not on PATH); run on a Slurm login "
+        "node, or give --slurm-local to run the jobs as local processes through submitit")
+    assert not out.exists()
+    pytest.importorskip("submitit")
+    r = run_cli("mtd-sweep", *args, "--slurm-local")
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.rglob("*.json"))) == 2  # teacher 0 and the CE-only baseline
+    folders = list((out / "slurm").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("sweep-")  # a fresh folder for submitit's pickles

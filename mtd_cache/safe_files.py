@@ -30,8 +30,9 @@ from typing import IO
 from .errors import MtdError
 
 
-class UnsafePath(MtdError):
-    """A symbolic link (or another non-regular file) where the tool would write or read a file: exit status 2."""
+class UnsafePath(MtdError, OSError):
+    """A symbolic link (or another non-regular file) where the tool would write or read a file: exit status 2; an
+    ``OSError`` too, so that code reading optional files (``except OSError``) treats it as unreadable."""
 
 
 def refuse_link(path: str | os.PathLike, what: str = "file") -> None:
@@ -151,6 +152,16 @@ def open_regular(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         raise
     with f:
         yield f
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (a FIFO or device is refused, never waited on)."""
+    with open_regular(path) as f:
+        return f.read()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    return read_bytes(path).decode("utf-8")
 
 
 def _kind(mode: int) -> str:

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
+from .common import (
+    DATA_DIR,
+    SEED,
+    STUDENT_HELP,
+    check_out_folder,
+    check_student,
+    overrides_from,
+    run_command,
+    setup_logging,
+)
 
 
 @click.command(help="Run every k-subset of the teacher pool (every primary for BERT students) x repeats, "
@@ -34,7 +43,7 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--epochs", type=int, help="Student epochs (recipe default).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any student recipe setting.")
-@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda (default: cuda when available).")
 @click.option("--online-teachers-dir", type=click.Path(path_type=Path),
               help="Run every student with its teachers online from this folder (the baseline the store beats).")

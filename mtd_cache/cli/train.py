@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
+from .common import (
+    DATA_DIR,
+    SEED,
+    STUDENT_HELP,
+    check_out_folder,
+    check_student,
+    overrides_from,
+    run_command,
+    setup_logging,
+)
 
 
 @click.command(help="Distil one student from the averaged logits of the chosen teachers.")
@@ -33,7 +42,7 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--select-on-dev", is_flag=True,
               help="TinyBERT: report the best dev score seen every eval_step steps, as the reference does "
                    "(selects on the evaluation set; default: the final model).")
-@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--force", is_flag=True, help="Train again even if the same run is done.")
 @click.option("--no-save-model", is_flag=True, help="Do not keep the student's weights (<run_id>.model.safetensors).")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import MtdError
+from ..safe_files import read_text
 from ..utils import atomic_path
 from . import bert, hub
 
@@ -98,7 +99,7 @@ class TinyBertStudent(nn.Module):
         from transformers import BertConfig, BertModel
 
         folder = Path(folder)
-        head = json.loads((folder / HEAD_FILE).read_text())
+        head = json.loads(read_text(folder / HEAD_FILE))
         net = cls(BertModel(BertConfig.from_json_file(folder / "config.json")), head["num_labels"], head["fit_size"])
         net.load_state_dict(load_file(str(folder / "model.safetensors")))
         return net

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
+from ..safe_files import read_text
 from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
@@ -67,7 +68,7 @@ def primary_datasets(w: Any) -> list[str]:
 def write_attrs(w: Any, f: h5py.File) -> None:
     s = w.spec
     costs_file = w.dir / "costs.json"
-    costs = json.loads(costs_file.read_text()) if costs_file.exists() else {"wall_s": 0.0, "energy_j": None}
+    costs = json.loads(read_text(costs_file)) if costs_file.exists() else {"wall_s": 0.0, "energy_j": None}
     attrs = {
         ATTR_FORMAT: FORMAT, ATTR_VERSION: VERSION, "package_version": __version__,
         "task": s.task, "metric": s.metric, "num_labels": s.num_labels, "label_names": list(s.label_names),

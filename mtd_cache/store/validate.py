@@ -50,6 +50,8 @@ def refuse_unfinished(path: Path) -> None:
         raise StoreError(f"no store at {path}")
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a store file")
+    if not path.is_file():  # a FIFO or a device: HDF5 would wait on it
+        raise StoreError(f"{path} is not a regular file, not a store file")
 
 
 def check_identity(path: Path, attrs: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ResourceError, StoreError, is_resource_fault
 from ..locks import describe_owner, file_lock
-from ..safe_files import check_target, make_dirs
+from ..safe_files import check_target, make_dirs, read_text
 from ..utils import atomic_path, atomic_write_json, fsync_dir, human_bytes
 from .format import (
     DEV_LABEL,
@@ -114,7 +114,8 @@ class StoreWriter:
         if values.shape[1:] != want or start + len(values) > self.spec.num_examples:
             raise StoreError(f"logits block of shape {values.shape} at {start} does not fit {self.spec.logits_shape()}")
         shard = self.shard(LOGITS, teacher, start, start + len(values))
-        values = values.astype(self.spec.logits_dtype)
+        with np.errstate(over="ignore"):
+            values = values.astype(self.spec.logits_dtype)
         check_finite_logits(values, f"logits as {self.spec.logits_dtype}", start, teacher=teacher)  # float16 overflow
         self._write(shard, values=values)
 
@@ -166,7 +167,7 @@ class StoreWriter:
         teacher, the seconds its training-set inference took this session, the (example, view) items, and
         whether it is a primary (its time includes copying its states out)."""
         f = self.dir / "costs.json"
-        c = json.loads(f.read_text()) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
+        c = json.loads(read_text(f)) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
         c["wall_s"] += wall_s
         c["energy_j"] = None if energy_j is None or c["energy_j"] is None else c["energy_j"] + energy_j
         done = c.setdefault("forward", {})
@@ -228,7 +229,7 @@ def _check_finite_states(values: np.ndarray, what: str, start: int) -> None:
 
 def _read_spec(spec_file: Path) -> dict | None:
     try:
-        return json.loads(spec_file.read_text())
+        return json.loads(read_text(spec_file))
     except (OSError, ValueError):
         return None
 
@@ -265,7 +266,9 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     logits = np.asarray(logits)
     if logits.shape != spec.logits_shape():
         raise StoreError(f"logits of shape {logits.shape} do not match the spec's {spec.logits_shape()}")
-    check_finite_logits(logits, "logits")
+    with np.errstate(over="ignore"):  # beyond float16's range: an infinity, refused by name just below
+        cast = logits.astype(spec.logits_dtype, copy=False)
+    check_finite_logits(cast, f"logits as {spec.logits_dtype}")
     if dev_logits is not None:
         check_finite_logits(np.asarray(dev_logits), "dev logits")
     with output_lock(path):

@@ -37,7 +37,7 @@ from ..record import (
     write_record,
 )
 from ..runtime import resolve_device, seed_everything
-from ..safe_files import check_target, refuse_links_below
+from ..safe_files import check_target, read_text, refuse_links_below
 from ..settings import Resolved
 from ..store import TeacherStore
 from ..store.seal import unsealed
@@ -47,7 +47,7 @@ from ..train import Fit, fit, remove_checkpoint, total_cost
 from ..utils import atomic_path
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
-from .recipes.common import chosen_weights
+from .recipes.common import check_init_teacher, chosen_weights
 from .targets import online_teachers
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,9 @@ def resolve_settings(recipe: ModuleType, store: TeacherStore, overrides: dict[st
     """The recipe's settings for ``store``: its defaults, then what the store recorded (a text store's tokenizer
     and length fill settings whose default None means "the store's"), then the user's ``overrides``."""
     recorded = {"max_length": store.max_length, "tokenizer": (store.tokenizer or {}).get("name")}
-    return recipe.Settings.resolve(overrides, recorded=recorded)
+    resolved = recipe.Settings.resolve(overrides, recorded=recorded)
+    check_init_teacher(resolved.settings, store.num_teachers)
+    return resolved
 
 
 def run_student(req: RunRequest) -> dict[str, Any]:
@@ -301,7 +303,7 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
     from safetensors.torch import load_model
 
     record_file = find_record(run, out)
-    rec = json.loads(record_file.read_text())
+    rec = json.loads(read_text(record_file))
     weights = model_path(record_file)
     if not weights.exists():
         raise MtdError(f"run {rec['run_id'][:12]} kept no weights ({weights.name} is not beside its record): "

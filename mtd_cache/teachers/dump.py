@@ -22,7 +22,7 @@ import numpy as np
 from ..energy import EnergyMeter
 from ..errors import MtdError, ResourceError, StoreError
 from ..progress import Progress
-from ..safe_files import check_target
+from ..safe_files import check_target, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
 from ..tasks.registry import get_task
@@ -94,7 +94,7 @@ def drop_finished_leftover(out: Path) -> None:
     if not out.is_file() or not pdir.is_dir() or pdir.is_symlink():
         return
     try:
-        pieces = StoreSpec.from_json(json.loads((pdir / "spec.json").read_text())).to_json()
+        pieces = StoreSpec.from_json(json.loads(read_text(pdir / "spec.json"))).to_json()
         with TeacherStore.open(out) as have:
             theirs = have.spec.to_json()
     except (OSError, ValueError, TypeError, MtdError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtdError
+from ..safe_files import read_text
 from ..utils import sha256_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def load_teacher(folder: Path, check: bool = False) -> Teacher | None:
     rec = folder / RECORD
     if not rec.exists() or not (folder / WEIGHTS).exists():
         return None
-    info = json.loads(rec.read_text())
+    info = json.loads(read_text(rec))  # a FIFO planted as teacher.json: one line, not a hang
     if check and sha256_file(folder / WEIGHTS) != info.get("sha256"):
         log.warning("%s: weights do not match the recorded sha256; retraining", folder)
         return None

@@ -53,8 +53,7 @@ class ImageTeacherSettings(SgdRecipeSettings):
 
     def check(self) -> None:
         factory.parse(self.model, "image")
-        if not all(0 < f <= 1 for f in self.milestones):
-            raise MtdError(f"image-teacher setting milestones={self.milestones}: fractions of the epochs in (0, 1]")
+        super().check()
 
 
 @dataclass(frozen=True)

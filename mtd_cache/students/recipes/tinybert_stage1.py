@@ -32,6 +32,7 @@ from ...models import bert
 from ...models.tinybert import TinyBertStudent, from_general, from_teacher
 from ...optim import optimizer_and_schedule
 from ...runtime import autocast_dtype
+from ...safe_files import read_text
 from ...tasks.text_data import TaskInputs, epoch_batches, to_device
 from ...train import Fit, remove_checkpoint
 from ...utils import atomic_write_json, canonical_json, sha256_text
@@ -101,7 +102,7 @@ def _partial(folder: Path) -> Path:
 def stage1_done(folder: Path) -> dict[str, Any] | None:
     """The record of a finished stage 1 in ``folder`` (with its model), else None."""
     try:
-        rec = json.loads((folder / RECORD).read_text())
+        rec = json.loads(read_text(folder / RECORD))
     except (OSError, ValueError):
         return None
     return rec if rec.get("status") == "done" and (folder / "model.safetensors").exists() else None

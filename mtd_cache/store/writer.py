@@ -266,9 +266,10 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     logits = np.asarray(logits)
     if logits.shape != spec.logits_shape():
         raise StoreError(f"logits of shape {logits.shape} do not match the spec's {spec.logits_shape()}")
-    with np.errstate(over="ignore"):  # beyond float16's range: an infinity, refused by name just below
-        cast = logits.astype(spec.logits_dtype, copy=False)
-    check_finite_logits(cast, f"logits as {spec.logits_dtype}")
+    check_finite_logits(logits, "logits")
+    if logits.dtype != np.dtype(spec.logits_dtype):
+        with np.errstate(over="ignore"):  # beyond float16's range: an infinity, refused by name just below
+            check_finite_logits(logits.astype(spec.logits_dtype), f"logits as {spec.logits_dtype}")
     if dev_logits is not None:
         check_finite_logits(np.asarray(dev_logits), "dev logits")
     with output_lock(path):

@@ -32,6 +32,7 @@ from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
+from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
 from .plan import Job, plan_sweep
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     if executor not in EXECUTORS:
         raise MtdError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor == "slurm" and not dry_run:  # before any work: never local jobs by surprise
-        from .executors import check_slurm
-
         check_slurm((slurm or {}).get("cluster"))
     check_config(cfg)
     jobs = make_plan(cfg)
@@ -172,8 +171,6 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     if dry_run or not todo:
         return [{"key": j.key, "status": "planned"} for j in todo]
     if executor == "local":
-        from .executors import threads_per_run
-
         check_threads(records, cfg, threads_per_run(cfg, workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     check_target(Path(cfg.out) / "sweep-events.jsonl")  # refused before the first job, not in every worker
@@ -195,15 +192,13 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
 
 def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address: str | None,
          slurm: dict[str, Any] | None, wait: bool) -> list[dict]:
-    from .executors import run_local, run_ray, run_slurm
-
     if executor == "local":
-        return run_local(jobs, cfg, workers, wait)
+        return run_local(jobs, cfg, workers, wait, execute)
     if executor == "ray":
-        return run_ray(jobs, cfg, address, workers, wait)
+        return run_ray(jobs, cfg, address, workers, wait, execute)
     slurm = dict(slurm or {})
     cluster = slurm.pop("cluster", None)
-    return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait=wait)
+    return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait, execute)
 
 
 def check_config(cfg: SweepConfig) -> None:

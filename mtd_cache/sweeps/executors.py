@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from ..errors import MtdError
 from ..safe_files import make_dirs
-from . import execute as jobs_module
 from .plan import Job, job_line
 
 log = logging.getLogger(__name__)
@@ -69,12 +68,13 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
     return results
 
 
-def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool = False) -> list[dict]:
+def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool, execute: Callable) -> list[dict]:
+    """``execute(job, cfg, wait)`` of every job in worker processes (``sweeps.execute.execute``)."""
     import torch
 
     devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
     workers = min(workers, len(devices)) if devices else workers
-    pool = _Pool(workers, (threads_per_run(cfg, workers), devices, os.getpid()), cfg, wait)
+    pool = _Pool(workers, (threads_per_run(cfg, workers), devices, os.getpid()), execute, cfg, wait)
     try:
         return run_scheduled(jobs, pool.submit, pool.next_done)
     finally:
@@ -84,8 +84,8 @@ def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool = False) -> li
 class _Pool:
     """A ``ProcessPoolExecutor`` rebuilt when a worker dies; handles stay valid across rebuilds (one per job)."""
 
-    def __init__(self, workers: int, initargs: tuple, cfg: Any, wait: bool):
-        self.workers, self.initargs, self.cfg, self.wait = workers, initargs, cfg, wait
+    def __init__(self, workers: int, initargs: tuple, execute: Callable, cfg: Any, wait: bool):
+        self.workers, self.initargs, self.execute, self.cfg, self.wait = workers, initargs, execute, cfg, wait
         self.ex = self._new()
         self.future: dict[Job, concurrent.futures.Future] = {}
         self.killed: dict[str, int] = {}  # job key -> times its worker was killed
@@ -97,7 +97,7 @@ class _Pool:
 
     def submit(self, ready: list[Job]) -> list[Job]:
         for job in ready:
-            self.future[job] = self.ex.submit(jobs_module.execute, job, self.cfg, self.wait)
+            self.future[job] = self.ex.submit(self.execute, job, self.cfg, self.wait)
         return ready
 
     def next_done(self, running: list[Job]) -> tuple[Job, dict]:
@@ -204,8 +204,8 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="mtd-parent-watchdog").start()
 
 
-def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int,
-            wait: bool = False) -> list[dict]:
+def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: bool,
+            execute: Callable) -> list[dict]:
     try:
         import ray
     except ImportError:
@@ -213,7 +213,7 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int,
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
              **({} if address else {"num_cpus": workers}))
     gpus = 1 if ray.cluster_resources().get("GPU") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(jobs_module.execute)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(execute)
 
     def next_done(refs: list) -> tuple[Any, dict]:
         ready, _ = ray.wait(refs, num_returns=1)
@@ -229,8 +229,8 @@ def check_slurm(cluster: str | None) -> None:
                        "node, or give --slurm-local to run the jobs as local processes through submitit")
 
 
-def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], cluster: str | None = None,
-              poll_s: float = 2.0, wait: bool = False) -> list[dict]:
+def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], cluster: str | None,
+              wait: bool, execute: Callable, poll_s: float = 2.0) -> list[dict]:
     """The jobs as Slurm job arrays through submitit; ``cluster="local"`` (``--slurm-local``): submitit's local
     executor. Without Slurm, and not asked to run locally: one line, before any job."""
     try:
@@ -252,5 +252,5 @@ def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], c
         return finished[0], finished[0].result()
 
     # the jobs ready together go in one job array
-    return run_scheduled(jobs, lambda ready: executor.map_array(jobs_module.execute, ready, [cfg] * len(ready),
+    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),
                                                                 [wait] * len(ready)), next_done)

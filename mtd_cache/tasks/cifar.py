@@ -9,6 +9,7 @@ fingerprint of the pixels guards what was cached.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import pickle
 import struct
@@ -18,10 +19,11 @@ import numpy as np
 
 from ..errors import MtdError
 from ..safe_files import open_regular
-from .images import DEFAULT_DATA, IMAGE_TASKS
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DATA = Path("cache") / "data"  # where downloads go when no data_dir is given (every built-in image task)
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -85,6 +87,8 @@ class _CifarUnpickler(pickle.Unpickler):
             return getattr(_multiarray(), name)
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 writes bytes (a latin-1 str re-encoded)
+            return codecs.encode
         raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never holds (refused)")
 
 
@@ -141,7 +145,7 @@ def write_fake_cifar10(root: str | Path, n_train: int = 50, n_test: int = 20, se
                    _Py2Str(b"labels"): [int(x) for x in rng.integers(0, 10, n)],
                    _Py2Str(b"data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                    _Py2Str(b"filenames"): [_Py2Str(f"{name}_{i}.png".encode()) for i in range(n)]}, folder / name)
-    names = [_Py2Str(n.encode()) for n in IMAGE_TASKS["cifar10"].label_names]
+    names = [_Py2Str(n.encode()) for n in CIFAR10_LABELS]
     _dump_py2({_Py2Str(b"label_names"): names, _Py2Str(b"num_cases_per_batch"): 10000,
                _Py2Str(b"num_vis"): 3072}, folder / "batches.meta")
     return folder

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MtdError
+from .cifar import CIFAR10_LABELS, DEFAULT_DATA, load_cifar10
 from .known import REGISTERED
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("cache") / "data"  # where downloads go when no data_dir is given
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
 
@@ -77,8 +77,7 @@ IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
     # He et al.'s CIFAR recipe: pad 4 + flip, 162 views. Mean/std as the reference trainer (akamaster's
     # trainer.py normalises with ImageNet's statistics, not CIFAR-10's (0.4914, 0.4822, 0.4465) /
     # (0.2470, 0.2435, 0.2616)); a constant affine map the first BN absorbs, kept for reproducibility.
-    ImageTask("cifar10", 3, 32, 10, ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"), 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ImageTask("cifar10", 3, 32, 10, CIFAR10_LABELS, 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # Pad 2 + flip: 5 x 5 x 2 = 50 views. Pad 4 would be 162 views, 3.2x the dump (60,000 x V x T forwards)
     # and the store (60,000 x 162 x 6 x 10 float32 = 2.3 GB); pad 2 on 28 px shifts by up to 7%, close to
     # CIFAR's 4/32, on centred objects. Flip keeps every class (clothes and shoes face both ways).
@@ -176,8 +175,6 @@ def load_split(task: ImageTask | str, split: str, data_dir: str | Path | None = 
     if hasattr(task, "load"):  # a task file's image folders
         images, labels = task.load(split, data_dir)
     else:
-        from .cifar import load_cifar10
-
         loader = {"cifar10": load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
         images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
     images, labels = np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)

@@ -79,6 +79,22 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, device: str = "cpu") -> None:
+    """A model's weights from a safetensors file (a teacher's, a stage 1's, a kept student's): a file that is not
+    one, or does not fit the model, is ``NotACheckpoint``, one line (a full disk or an I/O error stays itself)."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("not a regular file")
+        load_model(model, str(path), strict=True, device=device)
+    except Exception as exc:  # noqa: BLE001 - named in one line, never a traceback
+        if is_resource_fault(exc):
+            raise
+        raise NotACheckpoint(f"{path}: not weights this model can load ({_why(exc)})") from None
+
+
 def _why(exc: Exception) -> str:
     text = " ".join(str(exc).split())[:120]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

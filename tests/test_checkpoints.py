@@ -167,3 +167,25 @@ def test_a_full_disk_while_checkpointing_is_exit_3_and_the_run_resumes(tiny, tmp
         assert "resumed from" in again.stderr
     finally:
         subprocess.run(["umount", "-l", str(runs)], capture_output=True)
+
+
+def test_weights_that_are_not_safetensors_are_one_line(tiny, tmp_path):
+    import shutil
+
+    out = tmp_path / "runs"
+    r = _run(BIN / "mtd-train", "--store", tiny["image"], "--student", "resnet8", "--teachers", "0", "--epochs", "1",
+             "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr
+    model = next(out.rglob("*.model.safetensors"))
+    model.write_bytes(pickle.dumps(_Planted(tmp_path / "ran.txt")))
+    r = _run(BIN / "mtd-train", "--evaluate", model.name.split(".")[0], "--out", out, "--device", "cpu")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        f"mtd-train: error: {model}: not weights this model can load (")
+    teachers = tmp_path / "teachers"
+    shutil.copytree(tiny["teachers"], teachers)
+    (teachers / "seed1" / "model.safetensors").write_bytes(b"\0" * 100)
+    r = _run(BIN / "mtd-cache", "dump", "--task", "digits", "--teachers-dir", teachers, "--out", tmp_path / "s.h5",
+             "--train-subset", "40", "--test-subset", "20")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        f"mtd-cache: error: {teachers / 'seed1' / 'model.safetensors'}: not weights this model can load (")
+    assert not (tmp_path / "ran.txt").exists()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import load_weights
 from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..locks import file_lock
@@ -300,8 +301,6 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
     """A finished run's student evaluated again from its saved weights (``mtd-train --evaluate RUN_ID``): the
     run rebuilt from its record (store, student, teachers, settings), its weights loaded, the evaluation split
     scored. Returns ``{"run_id", "metric_name", "metric", "recorded_metric", ...}``."""
-    from safetensors.torch import load_model
-
     record_file = find_record(run, out)
     rec = json.loads(read_text(record_file))
     weights = model_path(record_file)
@@ -332,7 +331,7 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
 
     ctx.prerequisite = done_only
     job = planned.impl.build(planned, ctx)
-    load_model(job.model, str(weights), device=str(ctx.device))
+    load_weights(job.model, weights, device=str(ctx.device))
     metrics = dict(job.evaluate())
     metrics.pop("predictions", None), metrics.pop("labels", None)
     return {"run_id": rec["run_id"], "student": rec["student"], "metric_name": rec["metric_name"],

@@ -55,7 +55,7 @@ from .augment_candidates import (
 from .errors import MtdError
 from .progress import Progress
 from .runtime import resolve_device
-from .safe_files import open_regular, read_text
+from .safe_files import check_target, make_dirs, open_regular, read_text
 from .tasks.augmented import sidecars
 from .tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
 from .utils import atomic_path, atomic_write_bytes, atomic_write_json, canonical_json, sha256_file, sha256_text
@@ -296,10 +296,11 @@ def _run_chunks(work: _Work, identity: dict[str, Any], out: Path) -> list[dict]:
     """Every chunk's shard, computing only those not already finished under these settings."""
     folder = sidecars(out)[2]
     marker = folder / "settings.json"
+    check_target(folder, "folder")  # the shards' folder: never a planted link
     if folder.exists() and _read_json(marker).get("digest") != work.digest:
         log.warning("discarding %s: it was written with other settings", folder)
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     atomic_write_json(marker, {**identity, "digest": work.digest})
     shards, n = [], len(work.rows)
     with Progress(n, "augment", unit="ex") as bar:

@@ -189,3 +189,18 @@ def test_weights_that_are_not_safetensors_are_one_line(tiny, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
         f"mtd-cache: error: {teachers / 'seed1' / 'model.safetensors'}: not weights this model can load (")
     assert not (tmp_path / "ran.txt").exists()
+
+
+def test_a_planted_cifar_batch_is_refused_not_run(tmp_path):
+    from mtd_cache.errors import MtdError
+    from mtd_cache.tasks.cifar import write_fake_cifar10
+    from mtd_cache.tasks.images import load_split
+
+    folder = write_fake_cifar10(tmp_path, n_train=10, n_test=4)
+    marker = tmp_path / "ran.txt"
+    (folder / "data_batch_2").write_bytes(pickle.dumps(_Planted(marker), protocol=2))
+    with pytest.raises(MtdError, match=r"CIFAR-10 files in .* are unreadable: data_batch_2: it refers to "
+                                       r"__builtin__.exec, which a CIFAR batch never holds \(refused\)"):
+        load_split("cifar10", "train", data_dir=tmp_path, download=False)
+    assert not marker.exists()
+    assert load_split("cifar10", "test", data_dir=tmp_path, download=False)[0].shape == (4, 3, 32, 32)

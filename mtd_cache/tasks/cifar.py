@@ -44,14 +44,16 @@ def _find_cifar(data_dir: Path | None) -> Path | None:
 
 
 def load_cifar10(train: bool, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 from ``data_dir`` (default ``cache/data``), downloaded there by torchvision if allowed."""
+    """CIFAR-10 from ``data_dir`` (default ``cache/data``), its archive downloaded there by torchvision's downloader
+    if allowed (md5-checked; the batches are read here, never by torchvision's unrestricted unpickler)."""
     folder = _find_cifar(data_dir)
     root = data_dir or DEFAULT_DATA
     if folder is None and download:
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
 
         try:
-            CIFAR10(str(root), train=train, download=True)
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except Exception as exc:  # no network, a refused or corrupt download: say where the files go
             log.warning("CIFAR-10 download into %s failed: %s", root, exc)
         folder = _find_cifar(data_dir)

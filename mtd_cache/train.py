@@ -182,7 +182,7 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tup
     try:
         state = load_state(job.checkpoint)
     except NotACheckpoint as exc:  # only a resume point: never loaded, the run starts over (and replaces it)
-        log.warning("ignoring %s; %s starts from the beginning", exc, job.desc)
+        log.warning("%s: ignored, %s starts from the beginning", exc, job.desc)
         return 0, []
     if state.get("identity") != _identity_key(job):
         log.warning("ignoring checkpoint %s: it belongs to another configuration", job.checkpoint)

@@ -56,8 +56,8 @@ def test_a_planted_pickle_at_a_students_checkpoint_is_never_run(tiny, tmp_path):
              "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
-    assert f"ignoring {planned.checkpoint} is not a checkpoint mtd-cache wrote (" in r.stderr
-    assert "; resnet8" in r.stderr and "starts from the beginning" in r.stderr
+    assert f"{planned.checkpoint} is not a checkpoint mtd-cache wrote (" in r.stderr
+    assert "): ignored, resnet8 k=2 starts from the beginning" in r.stderr
     assert json.loads(planned.record.read_text())["status"] == "done" and not planned.checkpoint.exists()
 
 
@@ -85,7 +85,7 @@ def test_a_planted_pickle_at_a_stage_1_checkpoint_is_never_run(tiny, tmp_path):
              "0", "--device", "cpu", "--out", out, *sets)
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
-    assert f"ignoring {stage1.checkpoint} is not a checkpoint mtd-cache wrote" in r.stderr
+    assert f"{stage1.checkpoint} is not a checkpoint mtd-cache wrote" in r.stderr
     assert (stage1.record.parent / "stage1.json").exists()
 
 
@@ -100,7 +100,7 @@ def test_a_corrupt_checkpoint_is_a_resume_point_discarded_in_one_line(tiny, tmp_
     r = _run(BIN / "mtd-train", "--store", tiny["image"], "--student", "resnet8", "--teachers", "0", "--epochs", "1",
              "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr
-    warned = [line for line in r.stderr.splitlines() if "ignoring" in line]
+    warned = [line for line in r.stderr.splitlines() if "ignored" in line]
     assert len(warned) == 1 and f"{planned.checkpoint} is not a checkpoint mtd-cache wrote" in warned[0]
 
 

@@ -54,6 +54,14 @@ def check_target(path: str | os.PathLike, what: str = "file") -> None:
         raise UnsafePath(f"{path} is {_kind(kind)}, where mtd-cache writes a {what}: remove it")
 
 
+def check_targets(root: str | os.PathLike, paths: list) -> None:
+    """``check_target`` for each of ``paths`` (None skipped), and no link at any folder between ``root`` and it."""
+    for path in paths:
+        if path is not None:
+            refuse_links_below(root, path)
+            check_target(path)
+
+
 def refuse_links_below(root: str | os.PathLike, path: str | os.PathLike) -> None:
     """Refuse a link at any component of ``path`` below ``root``: the folders the tool names itself.
 

@@ -167,3 +167,14 @@ def test_import_of_logits_beyond_float16_is_refused(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
         "mtd-cache: error: logits as float16: teacher 1 has a non-finite value (inf) at example 4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.npy", "z.npy"]
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"status": "done"}'], ids=["text", "list", "no-fields"])
+def test_evaluating_a_record_that_is_not_one_is_one_line(tmp_path, content):
+    folder = tmp_path / "runs" / "digits" / "resnet8"
+    folder.mkdir(parents=True)
+    (folder / "abc123.json").write_text(content)
+    r = run_cli("mtd-train", "--evaluate", "abc", "--out", tmp_path / "runs")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"mtd-train: error: {folder / 'abc123.json'} is not a run "
+                                                        "record (")

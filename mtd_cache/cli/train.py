@@ -90,8 +90,8 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
                          teachers_dir=str(teachers_dir) if teachers_dir else None, data_dir=data_dir, device=device,
                          force=force, save_model=not no_save_model, allow_unverified=allow_unverified)
         rec = run_student(req)
-    click.echo(json.dumps({k: rec[k] for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
-                                                "metric", "wall_s")}))
+    click.echo(json.dumps({k: rec.get(k) for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
+                                                    "metric", "wall_s")}))
 
 
 def settings_help(student: str) -> str:

@@ -38,7 +38,7 @@ from ..record import (
     write_record,
 )
 from ..runtime import resolve_device, seed_everything
-from ..safe_files import check_target, read_text, refuse_links_below
+from ..safe_files import check_targets, read_text
 from ..settings import Resolved
 from ..store import TeacherStore
 from ..store.seal import unsealed
@@ -205,7 +205,8 @@ def execute_run(planned: PlannedRun, wait: bool = True,
 
     ``on_start`` is called once the lock is held and the run is about to train (a sweep's event log).
     """
-    check_outputs(planned)
+    check_targets(planned.request.out, [planned.record, planned.lock, planned.checkpoint, planned.metrics_csv,
+                                        planned.record.with_suffix(".predictions.npz"), model_path(planned.record)])
     force = planned.request.force
     if not force and (done := planned.done()) is not None:
         log.info("%s %s is done already: %s", planned.kind, planned.run_id[:12], planned.record)
@@ -218,16 +219,6 @@ def execute_run(planned: PlannedRun, wait: bool = True,
         if on_start is not None:
             on_start()
         return _train(planned)
-
-
-def check_outputs(planned: PlannedRun) -> None:
-    """Before training: no link (or FIFO) at any file the run writes, nor at the folders named under ``--out``."""
-    out = Path(planned.request.out)
-    for path in (planned.record, planned.lock, planned.checkpoint, planned.metrics_csv,
-                 planned.record.with_suffix(".predictions.npz"), model_path(planned.record)):
-        if path is not None:
-            refuse_links_below(out, path)
-            check_target(path)
 
 
 def _train(planned: PlannedRun) -> dict[str, Any]:
@@ -302,7 +293,13 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
     run rebuilt from its record (store, student, teachers, settings), its weights loaded, the evaluation split
     scored. Returns ``{"run_id", "metric_name", "metric", "recorded_metric", ...}``."""
     record_file = find_record(run, out)
-    rec = json.loads(read_text(record_file))
+    try:
+        rec = json.loads(read_text(record_file))
+        missing = [k for k in ("run_id", "store", "student", "teachers", "primary", "seed") if k not in rec]
+    except (ValueError, TypeError) as exc:
+        raise MtdError(f"{record_file} is not a run record ({exc})") from None
+    if missing or not isinstance(rec, dict):
+        raise MtdError(f"{record_file} is not a run record (it lacks {(missing or ['its fields'])[0]!r})")
     weights = model_path(record_file)
     if not weights.exists():
         raise MtdError(f"run {rec['run_id'][:12]} kept no weights ({weights.name} is not beside its record): "

@@ -42,3 +42,15 @@ def test_slurm_without_slurm_is_refused_unless_asked_to_run_locally(tiny, tmp_pa
     assert not out.exists()
     r = run_cli("mtd-sweep", *args, "--slurm-local", "--dry-run")  # accepted (test_sweep.py runs jobs that way)
     assert r.returncode == 0 and r.stdout.strip() == "2 planned", r.stderr
+
+
+def test_a_ray_or_slurm_job_whose_process_died_is_a_failed_job_named_by_its_key():
+    from mtd_cache.sweeps.executors import died, run_scheduled
+    from mtd_cache.sweeps.plan import plan_sweep
+
+    jobs = plan_sweep([0, 1], "resnet8", 1, bert_student=False, two_stage=False)
+    crash = RuntimeError("The actor died unexpectedly before finishing this task (SIGKILL)")
+    results = run_scheduled(jobs, lambda ready: ready, lambda running: (running[0], died(crash)))
+    assert [r["key"] for r in results] == [j.key for j in jobs]
+    assert {r["status"] for r in results} == {"failed"} and results[0]["error"] == (
+        "its process died (RuntimeError: The actor died unexpectedly before finishing this task (SIGKILL))")

@@ -60,6 +60,8 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
                 running.update(zip(submit(ready), ready, strict=True))
             handle, result = next_done(list(running))
             done = running.pop(handle)
+            if result.get("key") is None:  # a job whose process died (a Ray or Slurm job): named by its key
+                result = {**result, "key": done.key, "run_id": None}
             for waiting in blockers.values():
                 waiting.discard(done.key)
             results.append(result)
@@ -134,6 +136,13 @@ class _Pool:
                 if job.key in culprits:
                     log.warning("%s: its worker process was killed (%s); running it again", job.key, signal_name)
                 self.submit([job])
+
+
+def died(exc: BaseException) -> dict:
+    """The result of a job whose process died before it could return one (its key filled in by the scheduler)."""
+    why = " ".join(str(exc).split())[:200] or type(exc).__name__
+    log.error("a job's process died: %s", why)
+    return {"key": None, "status": "failed", "error": f"its process died ({type(exc).__name__}: {why})"}
 
 
 def _killed_jobs(lost: list[Job], procs: dict[int, Any], out: str) -> dict[str, str]:
@@ -217,7 +226,10 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: 
 
     def next_done(refs: list) -> tuple[Any, dict]:
         ready, _ = ray.wait(refs, num_returns=1)
-        return ready[0], ray.get(ready[0])
+        try:
+            return ready[0], ray.get(ready[0])
+        except Exception as exc:  # noqa: BLE001 - a worker that died (out of memory): a failed job, named at the end
+            return ready[0], died(exc)
 
     return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg, wait) for job in ready], next_done)
 
@@ -249,7 +261,10 @@ def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], c
     def next_done(handles: list) -> tuple[Any, dict]:
         while not (finished := [h for h in handles if h.done()]):
             time.sleep(poll_s)
-        return finished[0], finished[0].result()
+        try:
+            return finished[0], finished[0].result()
+        except Exception as exc:  # noqa: BLE001 - a job Slurm killed (time, memory): a failed job, named at the end
+            return finished[0], died(exc)
 
     # the jobs ready together go in one job array
     return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),

@@ -68,7 +68,7 @@ def load_done(path: Path) -> dict[str, Any] | None:
         rec = json.loads(read_text(path))  # a FIFO planted as a record: unreadable, not waited on
     except (OSError, ValueError):
         return None
-    return rec if rec.get("status") == "done" else None
+    return rec if isinstance(rec, dict) and rec.get("status") == "done" else None
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:

@@ -178,3 +178,16 @@ def test_evaluating_a_record_that_is_not_one_is_one_line(tmp_path, content):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"mtd-train: error: {folder / 'abc123.json'} is not a run "
                                                         "record (")
+
+
+def test_a_record_that_is_not_an_object_is_not_a_finished_run(tiny, tmp_path):
+    from mtd_cache.students.run import RunRequest, plan_run
+
+    planned = plan_run(RunRequest(store=str(tiny["image"]), student="resnet8", teachers=(0,), out=str(tmp_path),
+                                  overrides={"epochs": 1}, device="cpu"))
+    planned.record.parent.mkdir(parents=True)
+    planned.record.write_text("[1, 2]")
+    r = run_cli("mtd-train", "--store", tiny["image"], "--student", "resnet8", "--teachers", "0", "--epochs", "1",
+                "--device", "cpu", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(planned.record.read_text())["status"] == "done"

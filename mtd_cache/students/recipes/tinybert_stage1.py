@@ -105,7 +105,8 @@ def stage1_done(folder: Path) -> dict[str, Any] | None:
         rec = json.loads(read_text(folder / RECORD))
     except (OSError, ValueError):
         return None
-    return rec if rec.get("status") == "done" and (folder / "model.safetensors").exists() else None
+    done = isinstance(rec, dict) and rec.get("status") == "done"
+    return rec if done and (folder / "model.safetensors").exists() else None
 
 
 def folder_of(ctx: StudentContext, info: dict[str, Any]) -> Path:

@@ -191,3 +191,15 @@ def test_a_record_that_is_not_an_object_is_not_a_finished_run(tiny, tmp_path):
                 "--device", "cpu", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(planned.record.read_text())["status"] == "done"
+
+
+@pytest.mark.parametrize("content", ["[1]", "{not json", '{"task": "digits"}'], ids=["list", "text", "no-seed"])
+def test_a_teacher_record_that_is_not_one_is_one_line(tmp_path, content):
+    seed = tmp_path / "t" / "seed0"
+    seed.mkdir(parents=True)
+    (seed / "teacher.json").write_text(content)
+    (seed / "model.safetensors").write_bytes(b"")
+    r = run_cli("mtd-cache", "dump", "--task", "digits", "--teachers-dir", tmp_path / "t", "--out", tmp_path / "s.h5")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        f"mtd-cache: error: {seed / 'teacher.json'} is not a teacher's record (")
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()

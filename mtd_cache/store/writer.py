@@ -229,9 +229,10 @@ def _check_finite_states(values: np.ndarray, what: str, start: int) -> None:
 
 def _read_spec(spec_file: Path) -> dict | None:
     try:
-        return json.loads(read_text(spec_file))
+        spec = json.loads(read_text(spec_file))
     except (OSError, ValueError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _merge_failure(tmp: Path, pieces: Path, exc: BaseException) -> Exception:

@@ -55,11 +55,16 @@ def load_teacher(folder: Path, check: bool = False) -> Teacher | None:
     rec = folder / RECORD
     if not rec.exists() or not (folder / WEIGHTS).exists():
         return None
-    info = json.loads(read_text(rec))  # a FIFO planted as teacher.json: one line, not a hang
+    try:  # a FIFO planted as teacher.json is refused, not waited on
+        info = json.loads(read_text(rec))
+        seed = int(info["seed"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MtdError(f"{rec} is not a teacher's record ({type(exc).__name__}: {' '.join(str(exc).split())[:80]}): "
+                       "remove the folder to train the teacher again") from None
     if check and sha256_file(folder / WEIGHTS) != info.get("sha256"):
         log.warning("%s: weights do not match the recorded sha256; retraining", folder)
         return None
-    return Teacher(int(info["seed"]), folder, info)
+    return Teacher(seed, folder, info)
 
 
 def find_teachers(teachers_dir: Path, task: str | None = None) -> list[Teacher]:

@@ -92,3 +92,19 @@ def test_a_dump_stopped_by_a_full_disk_at_the_merge_resumes_once_its_merge_fits(
         assert diff_stores(out, tmp_path / "ref.h5") == []
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_dump_finding_its_store_unsealed_seals_it(tiny, tmp_path, caplog):
+    import h5py
+
+    from mtd_cache.store import TeacherStore
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "s.h5"
+    assert _dump(tiny, out, "--train-subset", "40") == 0
+    with h5py.File(out, "r+") as f:  # as a dump of an earlier mtd-cache wrote it
+        del f.attrs["seal_json"], f.attrs["seal_sha256"]
+    assert not TeacherStore.open(out).sealed
+    assert _dump(tiny, out, "--train-subset", "40") == 0
+    assert f"{out} has no seal: verifying its checksums and sealing it" in caplog.text
+    assert TeacherStore.open(out).sealed

@@ -25,6 +25,7 @@ from ..progress import Progress
 from ..safe_files import check_target, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
+from ..store.seal import seal_store
 from ..tasks.registry import get_task
 from ..utils import human_bytes
 from .adapter import DumpPlan
@@ -63,7 +64,7 @@ def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: 
     is complete, so a dump that fails leaves the old one in place."""
     try:
         with TeacherStore.open(out) as have:  # a damaged file is refused loudly here (unless --force)
-            theirs = have.spec.to_json()
+            theirs, sealed = have.spec.to_json(), have.sealed
     except StoreError as exc:
         if not force:
             raise
@@ -77,6 +78,9 @@ def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: 
         differs.remove("fingerprint")  # a consequence: name its cause
     if not differs:
         log.info("%s holds this dump already (same teachers, data and settings): nothing to do", out)
+        if not sealed:  # dumped before seals existed: what inspect --seal does, so that students take it
+            log.info("%s has no seal: verifying its checksums and sealing it", out)
+            seal_store(out)
         return False
     what = "; ".join(f"{k}: {_short(theirs.get(k))} there, {_short(mine.get(k))} asked" for k in differs[:2])
     if not force:

@@ -55,6 +55,7 @@ from .augment_candidates import (
 from .errors import MtdError
 from .progress import Progress
 from .runtime import resolve_device
+from .safe_files import check_target, make_dirs, open_regular, read_text
 from .tasks.augmented import sidecars
 from .tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
 from .utils import atomic_path, atomic_write_bytes, atomic_write_json, canonical_json, sha256_file, sha256_text
@@ -190,7 +191,7 @@ def _shard(folder: Path, start: int) -> Path:
 def _load_shard(path: Path, digest: str, start: int, stop: int) -> dict | None:
     """A finished shard of these settings and examples, or None (missing, damaged, other settings)."""
     try:
-        shard = json.loads(path.read_text())
+        shard = json.loads(read_text(path))
         ok = (shard["digest"], shard["start"], shard["stop"]) == (digest, start, stop)
         return shard if ok and len(shard["rows"]) == len(shard["source"]) else None
     except (OSError, ValueError, KeyError, TypeError):
@@ -216,7 +217,8 @@ def augment_task(cfg: AugmentConfig) -> Augmented:
     info = {"source_file": str(path.resolve()), "glove_file": str(Path(cfg.glove).resolve()) if cfg.glove else None}
     if _complete(out, digest):
         log.info("%s is complete already (same settings); remove it to augment again", out)
-        source = np.load(sidecars(out)[0])
+        with open_regular(sidecars(out)[0]) as f:
+            source = np.load(f, allow_pickle=False)
         return Augmented(out, len(rows), len(source), time.perf_counter() - t0)
     model, tokenizer, missing = load_mlm(cfg.mlm, cfg.force_mlm)
     device = resolve_device(cfg.device)
@@ -261,7 +263,7 @@ def _complete(out: Path, digest: str) -> bool:
     if not out.exists():
         return False
     try:
-        done = json.loads(settings.read_text())
+        done = json.loads(read_text(settings))
     except (OSError, ValueError):
         raise MtdError(f"{out} exists without readable settings ({settings}); remove it or choose "
                        f"another --out") from None
@@ -294,10 +296,11 @@ def _run_chunks(work: _Work, identity: dict[str, Any], out: Path) -> list[dict]:
     """Every chunk's shard, computing only those not already finished under these settings."""
     folder = sidecars(out)[2]
     marker = folder / "settings.json"
+    check_target(folder, "folder")  # the shards' folder: never a planted link
     if folder.exists() and _read_json(marker).get("digest") != work.digest:
         log.warning("discarding %s: it was written with other settings", folder)
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     atomic_write_json(marker, {**identity, "digest": work.digest})
     shards, n = [], len(work.rows)
     with Progress(n, "augment", unit="ex") as bar:
@@ -314,7 +317,7 @@ def _run_chunks(work: _Work, identity: dict[str, Any], out: Path) -> list[dict]:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except (OSError, ValueError):
         return {}
 

@@ -4,6 +4,7 @@
 owner is gone is simply free. The lock file holds its owner (pid, host, start time), written once the
 lock is taken, so a refusal can name the process that holds it. A lock file is removed by its holder
 when it leaves (``file_lock``), and a process that locked a file no longer at the path starts over.
+A symbolic link (or a FIFO) planted at a lock's path is refused, never opened (``safe_files``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .safe_files import open_fd
+
 
 @contextmanager
 def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
@@ -30,7 +33,7 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        with open(path, "a+") as f:
+        with os.fdopen(open_fd(path, os.O_RDWR | os.O_CREAT), "r+") as f:  # never through a planted link
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -51,7 +54,7 @@ def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
 
 def _same_file(f: Any, path: Path) -> bool:
     try:
-        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+        return os.fstat(f.fileno()).st_ino == os.lstat(path).st_ino
     except FileNotFoundError:
         return False
 

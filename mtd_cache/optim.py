@@ -31,6 +31,13 @@ class SgdRecipeSettings(Settings):
     warmup_lr: float = setting(0.01, "ResNet-110's warm-up lr (trainer.py)", above=0)
     legacy_warmup: bool = setting(False, "reproduce trainer.py's warm-up that never restores lr 0.1")
 
+    def check(self) -> None:
+        super().check()
+        m = list(self.milestones)
+        if not all(0 < f <= 1 for f in m) or any(b <= a for a, b in zip(m, m[1:], strict=False)):
+            raise MtdError(f"{self.WHAT} setting milestones={m}: fractions of the epochs in (0, 1], ascending "
+                           "(the default: [0.5, 0.75])")
+
 
 def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
                            total_steps: int, schedule: str = "linear") -> tuple[torch.optim.Optimizer, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .safe_files import read_text
 from .utils import atomic_write_json, canonical_json, sha256_text
 
 # Fields of DESIGN.md's run record, in order.
@@ -64,10 +65,10 @@ def record_path(out_dir: str | Path, task: str, student: str, run_id: str) -> Pa
 def load_done(path: Path) -> dict[str, Any] | None:
     """The record at ``path`` if it is a finished run, else None (a torn or failed one is redone)."""
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(read_text(path))  # a FIFO planted as a record: unreadable, not waited on
     except (OSError, ValueError):
         return None
-    return rec if rec.get("status") == "done" else None
+    return rec if isinstance(rec, dict) and rec.get("status") == "done" else None
 
 
 def write_record(path: Path, record: dict[str, Any]) -> Path:

@@ -4,9 +4,9 @@ A recipe hands ``fit`` its model, optimizer, per-step scheduler, a function
 that yields an epoch's batches and a step function returning a dict of loss
 terms (``loss`` plus whatever it likes: ``ce``, ``kd``, ``cos``, ``att``, ``rep``…);
 the loop logs every key it gets. It checkpoints every epoch (model, optimizer,
-scheduler, scaler, epoch, RNG states, config, store fingerprint) so a killed
-run resumes exactly, fails fast on a NaN or Inf loss naming the step, and
-writes per-epoch metrics to a CSV that pandas reads back.
+scheduler, scaler, epoch, RNG states, config, store fingerprint; safetensors plus
+JSON, never a pickle: ``checkpoints.py``) so a killed run resumes exactly, fails
+fast on a NaN or Inf loss naming the step, and writes per-epoch metrics to a CSV that pandas reads back.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoints import NotACheckpoint, load_state, save_state
 from .energy import EnergyMeter, EnergyReading
-from .errors import MtdError, ResourceError, is_resource_fault
+from .errors import MtdError
 from .losses import check_finite
 from .progress import Progress
 from .utils import atomic_path, canonical_json
@@ -172,20 +173,17 @@ def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    with atomic_path(job.checkpoint) as tmp:
-        try:
-            torch.save(state, tmp)
-        except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError
-            if is_resource_fault(exc):
-                raise ResourceError(f"writing the checkpoint {job.checkpoint} failed: {' '.join(str(exc).split())}"
-                                    "; the run resumes from its last checkpoint once there is space") from None
-            raise
+    save_state(job.checkpoint, state)  # safetensors + JSON: no pickle (checkpoints.py)
 
 
 def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tuple[int, list[dict]]:
-    if job.checkpoint is None or not job.checkpoint.exists():
+    if job.checkpoint is None or not (job.checkpoint.exists() or job.checkpoint.is_symlink()):
         return 0, []
-    state = torch.load(job.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = load_state(job.checkpoint)
+    except NotACheckpoint as exc:  # only a resume point: never loaded, the run starts over (and replaces it)
+        log.warning("%s: ignored, %s starts from the beginning", exc, job.desc)
+        return 0, []
     if state.get("identity") != _identity_key(job):
         log.warning("ignoring checkpoint %s: it belongs to another configuration", job.checkpoint)
         return 0, []
@@ -194,6 +192,18 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tup
         raise MtdError(f"{job.checkpoint} was written by a run on {threads} CPU threads, this process has {now}: "
                        f"resumed, it would compute other numbers than it began with; run it with {threads} threads "
                        f"(OMP_NUM_THREADS={threads}, or mtd-sweep --threads {threads}), or remove the checkpoint")
+    try:
+        _restore(job, scaler, state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # ours in form, not in content
+        raise NotACheckpoint(f"{job.checkpoint} names this run but does not fit it ({' '.join(str(exc).split())[:120]}"
+                             "): remove it, and the run starts from the beginning") from None
+    job.prior_cost = state.get("cost") or {"wall_s": 0.0, "energy_j": None}  # older checkpoints: energy unknown
+    log.info("%s: resumed from %s after epoch %d", job.desc, job.checkpoint, state["epoch"])
+    return state["epoch"], list(state["history"])
+
+
+def _restore(job: Fit, scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Every part of a checkpoint's state into the job, the process's RNGs included."""
     job.model.load_state_dict(state["model"])
     job.optimizer.load_state_dict(state["optimizer"])
     if job.scheduler is not None and state["scheduler"] is not None:
@@ -205,9 +215,6 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tup
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    job.prior_cost = state.get("cost") or {"wall_s": 0.0, "energy_j": None}  # older checkpoints: energy unknown
-    log.info("%s: resumed from %s after epoch %d", job.desc, job.checkpoint, state["epoch"])
-    return state["epoch"], list(state["history"])
 
 
 def _write_csv(path: Path | None, history: list[dict]) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import MtdError
+from .safe_files import open_regular, refuse_link
 
 T = TypeVar("T")
 _INT = re.compile(r"^[0-9]+$")  # ASCII digits only: int() also takes other scripts' digits
@@ -39,9 +40,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pat
     """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``.
 
     On any exception the temporary file is removed, so ``target`` either keeps its
-    old content or gets the complete new one: never a half-written file.
+    old content or gets the complete new one: never a half-written file. A symbolic link at ``target``
+    is refused (``safe_files``): the rename would replace the link, but a link where the tool writes
+    was planted, and is named rather than silently dropped.
     """
     target = Path(target)
+    refuse_link(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
@@ -96,10 +100,27 @@ def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int | None = 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO is refused, never waited on
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+def not_utf8(path: str | os.PathLike) -> MtdError:
+    """One line naming the file, line and column of the first byte of ``path`` that is not UTF-8 (a text file saved
+    in another encoding): the error a reader raises when decoding fails, instead of a traceback."""
+    from .safe_files import read_bytes
+
+    data = read_bytes(path)
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        data[bom:].decode("utf-8")
+        return MtdError(f"{path}: not UTF-8 text")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        line, column = data.count(b"\n", 0, at) + 1, at - data.rfind(b"\n", 0, at)
+        return MtdError(f"{path}:{line}: byte 0x{data[at]:02x} at column {column} is not UTF-8 text (save the file "
+                        "as UTF-8)")
 
 
 def sha256_text(text: str) -> str:

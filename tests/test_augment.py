@@ -309,6 +309,8 @@ def cli_run(args: list[str], capsys) -> tuple[int, str, str]:
 
 def test_cli_one_line_errors(tmp_path, capsys):
     code, _, err = cli_run(["augment", "--task", "mrpc", "--data-dir", tmp_path / "nowhere"], capsys)
+    assert code == 2 and "Invalid value for '--data-dir': Directory" in err and err.count("\n") == 1
+    code, _, err = cli_run(["augment", "--task", "mrpc", "--data-dir", tmp_path], capsys)
     assert code == 2 and err.startswith("mtd-cache: error: GLUE mrpc train file not found") and err.count("\n") == 1
     code, _, err = cli_run(["augment", "--task", "nosuch", "--data-dir", tmp_path], capsys)
     assert code == 2 and "unknown GLUE task 'nosuch'" in err and err.count("\n") == 1

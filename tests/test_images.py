@@ -15,6 +15,7 @@ from PIL import Image
 
 from mtd_cache.errors import MtdError
 from mtd_cache.tasks import images as im
+from mtd_cache.tasks.cifar import write_fake_cifar10
 from mtd_cache.tasks.images import (
     IMAGE_TASKS,
     apply_views,
@@ -22,7 +23,6 @@ from mtd_cache.tasks.images import (
     load_split,
     normalize,
     view_table,
-    write_fake_cifar10,
 )
 
 CIFAR = get_image_task("cifar10")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtd_cache.checkpoints import load_state
 from mtd_cache.cli.common import run_command
 from mtd_cache.errors import MtdError
 from mtd_cache.students.run import RunRequest, run_student
@@ -201,9 +202,9 @@ def test_a_resume_on_another_thread_count_is_refused_and_costs_add_up(digits, tm
                      overrides={"epochs": 3})
     threads = torch.get_num_threads()
     _interrupted_run(req, monkeypatch)
-    ckpts = list(tmp_path.glob("digits/resnet8/*.ckpt.pt"))
+    ckpts = list(tmp_path.glob("digits/resnet8/*.ckpt.safetensors"))
     assert len(ckpts) == 1
-    first_part = torch.load(ckpts[0], weights_only=False)["cost"]["wall_s"]
+    first_part = load_state(ckpts[0])["cost"]["wall_s"]
     other = 1 if threads > 1 else 2
     torch.set_num_threads(other)
     try:

@@ -206,11 +206,11 @@ def test_nan_logits_are_refused_naming_teacher_and_example(tmp_path):
     with pytest.raises(StoreError, match=r"teacher 2 has a non-finite value \(nan\) at example 4"):
         write_store(tmp_path / "w.h5", spec, z, np.zeros(6, dtype=int))
     assert not (tmp_path / "w.h5").exists() and not partial_dir(tmp_path / "w.h5").exists()
-    w = StoreWriter.open(tmp_path / "r.h5", spec)  # a writer that does not check: the reader does
-    for t in range(4):
-        w.put_logits(t, 0, z[:, t])
-    w.put("examples/label", np.zeros(6, dtype=int))
-    w.finish()
+    with pytest.raises(StoreError, match=r"logits as float32: teacher 2 has a non-finite value \(nan\) at example 4"):
+        StoreWriter.open(tmp_path / "r.h5", spec).put_logits(2, 0, z[:, 2])  # each piece is checked
+    write_store(tmp_path / "r.h5", spec, np.zeros_like(z), np.zeros(6, dtype=int))
+    with h5py.File(tmp_path / "r.h5", "r+") as f:  # a store edited afterwards: the reader checks
+        f["logits"][4, 2, 1] = np.nan
     with pytest.raises(StoreError, match=r"teacher 2 has a non-finite value \(nan\) at example 4"):
         TeacherStore.open(tmp_path / "r.h5")
     with pytest.raises(StoreError, match=r"train logits: teacher 2 has a non-finite value \(inf\) at example 104"):

@@ -80,6 +80,8 @@ def test_slurm_executor_through_submitit_local(store, tmp_path, local_records):
     pytest.importorskip("submitit")
     run_sweep(_cfg(store, tmp_path), executor="slurm", slurm={"cluster": "local", "timeout_min": 10})
     assert _records(tmp_path) == local_records
+    folders = list((tmp_path / "slurm").iterdir())  # submitit's pickles: in a folder made fresh for this sweep
+    assert len(folders) == 1 and folders[0].name.startswith("sweep-")
 
 
 def test_dry_run_plans_and_estimates(store, tmp_path, local_records):

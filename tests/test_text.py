@@ -194,7 +194,7 @@ def test_train_teacher_tiny(tmp_path):
     res = train_one(get_task("sst-2"), 0, str(base), str(data), out,
                              {"lr": 5e-3, "epochs": 10, "batch_size": 16, "max_length": None}, "cpu")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    assert not (out / "checkpoint.pt").exists() and (out / "metrics.csv").exists()
+    assert not (out / "checkpoint.safetensors").exists() and (out / "metrics.csv").exists()
     assert res["metric_name"] == "accuracy" and res["metric"] == res["metrics"]["accuracy"]
     assert res["metric"] >= 0.8 and res["chance_reason"] is None
     assert res["config"]["lr"] == 5e-3 and res["config"]["max_length"] == 128 and res["config"]["warmup"] == 0.1

@@ -19,8 +19,9 @@ from mtd_cache.optim import lr_factor
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.data import store_test_images
 from mtd_cache.students.run import RunRequest, run_student
+from mtd_cache.tasks.cifar import write_fake_cifar10
 from mtd_cache.tasks.image_data import ImageData, image_fingerprint
-from mtd_cache.tasks.images import get_image_task, load_split, view_table, write_fake_cifar10
+from mtd_cache.tasks.images import get_image_task, load_split, view_table
 from mtd_cache.teachers import find_teachers, train_teachers
 from mtd_cache.teachers.dump import run_dump
 

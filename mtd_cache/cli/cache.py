@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import SEED, bad, check_out_folder, overrides_from, run_command, setup_logging
+from .common import DATA_DIR, SEED, bad, check_out_folder, overrides_from, run_command, setup_logging
 
 
 def default_cache(task: str) -> Path:
@@ -27,6 +27,9 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--verify", is_flag=True, help="Hash every dataset against its recorded checksum (reads the whole "
                                              "file); a mismatch exits 2 naming the dataset.")
+@click.option("--seal", is_flag=True, help="Verify every checksum the store records, hash the datasets that have "
+                                           "none and seal it (a store written before seals, which students refuse): "
+                                           "a sealed copy is written beside it and renamed into place.")
 @click.option("--measure-forward", is_flag=True,
               help="Time one teacher inference again (warm, at a student's batch, every teacher in turn) and write "
                    "it beside the store (STORE.forward.json): the report prices the online-equivalent cost with it.")
@@ -37,11 +40,18 @@ def cli(verbose: bool) -> None:
 @click.option("--batches", type=click.IntRange(min=1), default=24, show_default=True,
               help="With --measure-forward: timed forwards.")
 @click.option("--device", help="With --measure-forward: cpu, cuda (default: cuda when available).")
-def inspect_cmd(store: Path, as_json: bool, verify: bool, measure_forward: bool, teachers_dir: Path | None,
-                batch_size: int | None, batches: int, device: str | None) -> None:
+def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_forward: bool,
+                teachers_dir: Path | None, batch_size: int | None, batches: int, device: str | None) -> None:
     from ..errors import StoreError
-    from ..store import TeacherStore, read_forward_sidecar
+    from ..store import TeacherStore, output_lock, read_forward_sidecar
+    from ..store.seal import seal_store
 
+    if seal:
+        with output_lock(store), TeacherStore.open(store):  # format, shapes, finite logits, recorded checksums
+            done = seal_store(store)
+        click.echo(f"sealed {store}: {len(done['verified'])} datasets matched their checksums, "
+                   f"{len(done['hashed'])} hashed now" if done["sealed"] else f"{store} is sealed already: "
+                   f"{len(done['verified'])} datasets match their checksums")
     with TeacherStore.open(store) as s:
         info = s.summary()
         checked = s.verify() if verify else None
@@ -80,6 +90,8 @@ def format_summary(info: dict) -> str:
     lines.append(f"dump cost    {info['dump_wall_s']:.1f} s, energy {energy}")
     lines.append(f"teacher rate {_rate_line(info)}")
     lines.append(f"fingerprint  {info['fingerprint']}")
+    lines.append(f"seal         {info['seal_sha256']}" if info.get("seal_sha256") else "seal         none: students "
+                 "refuse it (its attributes cannot be verified); mtd-cache inspect --seal adds one")
     v = info.get("verify")
     if v is not None:
         if not v["checked"] and not v["bad"]:
@@ -88,6 +100,8 @@ def format_summary(info: dict) -> str:
             state = f"MISMATCH in {', '.join(v['bad'])}" if v["bad"] else "all match"
             lines.append(f"checksums    {len(v['checked']) + len(v['bad'])} datasets verified: {state}"
                          + (f"; {len(v['unrecorded'])} without a checksum" if v["unrecorded"] else ""))
+        if info.get("seal_sha256"):
+            lines.append("attributes   every attribute and checksum as sealed")
     return "\n".join(lines)
 
 
@@ -127,7 +141,7 @@ def _rate_line(info: dict) -> str:
 @click.option("--tokenizer", help="Text tasks: the tokenizer students will tokenise with (Hub name or folder).")
 @click.option("--max-length", type=click.IntRange(min=2), default=128, show_default=True,
               help="Text tasks: tokens per example.")
-@click.option("--data-dir", help="Where the task's data lives (a task file's folder by default).")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives (a task file's folder by default).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write.")
 def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path | None, dev_labels: Path | None,
                views_path: Path | None, inputs_path: Path | None, label_names: str | None, metric: str | None,
@@ -155,6 +169,8 @@ def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path
 def _load_npy(flag: str, path: Path) -> np.ndarray:
     if not path.exists():
         raise bad(flag, str(path), "no such file")
+    if not path.is_file():  # a FIFO would block np.load
+        raise bad(flag, str(path), "not a regular file")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -166,7 +182,8 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
 @click.option("--model", help="Teacher model: a CIFAR ResNet (resnet110: images) or tv:NAME[@WEIGHTS] (torchvision); "
                                "hf:NAME_OR_PATH, or a bare Hub name or folder (text; bert-base-uncased).")
 @click.option("--seeds", default="0-5", show_default=True, help="Seeds, e.g. 0-5 or 0,3.")
-@click.option("--data-dir", help="Where the task's data lives (default: download when online / bundled).")
+@click.option("--data-dir", type=DATA_DIR,
+              help="Where the task's data lives (default: download when online / bundled).")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/teachers.")
 @click.option("--epochs", type=int, help="Training epochs (recipe default: 200 ResNet, 3 BERT).")
 @click.option("--lr", type=float, help="Peak learning rate (recipe default: 0.1 ResNet, 2e-5 BERT).")
@@ -210,7 +227,7 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
                    "g(k) = k*L_T/L_S (4 for TinyBERT-4L).")
 @click.option("--max-length", type=int, help="GLUE: maximum tokens (default 128).")
 @click.option("--batch-size", type=int, help="Inference batch size.")
-@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives.")
 @click.option("--train-subset", type=int, help="Cache only the first N training examples.")
 @click.option("--test-subset", type=int, help="Images: score teachers (and later students) on the first N test "
                                               "images only (quick CPU runs).")
@@ -249,7 +266,7 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
 @click.option("--glove", type=click.Path(path_type=Path),
               help="GloVe text file (first 100,000 lines) for multi-piece words; without it they stay unchanged.")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/augmented/train_aug.tsv.")
-@click.option("--data-dir", help="GLUE folder holding <Task>/train.tsv (or the task folder itself).")
+@click.option("--data-dir", type=DATA_DIR, help="GLUE folder holding <Task>/train.tsv (or the task folder itself).")
 @click.option("--rounds", type=int, help="N rounds (default per task: CoLA 30, MRPC 30, SST-2 20, ...).")
 @click.option("--top-k", type=int, default=15, show_default=True, help="K candidates per position.")
 @click.option("--p", "p", type=float, default=0.4, show_default=True, help="Probability of replacing a word.")

@@ -13,6 +13,7 @@ import click
 from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
 
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range; torch takes it too
+DATA_DIR = click.Path(exists=True, file_okay=False)  # a folder that is there: never silently another (or none)
 STUDENT_HELP = ("Student: resnet8 ... resnet110, distilbert, tinybert (the paper's recipes), hf:NAME_OR_PATH (any "
                 "Hugging Face classifier: text KD), tv:NAME[@WEIGHTS] (any torchvision classifier: image KD).")
 
@@ -51,6 +52,12 @@ def run_command(cmd: click.Command, args: list[str] | None = None, prog: str | N
         sys.exit(code)
     except MemoryError:
         click.echo(f"{prog}: error: out of memory (use a smaller --batch-size, or fewer workers)", err=True)
+        sys.exit(EXIT_RESOURCE)
+    except Exception as exc:  # a library's own error for a full disk (torch, safetensors, h5py): exit 3
+        if not is_resource_fault(exc):
+            raise
+        click.echo(f"{prog}: error: {_one_line(str(exc))[:300]} (free some space, then run the same command "
+                   "again: it resumes)", err=True)
         sys.exit(EXIT_RESOURCE)
     sys.exit(rc if isinstance(rc, int) else 0)
 

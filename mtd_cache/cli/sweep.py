@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
+from .common import (
+    DATA_DIR,
+    SEED,
+    STUDENT_HELP,
+    check_out_folder,
+    check_student,
+    overrides_from,
+    run_command,
+    setup_logging,
+)
 
 
 @click.command(help="Run every k-subset of the teacher pool (every primary for BERT students) x repeats, "
@@ -28,11 +37,13 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--slurm-partition", help="Slurm partition.")
 @click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
               help="Slurm time limit, minutes.")
+@click.option("--slurm-local", is_flag=True,
+              help="With --executor slurm: run the jobs as local processes through submitit (no Slurm needed).")
 @click.option("--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True, help="GPUs per Slurm job.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--epochs", type=int, help="Student epochs (recipe default).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any student recipe setting.")
-@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda (default: cuda when available).")
 @click.option("--online-teachers-dir", type=click.Path(path_type=Path),
               help="Run every student with its teachers online from this folder (the baseline the store beats).")
@@ -45,11 +56,13 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--order", type=click.Choice(["plan", "shuffled"]), default="plan", show_default=True,
               help="plan: stage 1, CE-only, then k ascending; shuffled: the students in a seeded random order, so a "
                    "machine's changing load does not follow k in the per-k costs.")
+@click.option("--allow-unverified", is_flag=True,
+              help="Train on stores without a seal (their bytes cannot be verified); every record says so.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
-        slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, online_twins, twin_repeats, order,
-        dry_run, verbose) -> None:
+        slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, online_twins, twin_repeats,
+        order, allow_unverified, dry_run, verbose) -> None:
     from ..settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
     from ..utils import parse_index_set
@@ -69,12 +82,13 @@ def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, a
         cfg = SweepConfig(stores=tuple(str(s) for s in stores), student=student,
                           pool=parse_index_set(pool, option="--pool", max_count=10_000), repeats=repeats,
                           base_seed=base_seed, out=str(out), overrides=overrides, data_dir=data_dir, device=device,
-                          threads=threads,
+                          threads=threads, allow_unverified=allow_unverified,
                           teachers_dir=str(online_teachers_dir) if online_teachers_dir else None,
                           twins_dir=str(online_twins) if online_twins else None, twin_repeats=twin_repeats,
                           order=order)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
-                 **({"slurm_partition": slurm_partition} if slurm_partition else {})}
+                 **({"slurm_partition": slurm_partition} if slurm_partition else {}),
+                 **({"cluster": "local"} if slurm_local else {})}
         results = run_sweep(cfg, workers=workers, executor=executor, address=address, dry_run=dry_run, slurm=slurm)
     click.echo(sweep_outcome(results))
 

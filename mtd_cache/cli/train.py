@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrides_from, run_command, setup_logging
+from .common import (
+    DATA_DIR,
+    SEED,
+    STUDENT_HELP,
+    check_out_folder,
+    check_student,
+    overrides_from,
+    run_command,
+    setup_logging,
+)
 
 
 @click.command(help="Distil one student from the averaged logits of the chosen teachers.")
@@ -33,17 +42,20 @@ from .common import SEED, STUDENT_HELP, check_out_folder, check_student, overrid
 @click.option("--select-on-dev", is_flag=True,
               help="TinyBERT: report the best dev score seen every eval_step steps, as the reference does "
                    "(selects on the evaluation set; default: the final model).")
-@click.option("--data-dir", help="Where the task's data lives.")
+@click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--force", is_flag=True, help="Train again even if the same run is done.")
 @click.option("--no-save-model", is_flag=True, help="Do not keep the student's weights (<run_id>.model.safetensors).")
 @click.option("--evaluate", "evaluate", metavar="RUN_ID",
               help="Score a finished run's kept weights again on the evaluation split (under --out).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Train on a store without a seal (written before checksums, or stripped): its bytes cannot be "
+                   "verified. The record says so. Better: mtd-cache inspect --seal STORE.")
 @click.option("--help-settings", is_flag=True, help="Every setting of --student's recipe: default, range, source.")
 @click.option("-v", "--verbose", is_flag=True)
 def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
         sets, online, teachers_dir, init_from_teacher, select_on_dev, data_dir, device, force, no_save_model,
-        evaluate, help_settings, verbose) -> None:
+        evaluate, allow_unverified, help_settings, verbose) -> None:
     from ..settings import typed_as
     from ..store import TeacherStore
     from ..students.run import RunRequest, run_student
@@ -58,7 +70,7 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
     if evaluate:
         from ..students.run import evaluate_run
 
-        click.echo(json.dumps(evaluate_run(evaluate, str(out), data_dir, device)))
+        click.echo(json.dumps(evaluate_run(evaluate, str(out), data_dir, device, allow_unverified)))
         return
     missing = [o for o, v in (("--store", store), ("--student", student), ("--teachers", teachers)) if v is None]
     if missing:
@@ -76,10 +88,10 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
         req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed,
                          out=str(out), overrides=overrides, online=online,
                          teachers_dir=str(teachers_dir) if teachers_dir else None, data_dir=data_dir, device=device,
-                         force=force, save_model=not no_save_model)
+                         force=force, save_model=not no_save_model, allow_unverified=allow_unverified)
         rec = run_student(req)
-    click.echo(json.dumps({k: rec[k] for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
-                                                "metric", "wall_s")}))
+    click.echo(json.dumps({k: rec.get(k) for k in ("run_id", "student", "teachers", "primary", "seed", "metric_name",
+                                                    "metric", "wall_s")}))
 
 
 def settings_help(student: str) -> str:

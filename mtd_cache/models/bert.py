@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ def load_classifier(name_or_path: str, num_labels: int, label_names: Sequence[st
     """A sequence classifier from a Hub name or folder; a missing head is initialised (teachers from MiniLM)."""
     from transformers import AutoModelForSequenceClassification
 
+    if (Path(name_or_path) / "model.safetensors").is_file():  # a local folder: never a pickled .bin beside it
+        kwargs.setdefault("use_safetensors", True)
     labels = {}
     if label_names is not None:
         labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}

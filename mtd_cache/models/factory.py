@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..checkpoints import load_weights
 from ..errors import MtdError
 from ..utils import slug  # noqa: F401  (a model name as one path component)
 from .resnet_cifar import RESNETS, build_resnet
@@ -138,15 +139,13 @@ def load_trained(folder: Path, info: dict[str, Any], num_labels: int) -> torch.n
     if parsed.family == "hf":
         from . import bert
 
-        return bert.load_classifier(folder, num_labels).eval()
-    from safetensors.torch import load_file
-
+        return bert.load_classifier(folder, num_labels, use_safetensors=True).eval()  # never a pickled .bin
     if parsed.family == RESNET:
         net = build_resnet(parsed.name, info["in_channels"], info["num_classes"])
     else:
         net = build_torchvision(parsed, info["in_channels"], info["num_classes"], info.get("image_size"),
                                 download=False)  # every weight comes from model.safetensors
-    net.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    load_weights(net, Path(folder) / "model.safetensors")
     return net.eval()
 
 

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoints import NotACheckpoint, load_weights
 from ..errors import MtdError
+from ..safe_files import read_text
 from ..utils import atomic_path
 from . import bert, hub
 
@@ -94,13 +96,18 @@ class TinyBertStudent(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> TinyBertStudent:
-        from safetensors.torch import load_file
+        """A student saved by ``save``; a folder holding anything else is one line (``NotACheckpoint``)."""
         from transformers import BertConfig, BertModel
 
         folder = Path(folder)
-        head = json.loads((folder / HEAD_FILE).read_text())
-        net = cls(BertModel(BertConfig.from_json_file(folder / "config.json")), head["num_labels"], head["fit_size"])
-        net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        try:
+            head = json.loads(read_text(folder / HEAD_FILE))
+            net = cls(BertModel(BertConfig.from_json_file(folder / "config.json")), int(head["num_labels"]),
+                      int(head["fit_size"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = " ".join(str(exc).split())[:120]
+            raise NotACheckpoint(f"{folder}: not a TinyBERT student mtd-cache saved ({why})") from None
+        load_weights(net, folder / "model.safetensors")
         return net
 
 

@@ -7,11 +7,11 @@ import os
 import h5py
 import numpy as np
 
-from .format import COST_ATTRS
+from .format import ATTR_SEAL, ATTR_SEAL_JSON, COST_ATTRS
 
 
 def diff_stores(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
-    """Every difference between two store files, timestamps and costs aside; [] when equal."""
+    """Every difference between two store files, timestamps, costs and seals aside; [] when equal."""
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         out = _diff_attrs("/", fa.attrs, fb.attrs)
         names_a, names_b = _walk(fa), _walk(fb)
@@ -37,7 +37,7 @@ def _walk(f: h5py.File) -> set[str]:
 def _diff_attrs(where: str, a, b) -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
-        if k in COST_ATTRS:
+        if k in COST_ATTRS or k in (ATTR_SEAL, ATTR_SEAL_JSON):  # the seal is derived from what is compared
             continue
         va, vb = a.get(k), b.get(k)
         same = va is not None and vb is not None and np.array_equal(np.asarray(va), np.asarray(vb))

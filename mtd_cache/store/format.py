@@ -55,7 +55,10 @@ ATTR_FORWARD_S, ATTR_FORWARD_J = "teacher_forward_s", "teacher_forward_j"
 ATTR_FORWARD_Q25, ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS = "teacher_forward_s_q25", "teacher_forward_s_q75", \
     "teacher_forward_chunks"
 COST_ATTRS = (ATTR_WALL, ATTR_ENERGY, "created_utc", ATTR_FORWARD_S, ATTR_FORWARD_J, ATTR_FORWARD_Q25,
-              ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS)  # excluded from equality
+              ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS)  # excluded from equality and from the seal
+# the seal (``seal.py``): a checksum over every other root attribute, the groups' attributes and the datasets'
+# checksums (an addition within version 1; stores written before have none and are refused for training)
+ATTR_SEAL_JSON, ATTR_SEAL = "seal_json", "seal_sha256"
 
 # Keys of the spec's ``extra`` (settings a dump records for the students that read the store): named once
 # here; other modules read them through ``TeacherStore``'s typed properties and write them through ``extra``.

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
+from ..safe_files import read_text
 from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,
@@ -44,6 +45,7 @@ from .format import (
     VIEWS,
 )
 from .integrity import CHECKSUM, Checksum, checksum_of
+from .seal import write_seal
 
 
 def merge_into(w: Any, f: h5py.File) -> None:
@@ -54,6 +56,7 @@ def merge_into(w: Any, f: h5py.File) -> None:
     _merge_dev(w, f)
     for t in sorted(w.spec.primaries):
         _merge_primary(w, f, t)
+    write_seal(f)  # last: over every attribute and dataset checksum written above
 
 
 def primary_datasets(w: Any) -> list[str]:
@@ -68,7 +71,7 @@ def primary_datasets(w: Any) -> list[str]:
 def write_attrs(w: Any, f: h5py.File) -> None:
     s = w.spec
     costs_file = w.dir / "costs.json"
-    costs = json.loads(costs_file.read_text()) if costs_file.exists() else {"wall_s": 0.0, "energy_j": None}
+    costs = json.loads(read_text(costs_file)) if costs_file.exists() else {"wall_s": 0.0, "energy_j": None}
     attrs = {
         ATTR_FORMAT: FORMAT, ATTR_VERSION: VERSION, "package_version": __version__,
         "task": s.task, "metric": s.metric, "num_labels": s.num_labels, "label_names": list(s.label_names),
@@ -115,7 +118,7 @@ def attr_list(values: list) -> Any:
 def load(w: Any, shard: Path) -> dict[str, np.ndarray]:
     if not shard.exists():
         raise StoreError(f"the dump is incomplete: {shard.name} is missing from {w.dir}")
-    with np.load(shard) as z:
+    with np.load(shard, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

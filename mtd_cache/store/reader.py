@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -45,11 +44,14 @@ from .format import (
     StoreSpec,
 )
 from .integrity import CHECKSUM, verify_file
+from .seal import check_seal
 from .states import PrimaryStates, _py, map_dataset
+from .verified import file_version, is_verified, mark_verified
 
 log = logging.getLogger(__name__)
 
-_FINITE_OK: set[tuple] = set()  # (path, device, inode, size, mtime) of files whose logits were scanned here
+_FINITE_OK: set[tuple] = set()  # file versions (``verified.file_version``) whose logits were checked here
+_STATES_OK: set[tuple] = set()  # (file version..., primary) whose states were checked here
 _OPENED: dict[tuple, TeacherStore] = {}  # the same key -> the store opened (read-only: safe to share), oldest first
 _KEEP_OPENED = 8  # a sweep's R repeat stores and a few more
 
@@ -68,9 +70,11 @@ class TeacherStore:
     """
 
     def __init__(self, path: Path, attrs: dict[str, Any], arrays: dict[str, np.ndarray],
-                 primaries: dict[int, PrimaryStates]):
+                 primaries: dict[int, PrimaryStates], spec: StoreSpec, seal: str | None = None,
+                 version: dict[str, Any] | None = None):
         self.path, self.attrs, self._arrays, self._primaries = path, attrs, arrays, primaries
-        self.spec = StoreSpec.from_json(json.loads(attrs["spec_json"]))
+        self.spec, self.seal_sha256 = spec, seal
+        self._version = version  # None: the states are not verified here (a store unpickled in a worker)
         z = np.asarray(arrays[LOGITS])  # plain ndarray view: no memmap subclass overhead
         self._rows = z.reshape(-1, z.shape[-2] * z.shape[-1])  # (N[*V], T*C) rows of the memory map
         self._selections: dict[frozenset, tuple[np.ndarray, int]] = {}
@@ -79,20 +83,25 @@ class TeacherStore:
     @classmethod
     def open(cls, path: str | os.PathLike, expect_fingerprint: str | None = None,
              check_finite: bool = True) -> TeacherStore:
+        """Open and check a store: format, seal and shapes at every open; the bytes of its logits and small
+        datasets against their checksums (and the logits' finiteness) once per process and file version,
+        skipped where a verified-marker says this user checked this file version (``verified.py``); a
+        primary's states when first used (``primary``). ``check_finite=False`` (a store unpickled in a
+        worker of a process that opened it) skips the bytes."""
         path = Path(path)
         validate.refuse_unfinished(path)
-        st = path.stat()
-        stamp = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        version = file_version(path)
+        stamp = tuple(version.values())
         store = _OPENED.get(stamp) if check_finite else None
         if store is None:
-            store = cls._read(path, stamp, check_finite)
+            store = cls._read(path, version, check_finite)
         if expect_fingerprint is not None and expect_fingerprint != store.fingerprint:
             raise StoreError(f"{path} was made from other inputs: store fingerprint {store.fingerprint} "
                              f"!= expected {expect_fingerprint}")
         return store
 
     @classmethod
-    def _read(cls, path: Path, stamp: tuple, check_finite: bool) -> TeacherStore:
+    def _read(cls, path: Path, version: dict[str, Any], check_finite: bool) -> TeacherStore:
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
@@ -100,19 +109,29 @@ class TeacherStore:
         with f:
             attrs = {k: _py(v) for k, v in f.attrs.items()}
             validate.check_identity(path, attrs)
-            validate.check_required(path, f, StoreSpec.from_json(json.loads(attrs["spec_json"])))
-            size = stamp[3]
+            seal = check_seal(path, f)
+            spec = validate.parse_spec(path, attrs)
+            validate.check_required(path, f, spec)
+            size = version["size"]
             names = [n for n in (LOGITS, LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if n in f]
             arrays = {n: map_dataset(path, f[n], size) if n == LOGITS else f[n][...] for n in names}
-            checksums = {n: _py(f[n].attrs[CHECKSUM]) for n in names if CHECKSUM in f[n].attrs}
-            primaries = {int(t): PrimaryStates.from_group(path, g, size) for t, g in f.get(PRIMARY, {}).items()}
-        store = cls(path, attrs, arrays, primaries)
+            primaries = {t: PrimaryStates.from_group(path, g, size) for t, g in validate.primary_groups(path, f)}
+            checksums = {n: _py(f[n].attrs[CHECKSUM]) for n in [LOGITS, *validate.small_datasets(f)]
+                         if CHECKSUM in f[n].attrs}
+        store = cls(path, attrs, arrays, primaries, spec, seal, version if check_finite else None)
+        stamp = tuple(version.values())
+        verify = check_finite and stamp not in _FINITE_OK and not (seal and is_verified(version, seal, "base"))
+        if verify:  # first: a damaged small dataset is named as such, not by what it breaks
+            validate.check_small(store, checksums)
         validate.check_shapes(store)
         validate.check_attributes(store)
-        if check_finite and stamp not in _FINITE_OK:  # a finished store does not change: scan it once per process
+        validate.check_primaries(store)
+        if verify:  # a finished store does not change: scan it once per process and file version
             validate.scan(store, checksums)
-            _FINITE_OK.add(stamp)
+            if seal:
+                mark_verified(version, seal, "base")
         if check_finite:  # validated in full: later opens of this file version in this process reuse it
+            _FINITE_OK.add(stamp)
             if len(_OPENED) >= _KEEP_OPENED:
                 del _OPENED[next(iter(_OPENED))]
             _OPENED[stamp] = store
@@ -254,11 +273,23 @@ class TeacherStore:
             hit = self._selections[key] = (w.reshape(-1, self.num_classes), len(chosen))
         return hit
 
+    sealed = property(lambda self: self.seal_sha256 is not None)  # False: written before seals, or stripped
+
     def primary(self, teacher: int) -> PrimaryStates:
+        """A primary teacher's states, their bytes checked against their checksums on first use (once per process
+        and file version, or where a verified-marker says so)."""
         if teacher not in self._primaries:
             have = ", ".join(map(str, self.primaries)) or "none"
             raise StoreError(f"{self.path} holds no states of primary teacher {teacher} (it has: {have})")
-        return self._primaries[teacher]
+        states = self._primaries[teacher]
+        if self._version is not None:
+            key, part = (*self._version.values(), teacher), f"{PRIMARY}/{teacher}"
+            if key not in _STATES_OK and not (self.sealed and is_verified(self._version, self.seal_sha256, part)):
+                states.verify()
+                if self.sealed:
+                    mark_verified(self._version, self.seal_sha256, part)
+            _STATES_OK.add(key)
+        return states
 
     def verify(self) -> dict[str, Any]:
         """Every dataset hashed against its recorded checksum (``mtd-cache inspect --verify``)."""
@@ -281,7 +312,8 @@ class TeacherStore:
                           "dev_metric": None if np.isnan(m) else float(m)}
                          for t, m in enumerate(self.dev_metric)],
             "primaries": {str(t): p.describe() for t, p in self._primaries.items()},
-            "fingerprint": self.fingerprint, "dump_wall_s": self.dump_wall_s, "dump_energy_j": self.dump_energy_j,
+            "fingerprint": self.fingerprint, "seal_sha256": self.seal_sha256, "dump_wall_s": self.dump_wall_s,
+            "dump_energy_j": self.dump_energy_j,
             **{k: _number(a.get(k)) for k in (ATTR_FORWARD_S, ATTR_FORWARD_Q25, ATTR_FORWARD_Q75, ATTR_FORWARD_CHUNKS)},
             "extra": self.spec.extra,
         }

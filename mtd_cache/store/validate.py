@@ -9,6 +9,7 @@ are finite and every dataset with a recorded checksum hashes to it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .format import (
     FORMAT,
     LABEL,
     LOGITS,
+    PRIMARY,
     SOURCE,
     VERSION,
     VIEWS,
@@ -48,6 +50,8 @@ def refuse_unfinished(path: Path) -> None:
         raise StoreError(f"no store at {path}")
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a store file")
+    if not path.is_file():  # a FIFO or a device: HDF5 would wait on it
+        raise StoreError(f"{path} is not a regular file, not a store file")
 
 
 def check_identity(path: Path, attrs: dict[str, Any]) -> None:
@@ -62,6 +66,54 @@ def check_identity(path: Path, attrs: dict[str, Any]) -> None:
     missing = [a for a in REQUIRED_ATTRS if a not in attrs]
     if missing:
         raise StoreError(f"{path} lacks the attribute {missing[0]!r}: not a complete mtd-cache store")
+
+
+def parse_spec(path: Path, attrs: dict[str, Any]) -> StoreSpec:
+    """The spec the dump recorded, and the root attributes that repeat it agreeing with it (an edit of one names
+    it, in a store without a seal too)."""
+    try:
+        spec = StoreSpec.from_json(json.loads(attrs["spec_json"]))
+        spec.validate()
+    except (ValueError, TypeError, AttributeError, KeyError, StoreError) as exc:
+        raise StoreError(f"{path}: its spec_json attribute is not a store spec ({' '.join(str(exc).split())[:100]}): "
+                         "the file was edited or damaged") from None
+    want = {"task": spec.task, "metric": spec.metric, "label_names": list(spec.label_names),
+            "num_labels": spec.num_labels, ATTR_FINGERPRINT: spec.fingerprint, "teacher_model": spec.teacher_model,
+            "teacher_seeds": list(spec.teacher_seeds), "teacher_paths": list(spec.teacher_paths),
+            "teachers_sha256": list(spec.teachers_sha256), "precision": spec.precision}
+    for name, value in want.items():
+        have = attrs.get(name)
+        if have is not None and (list(have) if isinstance(have, (list, tuple)) else have) != value:
+            raise StoreError(f"{path}: the {name} attribute ({_short(have)}) disagrees with the spec the dump recorded "
+                             f"({_short(value)}): the file was edited or damaged")
+    return spec
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def primary_groups(path: Path, f: h5py.File) -> list[tuple[int, h5py.Group]]:
+    """The ``primary/<t>`` groups, each with every dataset a reader needs."""
+    out = []
+    for name, g in f.get(PRIMARY, {}).items():
+        if not name.isdigit() or not isinstance(g, h5py.Group):
+            raise StoreError(f"{path}: {PRIMARY}/{name} is not a primary teacher's group")
+        need = ["lengths", "hidden", "hidden_offsets"] + ["attn_offsets"] * ("attn" in g)
+        missing = [n for n in need if n not in g]
+        if missing:
+            raise StoreError(f"{path} lacks the dataset '{PRIMARY}/{name}/{missing[0]}': not a complete store")
+        out.append((int(name), g))
+    return out
+
+
+def small_datasets(f: h5py.File) -> list[str]:
+    """Every dataset read whole into memory at open (all but the logits and the primaries' states)."""
+    names = [n for n in (LABEL, SOURCE, VIEWS, DEV_METRIC, DEV_LOGITS, DEV_LABEL) if n in f]
+    for t, g in f.get(PRIMARY, {}).items():
+        names += [f"{PRIMARY}/{t}/{n}" for n in ("lengths", "hidden_offsets", "attn_offsets") if n in g]
+    return names
 
 
 def check_required(path: Path, f: h5py.File, spec: StoreSpec) -> None:
@@ -107,8 +159,52 @@ def check_attributes(store: Any) -> None:
                              f"outside the classes 0..{c - 1}")
 
 
+def check_primaries(store: Any) -> None:
+    """Each primary's lengths and offsets describe its states exactly (a damaged one would read out of bounds,
+    or ask for terabytes): one line naming the dataset and the example."""
+    path, limit = store.path, store.max_length
+    for t, p in store._primaries.items():
+        where = f"{PRIMARY}/{t}"
+        lengths = p.lengths.astype(np.int64)
+        bad = np.flatnonzero((lengths < 1) | (lengths > (limit or np.iinfo(np.int32).max)))
+        if len(bad):
+            raise StoreError(f"{path}: {where}/lengths holds {int(lengths[bad[0]])} at example {int(bad[0])}, not a "
+                             f"token count (1..{limit or 'any'}): the file is damaged")
+        _check_offsets(path, where, "hidden", p.hidden_offsets, lengths * len(p.hidden_layers), p._hidden.shape[0])
+        if p._attn is not None:
+            _check_offsets(path, where, "attn", p.attn_offsets, lengths ** 2 * len(p.attn_layers) * p.num_heads,
+                           p._attn.shape[0])
+
+
+def _check_offsets(path: Path, where: str, kind: str, offsets: np.ndarray, per_example: np.ndarray,
+                   total: int) -> None:
+    want = np.concatenate([[0], np.cumsum(per_example)])
+    offsets, name = np.asarray(offsets), f"{where}/{kind}_offsets"
+    if offsets.shape != want.shape:
+        raise StoreError(f"{path}: {name} has {len(offsets)} entries for {len(want) - 1} examples")
+    bad = np.flatnonzero(offsets != want)
+    if len(bad):
+        raise StoreError(f"{path}: {name} holds {int(offsets[bad[0]])} at entry {int(bad[0])}, where {where}/lengths "
+                         f"puts {int(want[bad[0]])}: one of them is damaged")
+    if int(want[-1]) != total:
+        raise StoreError(f"{path}: {where}/lengths add up to {int(want[-1])} rows of {where}/{kind}, which has "
+                         f"{total}: the file is damaged")
+
+
+def check_small(store: Any, checksums: dict[str, str]) -> None:
+    """Every dataset read whole at open against its recorded checksum (the first open in a process)."""
+    arrays = dict(store._arrays)
+    for t, p in store._primaries.items():
+        arrays[f"{PRIMARY}/{t}/lengths"], arrays[f"{PRIMARY}/{t}/hidden_offsets"] = p.lengths, p.hidden_offsets
+        if p.attn_offsets is not None:
+            arrays[f"{PRIMARY}/{t}/attn_offsets"] = p.attn_offsets
+    for name, values in arrays.items():
+        if name != LOGITS:
+            _compare(store.path, name, checksums, checksum_of(values))
+
+
 def scan(store: Any, checksums: dict[str, str]) -> None:
-    """Finite logits and dev logits; every dataset read here against its recorded checksum."""
+    """Finite logits and dev logits; the logits against their recorded checksum."""
     z, path = store.logits, store.path
     digest = Checksum()
     for lo in range(0, z.shape[0], SCAN_ROWS):
@@ -118,9 +214,6 @@ def scan(store: Any, checksums: dict[str, str]) -> None:
     _compare(path, LOGITS, checksums, digest.hexdigest())
     if store.dev_logits is not None:
         check_finite_logits(store.dev_logits, f"{path} {DEV_LOGITS}")
-    for name, values in store._arrays.items():
-        if name != LOGITS:
-            _compare(path, name, checksums, checksum_of(values))
 
 
 def _compare(path: Path, name: str, checksums: dict[str, str], got: str) -> None:

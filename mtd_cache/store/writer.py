@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ResourceError, StoreError, is_resource_fault
 from ..locks import describe_owner, file_lock
+from ..safe_files import check_target, make_dirs, read_text
 from ..utils import atomic_path, atomic_write_json, fsync_dir, human_bytes
 from .format import (
     DEV_LABEL,
@@ -61,6 +62,8 @@ class StoreWriter:
         path = Path(path)
         spec.validate()
         pdir = partial_dir(path)
+        check_target(path, "store")
+        check_target(pdir, "folder")
         spec_file = pdir / "spec.json"
         old = _read_spec(spec_file)
         if old is None and pdir.exists():
@@ -75,7 +78,7 @@ class StoreWriter:
                     "remove it or dump with the same settings")
             log.info("resuming the unfinished dump in %s", pdir)
         else:
-            pdir.mkdir(parents=True, exist_ok=True)
+            make_dirs(pdir)
             atomic_write_json(spec_file, spec.to_json())
         return cls(path, spec)
 
@@ -111,7 +114,10 @@ class StoreWriter:
         if values.shape[1:] != want or start + len(values) > self.spec.num_examples:
             raise StoreError(f"logits block of shape {values.shape} at {start} does not fit {self.spec.logits_shape()}")
         shard = self.shard(LOGITS, teacher, start, start + len(values))
-        self._write(shard, values=values.astype(self.spec.logits_dtype))
+        with np.errstate(over="ignore"):
+            values = values.astype(self.spec.logits_dtype)
+        check_finite_logits(values, f"logits as {self.spec.logits_dtype}", start, teacher=teacher)  # float16 overflow
+        self._write(shard, values=values)
 
     def has_logits(self, teacher: int, start: int, stop: int) -> bool:
         return self.shard(LOGITS, teacher, start, stop).exists()
@@ -141,12 +147,14 @@ class StoreWriter:
         if hidden.shape != (rows, ps.hidden_size):
             raise StoreError(f"hidden block {hidden.shape} does not match lengths (expected {(rows, ps.hidden_size)})")
         arrays = {"lengths": lengths, "hidden": np.asarray(hidden, dtype=np.float16)}
+        _check_finite_states(arrays["hidden"], f"primary {teacher} hidden states", start)
         if ps.attn_layers:
             entries = int((lengths.astype(np.int64) ** 2).sum()) * len(ps.attn_layers) * ps.num_heads
             if attn is None or attn.shape != (entries,):
                 got = None if attn is None else attn.shape
                 raise StoreError(f"attention block {got} does not match lengths ({entries},)")
             arrays["attn"] = np.asarray(attn, dtype=np.float16)
+            _check_finite_states(arrays["attn"], f"primary {teacher} attention scores", start)
         self._write(self.shard(PRIMARY, teacher, start, start + len(lengths)), **arrays)
 
     def has_primary(self, teacher: int, start: int, stop: int) -> bool:
@@ -159,7 +167,7 @@ class StoreWriter:
         teacher, each chunk's inference seconds and (example, view) items this session, and whether it is a
         primary (its time includes copying its states out). A session's first chunk of a teacher is marked warm-up."""
         f = self.dir / "costs.json"
-        c = json.loads(f.read_text()) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
+        c = json.loads(read_text(f)) if f.exists() else {"wall_s": 0.0, "energy_j": 0.0}
         c["wall_s"] += wall_s
         c["energy_j"] = None if energy_j is None or c["energy_j"] is None else c["energy_j"] + energy_j
         done = c.setdefault("forward", {})
@@ -182,11 +190,10 @@ class StoreWriter:
         renamed into place.
         """
         tmp = self.dir / "merge.tmp"
-        if tmp.exists():
-            tmp.unlink()  # a merge killed half-way: start it again
+        tmp.unlink(missing_ok=True)  # a merge killed half-way: start it again (a planted link: removed)
         self._check_space()
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w-") as f:  # O_EXCL: created here, never through a link
                 merge_into(self, f)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
@@ -200,13 +207,15 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"{bad[0]} read back from {tmp} does not match what was written (checksum): the disk "
                              f"returned other bytes; the pieces are kept in {self.dir}, run the dump again")
+        check_target(self.path, "store")
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.path
 
     def _check_space(self) -> None:
-        need = sum(p.stat().st_size for p in self.dir.glob("*.npz")) + (1 << 20)  # the data once more, + metadata
+        data = sum(p.stat().st_size for p in self.dir.glob("*.npz"))
+        need = data + max(data // 100, 1 << 16)  # the data once more (the pieces are there already), + metadata
         free = shutil.disk_usage(self.dir).free
         if need > free:
             raise ResourceError(f"not enough free space to merge {self.path}: it needs about {human_bytes(need)}, "
@@ -214,11 +223,20 @@ class StoreWriter:
                                 f"{self.dir}: free some space and run the dump again to finish it")
 
 
+def _check_finite_states(values: np.ndarray, what: str, start: int) -> None:
+    """States as stored (float16) hold no NaN or infinity: a student would train on them."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1)))
+    if len(bad):
+        raise StoreError(f"{what} of the block from example {start} hold a non-finite value as float16 "
+                         f"(element {int(bad[0])}): not stored")
+
+
 def _read_spec(spec_file: Path) -> dict | None:
     try:
-        return json.loads(spec_file.read_text())
+        spec = json.loads(read_text(spec_file))
     except (OSError, ValueError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _merge_failure(tmp: Path, pieces: Path, exc: BaseException) -> Exception:
@@ -254,6 +272,9 @@ def write_store(path: str | os.PathLike, spec: StoreSpec, logits: np.ndarray, la
     if logits.shape != spec.logits_shape():
         raise StoreError(f"logits of shape {logits.shape} do not match the spec's {spec.logits_shape()}")
     check_finite_logits(logits, "logits")
+    if logits.dtype != np.dtype(spec.logits_dtype):
+        with np.errstate(over="ignore"):  # beyond float16's range: an infinity, refused by name just below
+            check_finite_logits(logits.astype(spec.logits_dtype), f"logits as {spec.logits_dtype}")
     if dev_logits is not None:
         check_finite_logits(np.asarray(dev_logits), "dev logits")
     with output_lock(path):

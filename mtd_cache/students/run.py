@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoints import load_weights
 from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..locks import file_lock
@@ -37,15 +38,17 @@ from ..record import (
     write_record,
 )
 from ..runtime import resolve_device, seed_everything
+from ..safe_files import check_targets, read_text
 from ..settings import Resolved
 from ..store import TeacherStore
+from ..store.seal import unsealed
 from ..tasks.registry import task_of_store
 from ..teachers import Teacher
 from ..train import Fit, fit, remove_checkpoint, total_cost
 from ..utils import atomic_path, atomic_write_json
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
-from .recipes.common import chosen_weights
+from .recipes.common import check_init_teacher, chosen_weights
 from .targets import TEACHER_DROPOUT_VERSION, online_teachers
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class RunRequest:
     experiment_stores: tuple[str, ...] = ()
     # keep the student's final weights beside its record (``<run_id>.model.safetensors``); not in the run id
     save_model: bool = False
+    # train on a store without a seal (its bytes unverifiable); recorded in ``store_integrity``, not in the run id
+    allow_unverified: bool = False
 
 
 @dataclass
@@ -117,6 +122,8 @@ def plan_run(req: RunRequest) -> PlannedRun:
     """Every check that can fail, before anything is trained or written; the run's id, record and lock."""
     recipe = get_recipe(req.student)
     store = TeacherStore.open(req.store)
+    if not (store.sealed or req.allow_unverified):
+        raise unsealed(store.path)
     kind = _store_kind(store)
     if kind is not None:  # an imported store of a task mtd-cache does not know is refused by the recipe, later
         check_modality(req.student, recipe, kind, str(req.store))
@@ -147,7 +154,7 @@ def plan_run(req: RunRequest) -> PlannedRun:
     planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
                          kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
                          canonical_id=canonical_id, experiment=experiment,
-                         record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.pt"),
+                         record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.safetensors"),
                          metrics_csv=path.with_suffix(".metrics.csv"),
                          online=online_teachers(store, req.teachers_dir) if req.online else None,
                          impl=_STUDENT)
@@ -186,7 +193,9 @@ def resolve_settings(recipe: ModuleType, store: TeacherStore, overrides: dict[st
     """The recipe's settings for ``store``: its defaults, then what the store recorded (a text store's tokenizer
     and length fill settings whose default None means "the store's"), then the user's ``overrides``."""
     recorded = {"max_length": store.max_length, "tokenizer": (store.tokenizer or {}).get("name")}
-    return recipe.Settings.resolve(overrides, recorded=recorded)
+    resolved = recipe.Settings.resolve(overrides, recorded=recorded)
+    check_init_teacher(resolved.settings, store.num_teachers)
+    return resolved
 
 
 def run_student(req: RunRequest) -> dict[str, Any]:
@@ -200,6 +209,8 @@ def execute_run(planned: PlannedRun, wait: bool = True,
 
     ``on_start`` is called once the lock is held and the run is about to train (a sweep's event log).
     """
+    check_targets(planned.request.out, [planned.record, planned.lock, planned.checkpoint, planned.metrics_csv,
+                                        planned.record.with_suffix(".predictions.npz"), model_path(planned.record)])
     force = planned.request.force
     if not force and (done := planned.done()) is not None:
         log.info("%s %s is done already: %s", planned.kind, planned.run_id[:12], planned.record)
@@ -237,6 +248,7 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
         "threads": torch.get_num_threads(),
         "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,
+        "store_integrity": "verified" if planned.store.sealed else "unverified (--allow-unverified)",
         "config": planned.identity, "store": str(Path(req.store).resolve()), "history": history, **ctx.extra,
         "started_utc": started, "finished_utc": utc_now(), "status": "done", **provenance(),
     }
@@ -279,15 +291,19 @@ def _save_model(model: torch.nn.Module, path: Path) -> str:
     return path.name
 
 
-def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, device: str | None = None
-                 ) -> dict[str, Any]:
+def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, device: str | None = None,
+                 allow_unverified: bool = False) -> dict[str, Any]:
     """A finished run's student evaluated again from its saved weights (``mtd-train --evaluate RUN_ID``): the
     run rebuilt from its record (store, student, teachers, settings), its weights loaded, the evaluation split
     scored. Returns ``{"run_id", "metric_name", "metric", "recorded_metric", ...}``."""
-    from safetensors.torch import load_model
-
     record_file = find_record(run, out)
-    rec = json.loads(record_file.read_text())
+    try:
+        rec = json.loads(read_text(record_file))
+        missing = [k for k in ("run_id", "store", "student", "teachers", "primary", "seed") if k not in rec]
+    except (ValueError, TypeError) as exc:
+        raise MtdError(f"{record_file} is not a run record ({exc})") from None
+    if missing or not isinstance(rec, dict):
+        raise MtdError(f"{record_file} is not a run record (it lacks {(missing or ['its fields'])[0]!r})")
     weights = model_path(record_file)
     if not weights.exists():
         raise MtdError(f"run {rec['run_id'][:12]} kept no weights ({weights.name} is not beside its record): "
@@ -299,7 +315,7 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
                        "--teachers-dir (its teachers' folder is not recorded)")
     req = RunRequest(store=rec["store"], student=rec["student"], teachers=tuple(rec["teachers"]),
                      primary=rec["primary"], seed=rec["seed"], out=out, overrides=dict(cfg.get("recipe") or {}),
-                     data_dir=data_dir, device=device)
+                     data_dir=data_dir, device=device, allow_unverified=allow_unverified)
     planned = plan_run(req)
     if planned.run_id != rec["run_id"]:
         raise MtdError(f"run {rec['run_id'][:12]} rebuilt from its record has id {planned.run_id[:12]}: its store "
@@ -316,7 +332,7 @@ def evaluate_run(run: str, out: str = "runs", data_dir: str | None = None, devic
 
     ctx.prerequisite = done_only
     job = planned.impl.build(planned, ctx)
-    load_model(job.model, str(weights), device=str(ctx.device))
+    load_weights(job.model, weights, device=str(ctx.device))
     metrics = dict(job.evaluate())
     metrics.pop("predictions", None), metrics.pop("labels", None)
     return {"run_id": rec["run_id"], "student": rec["student"], "metric_name": rec["metric_name"],

@@ -1,11 +1,11 @@
 """Run the paper's sweep: plan (``plan.py``), skip what is done, run the rest on an executor.
 
-Executors: ``local`` (N worker processes, each running many runs in one
-interpreter; one GPU each when there are GPUs), ``ray`` (a Ray cluster, or a
-local instance) and ``slurm`` (submitit; its local executor for tests). All three
-share one scheduler that honours ``Job.depends_on``: a job is submitted once every
-job it depends on has finished (TinyBERT's stage-2 runs after their stage-1 run),
-and every job runs through the same run machinery (``students.run``), whatever its kind.
+Executors (``executors.py``): ``local`` (N worker processes, each running many runs in
+one interpreter; one GPU each when there are GPUs; a worker killed by the system is
+a failed job, retried once), ``ray`` (a Ray cluster, or a local instance) and
+``slurm`` (submitit; ``--slurm-local``: its local executor). All three share one
+scheduler that honours ``Job.depends_on``, and every job runs through the same run
+machinery (``students.run``), whatever its kind.
 
 Safety: a run writes its record atomically at the end, so a crash or kill
 loses at most the runs in flight (and those resume from their last epoch
@@ -17,30 +17,23 @@ and finish is appended to ``<out>/sweep-events.jsonl``.
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import json
 import logging
 import os
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..errors import EXIT_INCOMPLETE, MtdError
+from ..safe_files import append_line, check_target
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
-from .plan import Job, arrange, job_line, plan_sweep
+from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
+from .plan import Job, arrange, plan_sweep
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +57,7 @@ class SweepConfig:
     order: str = "plan"  # "plan" (k ascending) or "shuffled" (``plan.arrange``)
     twins_dir: str | None = None  # set: each student job of the first twin_repeats repeats gets an online twin
     twin_repeats: int | None = None
+    allow_unverified: bool = False  # train on stores without a seal (--allow-unverified); recorded, not in run ids
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -82,7 +76,7 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
                       primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
                       data_dir=cfg.data_dir, device=cfg.device, online=teachers_dir is not None,
                       teachers_dir=teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
-                      save_model=cfg.save_models,
+                      save_model=cfg.save_models, allow_unverified=cfg.allow_unverified,
                       experiment_stores=_fingerprints(cfg.stores) if len(cfg.stores) > 1 else ())
 
 
@@ -130,134 +124,7 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
 
 def _event(out: str, what: str, job: Job, run_id: str) -> None:
     line = json.dumps({"event": what, "key": job.key, "run_id": run_id, "pid": os.getpid(), "time": time.time()})
-    with open(Path(out) / "sweep-events.jsonl", "a") as f:  # O_APPEND: whole lines, no interleaving
-        f.write(line + "\n")
-
-
-# ------------------------------------------------------------------------------------------ scheduling
-
-
-def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
-                  next_done: Callable[[list[Any]], tuple[Any, dict]]) -> list[dict]:
-    """Run ``jobs`` in plan order, each once the jobs it ``depends_on`` (among ``jobs``) have finished.
-
-    ``submit`` starts a list of jobs and returns a handle for each; ``next_done`` waits for one of the
-    running handles and returns it with its job's result. A dependency outside ``jobs`` is done already.
-    """
-    keys = {j.key for j in jobs}
-    blockers = {j.key: set(j.depends_on) & keys for j in jobs}
-    queued, running, results = list(jobs), {}, []
-    start = time.perf_counter()
-    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if sys.stderr.isatty() else True) as bar:
-        while queued or running:
-            ready = [j for j in queued if not blockers[j.key]]
-            if ready:
-                queued = [j for j in queued if blockers[j.key]]
-                running.update(zip(submit(ready), ready, strict=True))
-            handle, result = next_done(list(running))
-            done = running.pop(handle)
-            for waiting in blockers.values():
-                waiting.discard(done.key)
-            results.append(result)
-            bar.update()
-            log.info("%s", job_line(done, result, len(results), len(jobs), time.perf_counter() - start))
-    return results
-
-
-def run_local(jobs: list[Job], cfg: SweepConfig, workers: int, wait: bool = False) -> list[dict]:
-    import torch
-
-    devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
-    workers = min(workers, len(devices)) if devices else workers
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads_per_run(cfg, workers), devices, os.getpid())) as ex:
-        def next_done(futures: list) -> tuple[Any, dict]:
-            finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
-            f = next(f for f in futures if f in finished)  # the earliest submitted of those finished
-            return f, f.result()
-
-        return run_scheduled(jobs, lambda ready: [ex.submit(execute, job, cfg, wait) for job in ready], next_done)
-
-
-def threads_per_run(cfg: SweepConfig, workers: int) -> int:
-    """Torch threads of each run: ``--threads``, else OMP_NUM_THREADS when set, else the cores split over workers."""
-    if cfg.threads:
-        return cfg.threads
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-def _init_worker(threads: int, devices: list[int], parent: int) -> None:
-    import multiprocessing
-
-    import torch
-
-    _die_with(parent)
-    torch.set_num_threads(threads)
-    if devices:  # one GPU per worker, by the worker's number in the pool
-        ident = multiprocessing.current_process()._identity
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices[(ident[0] - 1) % len(devices) if ident else 0])
-
-
-def _die_with(parent: int) -> None:
-    """End this worker when the sweep that started it ends, however it ends (a SIGKILL included).
-
-    Linux delivers SIGKILL to the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
-    and as a second line of defence, a watchdog thread checks every second that the parent is there.
-    A worker's run locks are released by the kernel with it, so another sweep can take its runs over.
-    """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass  # not Linux: the watchdog alone
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="mtd-parent-watchdog").start()
-
-
-def run_ray(jobs: list[Job], cfg: SweepConfig, address: str | None, workers: int,
-            wait: bool = False) -> list[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise MtdError("the ray executor needs Ray: pip install 'mtd-cache[ray]'") from None
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-             **({} if address else {"num_cpus": workers}))
-    gpus = 1 if ray.cluster_resources().get("GPU") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(execute)
-
-    def next_done(refs: list) -> tuple[Any, dict]:
-        ready, _ = ray.wait(refs, num_returns=1)
-        return ready[0], ray.get(ready[0])
-
-    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg, wait) for job in ready], next_done)
-
-
-def run_slurm(jobs: list[Job], cfg: SweepConfig, folder: Path, params: dict[str, Any],
-              cluster: str | None = None, poll_s: float = 2.0, wait: bool = False) -> list[dict]:
-    try:
-        import submitit
-    except ImportError:
-        raise MtdError("the slurm executor needs submitit: pip install 'mtd-cache[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    executor.update_parameters(**params)
-
-    def next_done(handles: list) -> tuple[Any, dict]:
-        while not (finished := [h for h in handles if h.done()]):
-            time.sleep(poll_s)
-        return finished[0], finished[0].result()
-
-    # the jobs ready together go in one job array
-    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),
-                                                                [wait] * len(ready)), next_done)
+    append_line(Path(out) / "sweep-events.jsonl", line)  # O_APPEND: whole lines; never through a planted link
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -293,6 +160,8 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     """
     if executor not in EXECUTORS:
         raise MtdError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor == "slurm" and not dry_run:  # before any work: never local jobs by surprise
+        check_slurm((slurm or {}).get("cluster"))
     check_config(cfg)
     jobs = make_plan(cfg)
     records = survey(jobs, cfg)
@@ -309,6 +178,7 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     if executor == "local":
         check_threads(records, cfg, threads_per_run(cfg, workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    check_target(Path(cfg.out) / "sweep-events.jsonl")  # refused before the first job, not in every worker
     results = _run(todo, cfg, workers, executor, address, slurm, wait=False)
     locked = {r["key"] for r in results if r["status"] == "locked"}
     if locked:  # held by another sweep: wait for it, and run what it did not finish (its owner died)
@@ -328,12 +198,12 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
 def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address: str | None,
          slurm: dict[str, Any] | None, wait: bool) -> list[dict]:
     if executor == "local":
-        return run_local(jobs, cfg, workers, wait)
+        return run_local(jobs, cfg, workers, wait, execute)
     if executor == "ray":
-        return run_ray(jobs, cfg, address, workers, wait)
+        return run_ray(jobs, cfg, address, workers, wait, execute)
     slurm = dict(slurm or {})
     cluster = slurm.pop("cluster", None)
-    return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait=wait)
+    return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait, execute)
 
 
 def check_config(cfg: SweepConfig) -> None:

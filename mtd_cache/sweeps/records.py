@@ -35,6 +35,7 @@ import pandas as pd
 
 from ..errors import MtdError
 from ..record import experiment_of, make_experiment_id, make_run_id
+from ..safe_files import open_regular, read_text
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
 def _read_record(path: Path) -> dict[str, Any] | None:
     """The normalised record in ``path``, or None (with a warning) when it is not one."""
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(read_text(path))
     except (OSError, ValueError) as exc:
         log.warning("skipping %s: not readable JSON (%s)", path, exc)
         return None
@@ -109,8 +110,11 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
     teachers = tuple(sorted(int(t) for t in rec["teachers"]))
     if len(teachers) != int(rec["k"]):
         raise ValueError(f"k = {rec['k']} but {len(teachers)} teachers")
-    out.update(teachers=teachers, k=int(rec["k"]), seed=int(rec["seed"]), metric=float(rec["metric"]),
-               wall_s=float(rec["wall_s"]), path=str(path),
+    metric, wall_s = float(rec["metric"]), float(rec["wall_s"])
+    if not math.isfinite(metric) or not (math.isfinite(wall_s) and wall_s >= 0):  # a NaN metric is no score
+        raise ValueError(f"metric {metric}, wall_s {wall_s}: expected a finite score and a time >= 0")
+    out.update(teachers=teachers, k=int(rec["k"]), seed=int(rec["seed"]), metric=metric,
+               wall_s=wall_s, path=str(path),
                primary=None if rec["primary"] is None else int(rec["primary"]),
                energy_j=math.nan if rec["energy_j"] is None else float(rec["energy_j"]))
     exp, identity, why = experiment_of(rec)
@@ -125,8 +129,9 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
         if identity else None
     if "epochs" not in out and isinstance(rec.get("history"), list):  # records before "epochs" was written
         out["epochs"] = len(rec["history"])
-    name = rec.get("predictions")
-    out["predictions"] = str(path.parent / name) if isinstance(name, str) and name else None
+    name = rec.get("predictions")  # a file beside the record, by name: never a path elsewhere
+    out["predictions"] = str(path.parent / name) if isinstance(name, str) and name and Path(name).name == name \
+        and name not in (".", "..") else None
     out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None
     return out
 
@@ -164,10 +169,10 @@ def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(predicted class ids, gold labels) of a run's evaluation set, or None (not kept, or gone)."""
     if not isinstance(path, str) or not path:  # None, or pandas' NaN for a run that kept none
         return None
-    try:
-        with np.load(path) as z:
+    try:  # a regular file only (a FIFO would block the report), arrays only (no pickle)
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
             return z["pred"].astype(np.int64), z["label"].astype(np.int64)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, AttributeError) as exc:
         log.warning("%s: predictions not readable (%s): no intervals from this run", path, exc)
         return None
 

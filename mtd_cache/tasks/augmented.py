@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MtdError
+from ..safe_files import open_regular, read_text
 from .glue import GlueSplit, GlueTask, get_glue_task, read_split
 
 
@@ -26,14 +27,15 @@ def read_augmented(task: str | GlueTask, path: str | Path) -> tuple[GlueSplit, n
     task, path = get_glue_task(task), Path(path)
     source_path, settings_path, _ = sidecars(path)
     if settings_path.exists():
-        other = json.loads(settings_path.read_text()).get("task")
+        other = json.loads(read_text(settings_path)).get("task")
         if other != task.name:
             raise MtdError(f"{path} is an augmentation of {other!r}, not {task.name!r}")
     renamed = replace(task, dir_name="", train=replace(task.train, file=path.name))
     split = read_split(renamed, "train", path.parent)
     if not source_path.exists():
         raise MtdError(f"{path}: its source index {source_path} is missing")
-    source = np.load(source_path, allow_pickle=False)
+    with open_regular(source_path) as f:
+        source = np.load(f, allow_pickle=False)
     if source.shape != (len(split),):
         raise MtdError(f"{source_path} has shape {source.shape}: expected ({len(split)},) for {path}")
     return split, source.astype(np.int64)

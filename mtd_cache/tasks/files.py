@@ -32,8 +32,9 @@ import numpy as np
 import tomllib
 
 from ..errors import MtdError
+from ..utils import not_utf8
 from .glue import GLUE_TASKS, GlueSplit
-from .image_folders import ImageFolderTask, _need
+from .image_folders import ImageFolderTask, _given_labels, _need
 from .images import IMAGE_TASKS
 from .known import REGISTERED
 
@@ -50,8 +51,12 @@ def load_task_file(path: str | Path) -> Any:
     if not path.is_file():
         raise MtdError(f"task file {path} not found")
     try:
-        content = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+    try:
+        content = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except ValueError as exc:
         raise MtdError(f"{path}: not a readable task file ({' '.join(str(exc).split())[:120]})") from None
     if not isinstance(content, dict):
         raise MtdError(f"{path}: a task file holds one object of settings, not {type(content).__name__}")
@@ -120,8 +125,8 @@ class TextFileTask:
         for key in ("text_column", "label_column"):
             _need(source, key, (str, int))
         task = cls(c["name"], source, base, (), metric)
-        names = tuple(resolved["label_names"]) if resolved else tuple(map(str, c["labels"])) if c.get("labels") \
-            else _sorted_labels(task._raw("train", None)[4])
+        names = tuple(resolved["label_names"]) if resolved else _given_labels(source) \
+            or _sorted_labels(task._raw("train", None)[4])
         if len(names) < 2 or len(set(names)) != len(names):
             raise MtdError(f"{where}: labels {list(names)}: expected two or more distinct labels")
         extra = ("accuracy",) if metric != "accuracy" else ()
@@ -216,22 +221,33 @@ def _read_rows(path: Path, fmt: str | None, header: bool, columns: list | None,
     if fmt not in ("csv", "tsv", "jsonl"):
         raise MtdError(f"{path}: unknown format: name the file .csv, .tsv or .jsonl, or set \"format\" "
                        f"in {task_file}")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return _jsonl_rows(path, f) if fmt == "jsonl" else _csv_rows(path, f, fmt, header, columns)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _jsonl_rows(path: Path, f: Any) -> list[tuple[int, dict[Any, Any]]]:
+    out = []
+    for line, text in enumerate(f, 1):
+        if text.strip():
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise MtdError(f"{path}:{line}: not a JSON object ({exc})") from None
+            if not isinstance(obj, dict):
+                raise MtdError(f"{path}:{line}: not a JSON object")
+            out.append((line, obj))
+    return out
+
+
+def _csv_rows(path: Path, f: Any, fmt: str, header: bool, columns: list | None) -> list[tuple[int, dict[Any, Any]]]:
     out: list[tuple[int, dict[Any, Any]]] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        if fmt == "jsonl":
-            for line, text in enumerate(f, 1):
-                if text.strip():
-                    try:
-                        obj = json.loads(text)
-                    except ValueError as exc:
-                        raise MtdError(f"{path}:{line}: not a JSON object ({exc})") from None
-                    if not isinstance(obj, dict):
-                        raise MtdError(f"{path}:{line}: not a JSON object")
-                    out.append((line, obj))
-            return out
-        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
-                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-        names = columns
+    reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
+                        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    names = columns
+    try:
         for fields in reader:
             if not fields:
                 continue
@@ -242,6 +258,8 @@ def _read_rows(path: Path, fmt: str | None, header: bool, columns: list | None,
             if len(fields) != len(names):
                 raise MtdError(f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(names)}")
             out.append((reader.line_num, dict(zip(names, fields, strict=True))))
+    except csv.Error as exc:  # a field over csv's limit (131,072 characters), a NUL byte, an open quote
+        raise MtdError(f"{path}:{reader.line_num}: {exc}") from None
     return out
 
 

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import MtdError
+from ..utils import not_utf8
 from .known import REGISTERED
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,14 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of every non-blank line; a leading BOM is dropped."""
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for fields in reader:
-            if fields:  # a blank line (e.g. a trailing one) carries no example
-                yield reader.line_num, fields
+        try:
+            for fields in reader:
+                if fields:  # a blank line (e.g. a trailing one) carries no example
+                    yield reader.line_num, fields
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+        except csv.Error as exc:  # a field over csv's limit (131,072 characters), a NUL byte
+            raise MtdError(f"{path}:{reader.line_num}: {exc}") from None
 
 
 def _check_header(path: Path, line: int, fields: list[str], layout: TsvLayout,

@@ -11,6 +11,7 @@ Decoded splits are kept per process (a sweep worker decodes a folder once).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MtdError
+from ..safe_files import open_regular
 from .images import ImageTask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -87,12 +89,24 @@ def _need(source: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+def _given_labels(source: dict[str, Any]) -> tuple[str, ...] | None:
+    """The task file's ``labels``: None when it gives none; two or more distinct names, else one line."""
+    labels = source["content"].get("labels")
+    if "labels" not in source["content"] or labels is None:
+        return None
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, (str, int)) for x in labels) \
+            or len(set(map(str, labels))) != len(labels):
+        raise MtdError(f"{source['path']}: labels {labels!r}: expected a list of two or more distinct names "
+                       "(or leave it out: the training labels, sorted)")
+    return tuple(map(str, labels))
+
+
 def _resolve(source: dict[str, Any], base: Path, size: int) -> dict[str, Any]:
     """Classes, channels and normalisation from the training folder."""
     c = source["content"]
     folder = base / c["train"]
     classes = _classes(folder, source["path"])
-    names = list(map(str, c["labels"])) if c.get("labels") else classes
+    names = list(_given_labels(source) or classes)
     if sorted(names) != sorted(classes):
         raise MtdError(f"{source['path']}: labels {names} are not the class folders of {folder}: {classes}")
     if len(names) < 2:
@@ -127,19 +141,24 @@ def _files(folder: Path, cls: str) -> list[Path]:
 def _all_grey(folder: Path, classes: list[str]) -> bool:
     for cls in classes:
         for path in _files(folder, cls)[:50]:  # a sample: a folder is one kind of image
-            if _open(path, lambda im: im.mode) not in ("L", "1", "I;16", "I"):
+            if not _open(path, lambda im: im.mode in ("L", "1") or im.mode.startswith("I")):
                 return False
     return True
 
 
 def _open(path: Path, use: Any) -> Any:
-    """``use(image)`` of the image at ``path``; an unreadable file is one line naming it."""
+    """``use(image)`` of the image at ``path``; an unreadable file, or one of more than Pillow's pixel limit
+    (``Image.MAX_IMAGE_PIXELS``, 89 million: a decompression bomb would fill the memory), is one line naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return use(im)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refused, not warned
+            with open_regular(path) as f, Image.open(f) as im:
+                return use(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MtdError(f"{path}: too many pixels to decode ({' '.join(str(exc).split())[:120]})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise MtdError(f"{path}: not a readable image ({' '.join(str(exc).split())[:100]})") from None
 
 
@@ -160,7 +179,7 @@ def _decode(files: list[tuple[int, Path]], size: int, channels: int) -> tuple[np
     from PIL import Image
 
     def pixels(im: Any) -> np.ndarray:
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = _eight_bit(im).convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
@@ -170,3 +189,16 @@ def _decode(files: list[tuple[int, Path]], size: int, channels: int) -> tuple[np
         a = _open(path, pixels)
         images[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
     return images, np.array([label for label, _ in files], dtype=np.int64)
+
+
+def _eight_bit(im: Any) -> Any:
+    """A 16-bit greyscale image (PNG, TIFF: modes ``I;16*`` and ``I``) scaled to 8 bits, 65535 to 255; Pillow's own
+    conversion clips every value over 255 to white."""
+    from PIL import Image
+
+    if not im.mode.startswith("I"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise ValueError(f"{im.mode} pixels from {a.min():g} to {a.max():g}: not a 16-bit image")
+    return Image.fromarray(np.rint(a * (255 / 65535)).astype(np.uint8), "L")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MtdError
+from .cifar import CIFAR10_LABELS, DEFAULT_DATA, load_cifar10
 from .known import REGISTERED
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("cache") / "data"  # where downloads go when no data_dir is given
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_FILES = CIFAR_TRAIN + ("test_batch", "batches.meta")
 
 
 @dataclass(frozen=True)
@@ -82,8 +77,7 @@ IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
     # He et al.'s CIFAR recipe: pad 4 + flip, 162 views. Mean/std as the reference trainer (akamaster's
     # trainer.py normalises with ImageNet's statistics, not CIFAR-10's (0.4914, 0.4822, 0.4465) /
     # (0.2470, 0.2435, 0.2616)); a constant affine map the first BN absorbs, kept for reproducibility.
-    ImageTask("cifar10", 3, 32, 10, ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"), 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ImageTask("cifar10", 3, 32, 10, CIFAR10_LABELS, 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # Pad 2 + flip: 5 x 5 x 2 = 50 views. Pad 4 would be 162 views, 3.2x the dump (60,000 x V x T forwards)
     # and the store (60,000 x 162 x 6 x 10 float32 = 2.3 GB); pad 2 on 28 px shifts by up to 7%, close to
     # CIFAR's 4/32, on centred objects. Flip keeps every class (clothes and shoes face both ways).
@@ -174,12 +168,14 @@ def load_split(task: ImageTask | str, split: str, data_dir: str | Path | None = 
     Debian's package). ``download=False`` never touches the network.
     """
     task = get_image_task(task) if isinstance(task, str) else task
+    if data_dir is not None and not Path(data_dir).is_dir():  # never silently another folder (or none)
+        raise MtdError(f"--data-dir {data_dir}: no such folder (for {task.name}; create it to download into it)")
     if split not in ("train", task.test_split):
         raise MtdError(f"unknown split {split!r} for {task.name}: train or {task.test_split}")
     if hasattr(task, "load"):  # a task file's image folders
         images, labels = task.load(split, data_dir)
     else:
-        loader = {"cifar10": _load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
+        loader = {"cifar10": load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
         images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
     images, labels = np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
     expected = (task.channels, task.size, task.size)
@@ -208,111 +204,6 @@ def _load_digits(train: bool, data_dir: Path | None, download: bool) -> tuple[np
     tr, te = train_test_split(np.arange(len(d.target)), test_size=360, stratify=d.target, random_state=0)
     idx = np.sort(tr if train else te)
     return images[idx], d.target[idx]
-
-
-# ------------------------------------------------------------------------------------------ CIFAR-10
-
-
-def _find_cifar(data_dir: Path | None) -> Path | None:
-    """The folder holding CIFAR-10's batches: ``<dir>/cifar-10-batches-py`` or ``<dir>`` itself."""
-    root = data_dir or DEFAULT_DATA
-    for folder in (root / CIFAR_FOLDER, root):
-        if (folder / "batches.meta").is_file():
-            missing = [n for n in CIFAR_FILES if not (folder / n).is_file()]
-            if missing:
-                raise MtdError(f"CIFAR-10 folder {folder} is incomplete: {', '.join(missing)} missing")
-            return folder
-    return None
-
-
-def _load_cifar10(train: bool, data_dir: Path | None, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision's CIFAR-10 reader over the python-pickle batches, downloaded by torchvision if allowed."""
-    folder = _find_cifar(data_dir)
-    root = data_dir or DEFAULT_DATA
-    if folder is None and download:
-        from torchvision.datasets import CIFAR10
-
-        try:
-            CIFAR10(str(root), train=train, download=True)
-        except Exception as exc:  # no network, a refused or corrupt download: say where the files go
-            log.warning("CIFAR-10 download into %s failed: %s", root, exc)
-        folder = _find_cifar(data_dir)
-    if folder is None:
-        raise MtdError(f"CIFAR-10 not found in {root}: extract {CIFAR_URL} there (a {CIFAR_FOLDER} folder), "
-                       f"or pass --data-dir pointing at it")
-    return _read_cifar_folder(folder, train)
-
-
-def _read_cifar_folder(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Read with torchvision's ``CIFAR10``, its md5 check reduced to "the file exists".
-
-    The md5 check would refuse anything but the official files (tests write
-    small ones); the store's fingerprint of the pixels guards what was cached.
-    """
-    from torchvision.datasets import CIFAR10
-
-    class _Cifar10Files(CIFAR10):
-        base_folder = ""  # ``root`` is the batches folder itself, whatever its name
-        train_list = [[name, None] for name, _ in CIFAR10.train_list]
-        test_list = [[name, None] for name, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    try:
-        ds = _Cifar10Files(str(folder), train=train, download=False)
-    except (RuntimeError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise MtdError(f"CIFAR-10 files in {folder} are unreadable: {exc}") from exc
-    return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)  # torchvision gives (N, H, W, C)
-
-
-class _Py2Str(bytes):
-    """A Python 2 ``str``, the type of every string in the real CIFAR pickles."""
-
-
-class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table accepts new types
-    """Protocol-2 pickles whose ``_Py2Str`` are written as Python 2 strings (BINSTRING opcodes).
-
-    Such strings load as ``bytes`` with ``encoding="bytes"`` and as ``str``
-    with ``encoding="latin1"`` (torchvision's choice), exactly as the real
-    CIFAR files do; a Python 3 ``str`` or ``bytes`` would load as one type only.
-    """
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_py2str(self, obj: _Py2Str) -> None:
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(head + bytes(obj))
-        self.memoize(obj)
-
-    dispatch[_Py2Str] = save_py2str
-
-
-def _dump_py2(obj: dict, path: Path) -> None:
-    with open(path, "wb") as f:
-        _Py2Pickler(f, protocol=2).dump(obj)
-
-
-def write_fake_cifar10(root: str | Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
-    """A small ``<root>/cifar-10-batches-py`` in the real format, for tests (CIFAR-10 cannot be had offline).
-
-    Python-2 pickles with the real keys: each batch a dict of ``batch_label``,
-    ``labels`` (list of int), ``data`` ((n, 3072) uint8, rows are R, G, B
-    planes of 32x32) and ``filenames``; ``batches.meta`` holds ``label_names``.
-    The training images are split over data_batch_1..5 in order. Seeded.
-    """
-    folder = Path(root) / CIFAR_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sizes = [len(s) for s in np.array_split(np.arange(n_train), len(CIFAR_TRAIN))]
-    for name, n in list(zip(CIFAR_TRAIN, sizes, strict=True)) + [("test_batch", n_test)]:
-        _dump_py2({_Py2Str(b"batch_label"): _Py2Str(f"fake {name}".encode()),
-                   _Py2Str(b"labels"): [int(x) for x in rng.integers(0, 10, n)],
-                   _Py2Str(b"data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                   _Py2Str(b"filenames"): [_Py2Str(f"{name}_{i}.png".encode()) for i in range(n)]}, folder / name)
-    names = [_Py2Str(n.encode()) for n in IMAGE_TASKS["cifar10"].label_names]
-    _dump_py2({_Py2Str(b"label_names"): names, _Py2Str(b"num_cases_per_batch"): 10000,
-               _Py2Str(b"num_vis"): 3072}, folder / "batches.meta")
-    return folder
 
 
 # ------------------------------------------------------------------------------------------ Fashion-MNIST

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from ..energy import EnergyMeter
-from ..errors import MtdError, ResourceError
+from ..errors import MtdError, ResourceError, StoreError
 from ..progress import Progress
+from ..safe_files import check_target, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
+from ..store.seal import seal_store
 from ..tasks.registry import get_task
 from ..utils import human_bytes
 from .adapter import DumpPlan
@@ -39,7 +41,9 @@ def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int],
 
     One dump per output at a time (``store.output_lock``): a second is refused, naming the first.
     """
+    check_target(out, "store")
     with output_lock(out):
+        drop_finished_leftover(out)
         spec_task = get_task(task)
         teachers = find_teachers(teachers_dir, spec_task.name)
         check_task_file(spec_task, teachers)
@@ -56,9 +60,16 @@ def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int],
 def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: Sequence[int],
                       options: dict[str, Any], device: str | None, force: bool) -> bool:
     """An existing ``out`` is kept when it holds what this dump would write (False: nothing to do); otherwise
-    refused naming what differs, or (``force``) removed to be dumped again (True)."""
-    with TeacherStore.open(out) as have:  # a damaged file is refused loudly here
-        theirs = have.spec.to_json()
+    refused naming what differs, or (``force``) dumped again (True): the new store replaces it only once it
+    is complete, so a dump that fails leaves the old one in place."""
+    try:
+        with TeacherStore.open(out) as have:  # a damaged file is refused loudly here (unless --force)
+            theirs, sealed = have.spec.to_json(), have.sealed
+    except StoreError as exc:
+        if not force:
+            raise
+        log.warning("%s: dumping again (--force); it is replaced when the new store is complete", exc)
+        return True
     plan = modality(task).dump_plan(task, teachers, list(primaries), options, device)
     mine = _flat(replace(plan.spec, **teacher_fields(teachers)).to_json())
     theirs = _flat(theirs)
@@ -67,13 +78,35 @@ def _replace_existing(out: Path, task: Any, teachers: list[Teacher], primaries: 
         differs.remove("fingerprint")  # a consequence: name its cause
     if not differs:
         log.info("%s holds this dump already (same teachers, data and settings): nothing to do", out)
+        if not sealed:  # dumped before seals existed: what inspect --seal does, so that students take it
+            log.info("%s has no seal: verifying its checksums and sealing it", out)
+            seal_store(out)
         return False
     what = "; ".join(f"{k}: {_short(theirs.get(k))} there, {_short(mine.get(k))} asked" for k in differs[:2])
     if not force:
         raise MtdError(f"{out} was dumped otherwise ({what}): give another --out, or --force to dump again")
-    log.warning("%s was dumped otherwise (%s): dumping again (--force)", out, what)
-    out.unlink()
+    log.warning("%s was dumped otherwise (%s): dumping again (--force); it is replaced when the new store is "
+                "complete", out, what)
     return True
+
+
+def drop_finished_leftover(out: Path) -> None:
+    """Remove ``NAME.h5.partial/`` when it is the leftover of the dump that wrote ``NAME.h5`` (a dump killed
+    between renaming its store into place and removing its pieces): the store is complete and its spec is the
+    pieces'. Any other partial folder is kept: a dump of its settings resumes it, another is refused naming it."""
+    pdir = partial_dir(out)
+    if not out.is_file() or not pdir.is_dir() or pdir.is_symlink():
+        return
+    try:
+        pieces = StoreSpec.from_json(json.loads(read_text(pdir / "spec.json"))).to_json()
+        with TeacherStore.open(out) as have:
+            theirs = have.spec.to_json()
+    except (OSError, ValueError, TypeError, MtdError):
+        return  # unreadable pieces or a damaged store: the usual checks name them
+    if pieces == theirs:
+        log.info("removing %s: the pieces of %s, which is complete (left by a dump stopped after its store was "
+                 "written)", pdir, out)
+        shutil.rmtree(pdir)
 
 
 # settings that shape how a dump runs, not what it writes
@@ -185,7 +218,11 @@ def check_size(spec: StoreSpec, lengths: np.ndarray | None, out: Path, budget_gb
     folder = Path(out).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
-    if 2 * size > free:  # the merge writes the store beside its shards: twice the size at the peak
+    # the merge writes the store beside its pieces: twice the size at the peak, less the pieces a resumed dump
+    # has written already (they take their space now)
+    written = sum(p.stat().st_size for p in partial_dir(out).glob("*.npz")) if partial_dir(out).is_dir() else 0
+    if size + max(0, size - written) > free:
+        have = f" ({human_bytes(written)} of its pieces are written)" if written else ""
         raise ResourceError(f"the store would take {human_bytes(size)} and its pieces as much again while it is "
-                            f"merged; {folder} has {human_bytes(free)} free")
+                            f"merged{have}; {folder} has {human_bytes(free)} free")
     return size

@@ -5,7 +5,7 @@ Layout, one folder per seed::
     cache/<task>/teachers/seed<i>/
         model.safetensors (+ config.json, tokenizer files for BERT)   the weights
         teacher.json                                                   what it is and how good
-        checkpoint.pt                                                  only while training (resume)
+        checkpoint.safetensors                                         only while training (resume; no pickle)
 
 ``teacher.json`` is written last and atomically, so a seed counts as done only
 when it exists and the weights still hash to the ``sha256`` it records.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MtdError
+from ..safe_files import read_text
 from ..utils import sha256_file
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,16 @@ def load_teacher(folder: Path, check: bool = False) -> Teacher | None:
     rec = folder / RECORD
     if not rec.exists() or not (folder / WEIGHTS).exists():
         return None
-    info = json.loads(rec.read_text())
+    try:  # a FIFO planted as teacher.json is refused, not waited on
+        info = json.loads(read_text(rec))
+        seed = int(info["seed"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MtdError(f"{rec} is not a teacher's record ({type(exc).__name__}: {' '.join(str(exc).split())[:80]}): "
+                       "remove the folder to train the teacher again") from None
     if check and sha256_file(folder / WEIGHTS) != info.get("sha256"):
         log.warning("%s: weights do not match the recorded sha256; retraining", folder)
         return None
-    return Teacher(int(info["seed"]), folder, info)
+    return Teacher(seed, folder, info)
 
 
 def find_teachers(teachers_dir: Path, task: str | None = None) -> list[Teacher]:

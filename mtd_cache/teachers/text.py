@@ -22,6 +22,7 @@ from ..models import bert, factory, hub
 from ..models.inference import evaluate_split, run_model
 from ..optim import optimizer_and_schedule
 from ..runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
+from ..safe_files import save_into
 from ..settings import LayerList, Settings, setting
 from ..store import PrimarySpec, StoreSpec
 from ..store.format import (
@@ -100,7 +101,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                 device: str | None) -> TeacherJob:
     """Fine-tune one seeded BERT teacher on a text task; ``save`` writes weights, config and tokenizer.
 
-    A per-epoch checkpoint in ``out/checkpoint.pt`` makes a killed run resume; the record carries the
+    A per-epoch checkpoint in ``out/checkpoint.safetensors`` makes a killed run resume; the record carries the
     dev metrics and ``chance_reason`` (None unless the teacher is at chance level).
     """
     s = teacher_settings(model, options)
@@ -121,9 +122,8 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                     "data": text_fingerprint(task, bert.tokenizer_identity(tok), s.max_length, train, dev_set)}
 
     def save() -> None:
-        with hub.quiet_transformers():
-            net.save_pretrained(out)
-            tok.save_pretrained(out)
+        with hub.quiet_transformers():  # written beside, then renamed in: never through a link in ``out``
+            save_into(out, lambda tmp: (net.save_pretrained(tmp), tok.save_pretrained(tmp)))
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         if "logits" not in last:  # resumed after the last epoch: nothing was evaluated in this session
@@ -154,8 +154,9 @@ def _teacher_fit(net: torch.nn.Module, train: Encoded, dev_set: Encoded, s: Text
         return metrics
 
     return Fit(model=net, optimizer=optimizer, epochs=s.epochs, batches=epoch_batches(train, s.batch_size, seed),
-               step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1, checkpoint=out / "checkpoint.pt",
-               metrics_csv=out / "metrics.csv", desc=f"{task.name} teacher seed {seed}", autocast_dtype=dtype,
+               step=step, scheduler=scheduler, evaluate=evaluate, eval_every=1,
+               checkpoint=out / "checkpoint.safetensors", metrics_csv=out / "metrics.csv",
+               desc=f"{task.name} teacher seed {seed}", autocast_dtype=dtype,
                grad_clip=s.grad_clip)
 
 

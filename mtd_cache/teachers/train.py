@@ -15,6 +15,7 @@ from typing import Any
 from ..energy import EnergyMeter
 from ..errors import EXIT_INCOMPLETE, MtdError
 from ..record import provenance, utc_now
+from ..safe_files import check_target, make_dirs
 from ..tasks.registry import get_task
 from ..train import fit, remove_checkpoint, total_cost
 from ..utils import atomic_write_json, sha256_file
@@ -63,7 +64,9 @@ def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None
             log.warning("teacher seed %d: %s; retraining (--force)", seed, differs)
             (folder / RECORD).unlink()
         made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder, below=out)
+        for p in folder.iterdir():  # the tool's own folder: a link in it was planted, and would be written through
+            check_target(p, "folder" if p.is_dir() and not p.is_symlink() else "file")
         try:
             result = train_one(spec, seed, model, data_dir, folder, options, device)
         except BaseException:

@@ -35,6 +35,7 @@ from ..store.format import DEV_LABEL, LABEL, VIEWS
 from ..tasks.image_data import ImageData, image_fingerprint, view_batches
 from ..tasks.images import view_table
 from ..train import Fit
+from ..utils import atomic_path
 from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 
@@ -52,8 +53,7 @@ class ImageTeacherSettings(SgdRecipeSettings):
 
     def check(self) -> None:
         factory.parse(self.model, "image")
-        if not all(0 < f <= 1 for f in self.milestones):
-            raise MtdError(f"image-teacher setting milestones={self.milestones}: fractions of the epochs in (0, 1]")
+        super().check()
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,12 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     fit = Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
               batches=lambda e: view_batches(len(train), len(views), s.batch_size, seed, e),
               evaluate=lambda: {"metric": accuracy(net, test, s.eval_batch_size)},
-              checkpoint=out / "checkpoint.pt", identity={"task": task.name, "seed": seed, "config": cfg},
+              checkpoint=out / "checkpoint.safetensors", identity={"task": task.name, "seed": seed, "config": cfg},
               metrics_csv=out / "metrics.csv", desc=f"teacher seed {seed}")
 
     def save() -> None:
-        save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         return {"model": s.model, "in_channels": train.task.channels, "num_classes": train.task.num_classes,

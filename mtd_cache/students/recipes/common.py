@@ -74,6 +74,14 @@ class TextStudentSettings(StudentSettings):
     prefetch: int = setting(3, "batches read from the store ahead, in a thread", low=0)
 
 
+def check_init_teacher(settings: Any, num_teachers: int) -> None:
+    """``init_teacher`` (DistilBERT, TinyBERT: the teacher whose layers a student starts from) is a store teacher."""
+    t = getattr(settings, "init_teacher", None)
+    if t is not None and not 0 <= t < num_teachers:
+        raise MtdError(f"init_teacher {t} is out of range: the store has {num_teachers} teachers "
+                       f"(0-{num_teachers - 1})")
+
+
 def chosen_weights(settings: Any, teachers: tuple[int, ...], num_teachers: int) -> list[float] | None:
     """The weights of the chosen teachers (ascending order) from ``teacher_weights``, or None (equal weights);
     refused when the list does not have one weight per store teacher or the chosen ones weigh nothing."""

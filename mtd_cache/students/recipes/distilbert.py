@@ -111,7 +111,7 @@ def _student(ctx: StudentContext, tok) -> torch.nn.Module:
     s, task = ctx.settings, ctx.store
     if s.init_from_teacher:
         t = s.init_teacher if s.init_teacher is not None else (ctx.primary or 0)
-        teacher = bert.load_classifier(teacher_path(ctx, t), task.num_classes)
+        teacher = bert.load_classifier(teacher_path(ctx, t), task.num_classes, use_safetensors=True)
         layers = bert.evenly_spaced_layers(bert.num_layers(teacher), s.student_layers)
         net = bert.distilbert_from_bert(teacher, layers, s.fold_token_type)
         ctx.extra.update(init=f"teacher {t}", init_layers=layers, init_teacher_layers=bert.num_layers(teacher))

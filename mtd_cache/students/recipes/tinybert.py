@@ -57,6 +57,7 @@ from ...models import bert
 from ...models.tinybert import DEFAULT_INIT, TinyBertStudent
 from ...optim import optimizer_and_schedule
 from ...runtime import PRECISIONS, autocast_dtype, seed_everything
+from ...safe_files import read_text
 from ...settings import LayerList, setting
 from ...tasks.text_data import epoch_batches, to_device
 from ...train import Fit
@@ -184,7 +185,7 @@ def _selection(ctx: StudentContext, net: TinyBertStudent, dev_metric: Callable[[
     path = ctx.checkpoint.with_suffix(".best.json") if ctx.checkpoint else None
     best: dict[str, Any] = {"metric": -math.inf, "step": None, "predictions": None}
     if path is not None and path.exists():
-        best.update(json.loads(path.read_text()))
+        best.update(json.loads(read_text(path)))
 
     def on_step(step: int) -> None:
         if step % every and step != total:

@@ -32,6 +32,7 @@ from ...models import bert
 from ...models.tinybert import TinyBertStudent, from_general, from_teacher
 from ...optim import optimizer_and_schedule
 from ...runtime import autocast_dtype
+from ...safe_files import read_text
 from ...tasks.text_data import TaskInputs, epoch_batches, to_device
 from ...train import Fit, remove_checkpoint
 from ...utils import atomic_write_json, canonical_json, sha256_text
@@ -64,7 +65,7 @@ class _Stage1Kind:
         _, _, ident, folder = location(ctx)
         partial = _partial(folder)
         return replace(planned, kind="stage1", run_id=folder.name, identity=ident, record=folder / RECORD,
-                       lock=folder.parent / f"{folder.name}.lock", checkpoint=partial / "checkpoint.pt",
+                       lock=folder.parent / f"{folder.name}.lock", checkpoint=partial / "checkpoint.safetensors",
                        metrics_csv=partial / "metrics.csv", impl=KIND)
 
     @staticmethod
@@ -101,10 +102,11 @@ def _partial(folder: Path) -> Path:
 def stage1_done(folder: Path) -> dict[str, Any] | None:
     """The record of a finished stage 1 in ``folder`` (with its model), else None."""
     try:
-        rec = json.loads((folder / RECORD).read_text())
+        rec = json.loads(read_text(folder / RECORD))
     except (OSError, ValueError):
         return None
-    return rec if rec.get("status") == "done" and (folder / "model.safetensors").exists() else None
+    done = isinstance(rec, dict) and rec.get("status") == "done"
+    return rec if done and (folder / "model.safetensors").exists() else None
 
 
 def folder_of(ctx: StudentContext, info: dict[str, Any]) -> Path:
@@ -259,7 +261,7 @@ def init_student(ctx: StudentContext, tok, fit_size: int | None) -> tuple[TinyBe
     num_labels = ctx.store.num_classes
     if s.init_from_teacher:
         t = s.init_teacher if s.init_teacher is not None else (ctx.primary or 0)
-        teacher = bert.load_classifier(teacher_path(ctx, t), num_labels)
+        teacher = bert.load_classifier(teacher_path(ctx, t), num_labels, use_safetensors=True)
         layers = [g - 1 for g in layer_map(ctx)[1:]]  # student layer m starts as teacher layer g(m)
         net = from_teacher(teacher, layers, fit_size or bert.hidden_size(teacher))
         init = {"init": f"teacher {t}", "init_layers": layers}

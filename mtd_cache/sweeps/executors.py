@@ -1,0 +1,271 @@
+"""Executors of a sweep's jobs: local worker processes, Ray, Slurm (submitit), under one scheduler.
+
+``run_scheduled`` submits a job once every job it depends on has finished (TinyBERT's stage-2 runs after
+their stage-1 run). ``run_local`` keeps its pool alive through its workers' deaths: a worker killed by the
+system (SIGKILL from the out-of-memory killer) breaks a ``ProcessPoolExecutor``, every job then in flight
+is lost with it; the pool is rebuilt and those jobs submitted again, and a job whose own worker was killed
+twice is a failed job, named at the end of the sweep (exit status 4), never a crash of the sweep.
+``run_slurm`` refuses to run locally by surprise: without Slurm (no ``sbatch``) it is one line, exit status
+2, unless ``--slurm-local`` asks for submitit's local executor. Submitit's job files (pickles it writes and
+reads back) go to a folder made fresh for each sweep (``mkdtemp`` under ``<out>/slurm``): nothing planted
+there before the sweep can be read as a job's result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import MtdError
+from ..safe_files import make_dirs
+from .plan import Job, job_line
+
+log = logging.getLogger(__name__)
+KILLED_TWICE = 2  # a job whose worker was killed this many times is failed, not submitted again
+
+
+def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
+                  next_done: Callable[[list[Any]], tuple[Any, dict]]) -> list[dict]:
+    """Run ``jobs`` in plan order, each once the jobs it ``depends_on`` (among ``jobs``) have finished.
+
+    ``submit`` starts a list of jobs and returns a handle for each; ``next_done`` waits for one of the
+    running handles and returns it with its job's result. A dependency outside ``jobs`` is done already.
+    """
+    keys = {j.key for j in jobs}
+    blockers = {j.key: set(j.depends_on) & keys for j in jobs}
+    queued, running, results = list(jobs), {}, []
+    start = time.perf_counter()
+    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if sys.stderr.isatty() else True) as bar:
+        while queued or running:
+            ready = [j for j in queued if not blockers[j.key]]
+            if ready:
+                queued = [j for j in queued if blockers[j.key]]
+                running.update(zip(submit(ready), ready, strict=True))
+            handle, result = next_done(list(running))
+            done = running.pop(handle)
+            if result.get("key") is None:  # a job whose process died (a Ray or Slurm job): named by its key
+                result = {**result, "key": done.key, "run_id": None}
+            for waiting in blockers.values():
+                waiting.discard(done.key)
+            results.append(result)
+            bar.update()
+            log.info("%s", job_line(done, result, len(results), len(jobs), time.perf_counter() - start))
+    return results
+
+
+def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool, execute: Callable) -> list[dict]:
+    """``execute(job, cfg, wait)`` of every job in worker processes (``sweeps.execute.execute``)."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
+    workers = min(workers, len(devices)) if devices else workers
+    pool = _Pool(workers, (threads_per_run(cfg, workers), devices, os.getpid()), execute, cfg, wait)
+    try:
+        return run_scheduled(jobs, pool.submit, pool.next_done)
+    finally:
+        pool.shutdown()
+
+
+class _Pool:
+    """A ``ProcessPoolExecutor`` rebuilt when a worker dies; handles stay valid across rebuilds (one per job)."""
+
+    def __init__(self, workers: int, initargs: tuple, execute: Callable, cfg: Any, wait: bool):
+        self.workers, self.initargs, self.execute, self.cfg, self.wait = workers, initargs, execute, cfg, wait
+        self.ex = self._new()
+        self.future: dict[Job, concurrent.futures.Future] = {}
+        self.killed: dict[str, int] = {}  # job key -> times its worker was killed
+        self.failed: dict[Job, dict] = {}
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                   initargs=self.initargs)
+
+    def submit(self, ready: list[Job]) -> list[Job]:
+        for job in ready:
+            self.future[job] = self.ex.submit(self.execute, job, self.cfg, self.wait)
+        return ready
+
+    def next_done(self, running: list[Job]) -> tuple[Job, dict]:
+        while True:
+            if (job := next((j for j in running if j in self.failed), None)) is not None:
+                return job, self.failed.pop(job)
+            procs = dict(getattr(self.ex, "_processes", None) or {})
+            futures = [self.future[j] for j in running]
+            finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            job = next(j for j in running if self.future[j] in finished)  # the earliest submitted of those
+            if not isinstance(self.future[job].exception(), BrokenProcessPool):
+                return job, self.future[job].result()
+            self._rebuild([j for j in running if self.future[j].done() and isinstance(
+                self.future[j].exception(), BrokenProcessPool)], procs)
+
+    def shutdown(self) -> None:
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+    def _rebuild(self, lost: list[Job], procs: dict[int, Any]) -> None:
+        """A worker died and took the pool with it: a new pool, and the jobs in flight again (but the ones whose
+        own worker was killed twice, which fail)."""
+        self.ex.shutdown(wait=True, cancel_futures=True)
+        culprits = _killed_jobs(lost, procs, self.cfg.out)
+        self.ex = self._new()
+        for job in lost:
+            if job.key in culprits:
+                self.killed[job.key] = self.killed.get(job.key, 0) + 1
+            signal_name = culprits.get(job.key, "")
+            if self.killed.get(job.key, 0) >= KILLED_TWICE:
+                error = f"its worker process was killed ({signal_name}: out of memory?) {KILLED_TWICE} times"
+                log.error("%s failed: %s", job.key, error)
+                self.failed[job] = {"key": job.key, "run_id": None, "status": "failed", "error": error}
+            else:
+                if job.key in culprits:
+                    log.warning("%s: its worker process was killed (%s); running it again", job.key, signal_name)
+                self.submit([job])
+
+
+def died(exc: BaseException) -> dict:
+    """The result of a job whose process died before it could return one (its key filled in by the scheduler)."""
+    why = " ".join(str(exc).split())[:200] or type(exc).__name__
+    log.error("a job's process died: %s", why)
+    return {"key": None, "status": "failed", "error": f"its process died ({type(exc).__name__}: {why})"}
+
+
+def _killed_jobs(lost: list[Job], procs: dict[int, Any], out: str) -> dict[str, str]:
+    """Which of the ``lost`` jobs ran in a worker that was killed (the pool stops the others itself, with SIGTERM):
+    {job key: signal name}, from the workers' exit codes and the sweep's event log (each start names its
+    process); every lost job when that cannot tell."""
+    dead = {pid: p.exitcode for pid, p in procs.items() if p.exitcode not in (None, 0, -signal.SIGTERM)}
+    started: dict[str, int] = {}
+    try:
+        for line in (Path(out) / "sweep-events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "start":
+                started[event["key"]] = int(event["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    named = {j.key: _signal_name(dead[started[j.key]]) for j in lost if started.get(j.key) in dead}
+    return named or {j.key: "by a signal" for j in lost}
+
+
+def _signal_name(code: int | None) -> str:
+    try:
+        return f"{signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+def threads_per_run(cfg: Any, workers: int) -> int:
+    """Torch threads of each run: ``--threads``, else OMP_NUM_THREADS when set, else the cores split over workers."""
+    if cfg.threads:
+        return cfg.threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _init_worker(threads: int, devices: list[int], parent: int) -> None:
+    import multiprocessing
+
+    import torch
+
+    _die_with(parent)
+    torch.set_num_threads(threads)
+    if devices:  # one GPU per worker, by the worker's number in the pool
+        ident = multiprocessing.current_process()._identity
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices[(ident[0] - 1) % len(devices) if ident else 0])
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the sweep that started it ends, however it ends (a SIGKILL included).
+
+    Linux delivers SIGKILL to the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere,
+    and as a second line of defence, a watchdog thread checks every second that the parent is there.
+    A worker's run locks are released by the kernel with it, so another sweep can take its runs over.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog alone
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mtd-parent-watchdog").start()
+
+
+def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: bool,
+            execute: Callable) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise MtdError("the ray executor needs Ray: pip install 'mtd-cache[ray]'") from None
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+             **({} if address else {"num_cpus": workers}))
+    gpus = 1 if ray.cluster_resources().get("GPU") else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(execute)
+
+    def next_done(refs: list) -> tuple[Any, dict]:
+        ready, _ = ray.wait(refs, num_returns=1)
+        try:
+            return ready[0], ray.get(ready[0])
+        except Exception as exc:  # noqa: BLE001 - a worker that died (out of memory): a failed job, named at the end
+            return ready[0], died(exc)
+
+    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg, wait) for job in ready], next_done)
+
+
+def check_slurm(cluster: str | None) -> None:
+    """Slurm is here (``sbatch`` on PATH), or the sweep asked for submitit's local executor (``--slurm-local``)."""
+    if cluster is None and shutil.which("sbatch") is None:
+        raise MtdError("--executor slurm: there is no Slurm here (sbatch is not on PATH); run on a Slurm login "
+                       "node, or give --slurm-local to run the jobs as local processes through submitit")
+
+
+def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], cluster: str | None,
+              wait: bool, execute: Callable, poll_s: float = 2.0) -> list[dict]:
+    """The jobs as Slurm job arrays through submitit; ``cluster="local"`` (``--slurm-local``): submitit's local
+    executor. Without Slurm, and not asked to run locally: one line, before any job."""
+    try:
+        import submitit
+    except ImportError:
+        raise MtdError("the slurm executor needs submitit: pip install 'mtd-cache[slurm]'") from None
+    check_slurm(cluster)
+    make_dirs(folder)
+    folder = Path(tempfile.mkdtemp(prefix="sweep-", dir=folder))  # fresh: submitit reads pickles back from it
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    if cluster is None and executor.cluster != "slurm":
+        raise MtdError(f"--executor slurm: submitit found no Slurm cluster (it would run the jobs {executor.cluster}"
+                       "ly); give --slurm-local to run them as local processes")
+    executor.update_parameters(**params)
+
+    def next_done(handles: list) -> tuple[Any, dict]:
+        while not (finished := [h for h in handles if h.done()]):
+            time.sleep(poll_s)
+        try:
+            return finished[0], finished[0].result()
+        except Exception as exc:  # noqa: BLE001 - a job Slurm killed (time, memory): a failed job, named at the end
+            return finished[0], died(exc)
+
+    # the jobs ready together go in one job array
+    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),
+                                                                [wait] * len(ready)), next_done)

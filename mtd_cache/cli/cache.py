@@ -113,7 +113,7 @@ def _rate_line(info: dict) -> str:
         f"{1e3 * dump:.4g} ms per item at the dump"
     if dump is not None and info.get("teacher_forward_s_q25") is not None:
         text += f" (quartiles {1e3 * info['teacher_forward_s_q25']:.4g}-{1e3 * info['teacher_forward_s_q75']:.4g}, " \
-                f"{info.get('teacher_forward_chunks')} chunks)"
+                f"{int(info.get('teacher_forward_chunks') or 0)} chunks)"
     side = fwd.get("sidecar")
     if side:
         text += f"; re-measured {1e3 * side['teacher_forward_s']:.4g} ms ({side['file']}, {side.get('batches')} " \

@@ -152,7 +152,7 @@ def test_twins_measure_what_the_estimate_prices_and_the_report_compares_them(tmp
     got = CliRunner().invoke(cache_cli, ["inspect", str(store), "--measure-forward", "--batches", "4"])
     assert got.exit_code == 0, got.output
     side = json.loads(forward_sidecar(store).read_text())
-    assert side["batches"] == 4 and side["batch_items"] == 126 and side["teacher_forward_s"] > 0  # 14 images x 9
+    assert side["batches"] == 4 and side["batch_items"] == 128 and side["teacher_forward_s"] > 0  # a student's batch
     assert "re-measured" in got.output and "the report uses it" in got.output
     cfg = SweepConfig(stores=(str(store),), student="resnet8", pool=(0, 1), repeats=1, out=str(tmp_path / "runs"),
                       overrides={"epochs": 1, "batch_size": 512}, threads=1, twins_dir=str(teachers))
@@ -162,6 +162,7 @@ def test_twins_measure_what_the_estimate_prices_and_the_report_compares_them(tmp
     cost = (tmp_path / "report" / "cost.md").read_text()
     assert "measured by store.h5.forward.json" in cost and "Estimate against measurement" in cost
     assert "| 1 | 2 |" in cost and "| 2 | 1 |" in cost  # per k: the pairs
+    assert cost.count("Estimate against measurement") == 1  # the cached experiment's, not the online one's
     assert "Break-even for store.h5" in cost
     table = pd.read_csv(tmp_path / "report" / "cost.csv")
     online = table[table["component"] == "dump"].groupby("experiment")["wall_s"].sum()

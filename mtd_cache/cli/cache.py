@@ -31,12 +31,14 @@ def cli(verbose: bool) -> None:
                                            "none and seal it (a store written before seals, which students refuse): "
                                            "a sealed copy is written beside it and renamed into place.")
 @click.option("--measure-forward", is_flag=True,
-              help="Time one teacher inference again (warm, at a student's batch, every teacher in turn) and write "
-                   "it beside the store (STORE.forward.json): the report prices the online-equivalent cost with it.")
+              help="Time one teacher inference again as an --online student pays it (warm, on a batch shaped as a "
+                   "student's, every teacher in turn) and write it beside the store (STORE.forward.json): the "
+                   "report prices the online-equivalent cost with it.")
 @click.option("--teachers-dir", type=click.Path(path_type=Path),
               help="With --measure-forward: the store's teachers (default: the folders the dump found them in).")
 @click.option("--batch-size", type=click.IntRange(min=1),
-              help="With --measure-forward: items per forward (default: 128 for images, 32 for text).")
+              help="With --measure-forward: examples per forward (default: 128 for images, 32 for text: the "
+                   "students' batches).")
 @click.option("--batches", type=click.IntRange(min=1), default=24, show_default=True,
               help="With --measure-forward: timed forwards.")
 @click.option("--device", help="With --measure-forward: cpu, cuda (default: cuda when available).")
@@ -56,7 +58,7 @@ def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_fo
         info = s.summary()
         checked = s.verify() if verify else None
     if measure_forward:
-        from ..teachers.throughput import measure_forward as measure
+        from ..students.throughput import measure_forward as measure
 
         measure(store, str(teachers_dir) if teachers_dir else None, batch_size, batches, device=device)
     sidecar = read_forward_sidecar(store, info["fingerprint"])

@@ -227,7 +227,7 @@ def experiment_costs_markdown(runs: pd.DataFrame, per_k: pd.DataFrame, shared: S
             what = "unknown (no rate recorded)" if rate.seconds is None else \
                 f"{1e3 * rate.seconds:.4g} ms per teacher inference per item, measured by {rate.source}"
             parts.append(f"Online-equivalent of the runs on {Path(p).name}: estimated at {what}.\n")
-    if twin is not None and len(twin):
+    if twin is not None and len(twin) and not online:  # a cached experiment's estimate, against its twin
         check = estimate_check(runs, twin)
         parts.append("Estimate against measurement: each cached run's estimated online time (its own time plus "
                      "the teacher inference) against its online twin's measured time (same teachers, primary and "

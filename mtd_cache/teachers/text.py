@@ -84,8 +84,6 @@ class TextDumpSettings(Settings):
             raise MtdError("give student_layers (TinyBERT's layer map) or hidden_layers/attn_layers, not both")
 
 
-DUMP_SETTINGS = TextDumpSettings  # what ``throughput`` rebuilds a store's inputs with
-
 
 # ----------------------------------------------------------------------------- teachers
 

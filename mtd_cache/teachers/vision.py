@@ -70,8 +70,6 @@ class ImageDumpSettings(Settings):
                                     since="0.2")
 
 
-DUMP_SETTINGS = ImageDumpSettings  # what ``throughput`` rebuilds a store's inputs with
-
 
 # ------------------------------------------------------------------------------------------ teachers
 

@@ -1,0 +1,108 @@
+"""One teacher inference, re-measured as an online student pays it: the rate the report prices the online axis at.
+
+The dump times its own chunks (``store.merge.forward_cost``: their median), but under whatever load the
+machine had, at the dump's batch size, and with every view of an image at once. ``measure_forward`` times
+what an ``--online`` student's step adds instead: one teacher's forward on a training batch shaped as the
+student's (default: 128 random (image, view) pairs for images, 32 examples for text: each recipe's batch),
+warm, every teacher of the store in turn, on the store's own inputs (refused unless they fingerprint to the
+store's), and writes the median with its quartiles to the store's sidecar (``store.sidecar``), which the
+report then prefers and names. Building the batch (the views, the padding) is the student's own work either
+way, so it is not timed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..energy import EnergyMeter
+from ..errors import MtdError
+from ..models import bert, factory
+from ..record import utc_now
+from ..runtime import resolve_device
+from ..store import TeacherStore, write_forward_sidecar
+from ..tasks.registry import task_of_store
+from ..tasks.text_data import collate, to_device
+from ..teachers.folders import find_teachers, load_teacher
+from .data import store_inputs, store_train_images
+
+log = logging.getLogger(__name__)
+
+STUDENT_BATCH = {"image": 128, "text": 32}  # the recipes' training batches (image KD, text KD)
+
+
+def measure_forward(store_path: str | os.PathLike, teachers_dir: str | None = None, batch: int | None = None,
+                    batches: int = 24, warmup: int = 2, device: str | None = None,
+                    data_dir: str | None = None) -> dict[str, Any]:
+    """Time ``batches`` teacher forwards of a ``batch``-example training batch (after ``warmup`` untimed ones per
+    teacher), the store's teachers in turn; write and return the measurement (seconds per example: median and
+    quartiles of the batches)."""
+    store = TeacherStore.open(store_path)
+    task = task_of_store(store)
+    teachers = _teachers(store, teachers_dir)
+    dev = resolve_device(device)
+    size = batch or STUDENT_BATCH[task.kind]
+    inputs = _batches(store, task.kind, size, dev, data_dir)
+    rates = []
+    with EnergyMeter() as meter:
+        for i, teacher in enumerate(teachers):
+            model = factory.load_trained(teacher.path, teacher.info, store.num_classes).to(dev).eval()
+            own = batches // len(teachers) + (i < batches % len(teachers))
+            for call in range(warmup + own):
+                x = next(inputs)
+                _sync(dev)
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    model(x) if task.kind == "image" else model(**bert.model_inputs(model, x))
+                _sync(dev)
+                if call >= warmup:
+                    rates.append((time.perf_counter() - t0) / size)
+            del model
+    q25, q50, q75 = (float(q) for q in np.quantile(rates, [0.25, 0.5, 0.75]))
+    joules = meter.reading.energy_j / (size * len(rates)) if meter.reading.energy_j and rates else None
+    measured = {"teacher_forward_s": q50, "teacher_forward_s_q25": q25, "teacher_forward_s_q75": q75,
+                "teacher_forward_j": joules, "batches": len(rates), "batch_items": size,
+                "teachers": len(teachers), "device": str(dev), "threads": torch.get_num_threads(),
+                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                "measured_utc": utc_now(), "dump_rate_s": store.teacher_forward_s}
+    path = write_forward_sidecar(store_path, store.fingerprint, measured)
+    log.info("%s: one teacher inference %.4g ms per example (quartiles %.4g-%.4g, %d batches of %d): %s",
+             store_path, 1e3 * q50, 1e3 * q25, 1e3 * q75, len(rates), size, path)
+    return {**measured, "file": str(path)}
+
+
+def _batches(store: TeacherStore, kind: str, size: int, dev: torch.device, data_dir: str | None):
+    """Training batches shaped as a student's, forever: random (image, view) pairs rendered, or examples collated."""
+    rng = np.random.default_rng(0)
+    if kind == "image":
+        train = store_train_images(store, data_dir, dev)
+        views = torch.as_tensor(store.views, device=dev)
+        while True:
+            idx = torch.as_tensor(rng.integers(0, len(train), size), device=dev)
+            yield train.batch(idx, views[torch.as_tensor(rng.integers(0, len(views), size), device=dev)])
+    _, inputs = store_inputs(store, data_dir=data_dir)
+    while True:
+        yield to_device(collate(inputs.train, rng.integers(0, len(inputs.train), size)), dev)
+
+
+def _teachers(store: TeacherStore, teachers_dir: str | None) -> list[Any]:
+    """The store's teachers, from ``teachers_dir`` or where the dump found them, each checked by its hash."""
+    found = find_teachers(Path(teachers_dir)) if teachers_dir else \
+        [t for p in store.teacher_paths if (t := load_teacher(Path(p))) is not None]
+    want = store.teachers_sha256
+    if [t.sha256 for t in found] != want or not found:
+        where = teachers_dir or "the folders the store records"
+        raise MtdError(f"{where}: not the teachers of {store.path} (their weights' hashes differ, or some are "
+                       "gone): give --teachers-dir with the folder they were trained into")
+    return found
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)

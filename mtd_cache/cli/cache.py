@@ -42,8 +42,12 @@ def cli(verbose: bool) -> None:
 @click.option("--batches", type=click.IntRange(min=1), default=24, show_default=True,
               help="With --measure-forward: timed forwards.")
 @click.option("--device", help="With --measure-forward: cpu, cuda (default: cuda when available).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="With --measure-forward: CPU threads, as many as each student run has (mtd-sweep --threads; by "
+                   "default the cores over the workers).")
 def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_forward: bool,
-                teachers_dir: Path | None, batch_size: int | None, batches: int, device: str | None) -> None:
+                teachers_dir: Path | None, batch_size: int | None, batches: int, device: str | None,
+                threads: int | None) -> None:
     from ..errors import StoreError
     from ..store import TeacherStore, output_lock, read_forward_sidecar
     from ..store.seal import seal_store
@@ -58,8 +62,12 @@ def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_fo
         info = s.summary()
         checked = s.verify() if verify else None
     if measure_forward:
+        import torch
+
         from ..students.throughput import measure_forward as measure
 
+        if threads:
+            torch.set_num_threads(threads)
         measure(store, str(teachers_dir) if teachers_dir else None, batch_size, batches, device=device)
     sidecar = read_forward_sidecar(store, info["fingerprint"])
     info["forward"] = {"dump": info.get("teacher_forward_s"), "sidecar": sidecar}

@@ -39,8 +39,8 @@ def cli(verbose: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="With --measure-forward: examples per forward (default: 128 for images, 32 for text: the "
                    "students' batches).")
-@click.option("--batches", type=click.IntRange(min=1), default=24, show_default=True,
-              help="With --measure-forward: timed forwards.")
+@click.option("--batches", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --measure-forward: timed forwards (each teacher's after 1.5 s of untimed ones).")
 @click.option("--device", help="With --measure-forward: cpu, cuda (default: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="With --measure-forward: CPU threads, as many as each student run has (mtd-sweep --threads; by "

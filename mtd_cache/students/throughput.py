@@ -25,7 +25,7 @@ from ..energy import EnergyMeter
 from ..errors import MtdError
 from ..models import bert, factory
 from ..record import utc_now
-from ..runtime import resolve_device
+from ..runtime import heap_allocations, resolve_device
 from ..store import TeacherStore, write_forward_sidecar
 from ..tasks.registry import task_of_store
 from ..tasks.text_data import collate, to_device
@@ -37,16 +37,20 @@ log = logging.getLogger(__name__)
 STUDENT_BATCH = {"image": 128, "text": 32}  # the recipes' training batches (image KD, text KD)
 
 
+WARMUP_S = 1.5  # untimed forwards per teacher: a CPU takes a second or two to reach its steady rate
+
+
 def measure_forward(store_path: str | os.PathLike, teachers_dir: str | None = None, batch: int | None = None,
-                    batches: int = 24, warmup: int = 2, device: str | None = None,
+                    batches: int = 64, warmup_s: float = WARMUP_S, device: str | None = None,
                     data_dir: str | None = None) -> dict[str, Any]:
-    """Time ``batches`` teacher forwards of a ``batch``-example training batch (after ``warmup`` untimed ones per
-    teacher), the store's teachers in turn; write and return the measurement (seconds per example: median and
-    quartiles of the batches)."""
+    """Time ``batches`` teacher forwards of a ``batch``-example training batch, the store's teachers in turn, each
+    after ``warmup_s`` seconds (and at least 3 forwards) untimed; write and return the measurement (seconds per
+    example: median and quartiles over the batches)."""
     store = TeacherStore.open(store_path)
     task = task_of_store(store)
     teachers = _teachers(store, teachers_dir)
     dev = resolve_device(device)
+    heap_allocations()  # as inside the student's loop, whose backward passes set the allocator so
     size = batch or STUDENT_BATCH[task.kind]
     inputs = _batches(store, task.kind, size, dev, data_dir)
     rates = []
@@ -54,15 +58,11 @@ def measure_forward(store_path: str | os.PathLike, teachers_dir: str | None = No
         for i, teacher in enumerate(teachers):
             model = factory.load_trained(teacher.path, teacher.info, store.num_classes).to(dev).eval()
             own = batches // len(teachers) + (i < batches % len(teachers))
-            for call in range(warmup + own):
-                x = next(inputs)
-                _sync(dev)
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    model(x) if task.kind == "image" else model(**bert.model_inputs(model, x))
-                _sync(dev)
-                if call >= warmup:
-                    rates.append((time.perf_counter() - t0) / size)
+            warm_until, warm = time.perf_counter() + warmup_s, 0
+            while warm < 3 or time.perf_counter() < warm_until:
+                _forward(model, next(inputs), task.kind, dev)
+                warm += 1
+            rates += [_forward(model, next(inputs), task.kind, dev) / size for _ in range(own)]
             del model
     q25, q50, q75 = (float(q) for q in np.quantile(rates, [0.25, 0.5, 0.75]))
     joules = meter.reading.energy_j / (size * len(rates)) if meter.reading.energy_j and rates else None
@@ -75,6 +75,16 @@ def measure_forward(store_path: str | os.PathLike, teachers_dir: str | None = No
     log.info("%s: one teacher inference %.4g ms per example (quartiles %.4g-%.4g, %d batches of %d): %s",
              store_path, 1e3 * q50, 1e3 * q25, 1e3 * q75, len(rates), size, path)
     return {**measured, "file": str(path)}
+
+
+def _forward(model: torch.nn.Module, x: Any, kind: str, dev: torch.device) -> float:
+    """Seconds of one teacher forward on a batch, as ``students.targets.OnlineTargets`` runs it."""
+    _sync(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model(x) if kind == "image" else model(**bert.model_inputs(model, x))
+    _sync(dev)
+    return time.perf_counter() - t0
 
 
 def _batches(store: TeacherStore, kind: str, size: int, dev: torch.device, data_dir: str | None):

@@ -22,6 +22,7 @@ import numpy as np
 from ..energy import EnergyMeter
 from ..errors import MtdError, ResourceError, StoreError
 from ..progress import Progress
+from ..runtime import heap_allocations
 from ..safe_files import check_target, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
@@ -166,6 +167,7 @@ def _dump(task: Any, teachers: list[Teacher], out: Path, primaries: Sequence[int
         if not w.has(name):
             w.put(name, values)
     forward: dict[int, tuple[list[tuple[float, int]], bool]] = {}
+    heap_allocations()  # activations from the heap, not mapped per batch: a faster dump, and a fair rate
     with EnergyMeter() as meter:
         for t, teacher in enumerate(teachers):
             forward[t] = (dump_teacher(w, plan, t, teacher), t in w.spec.primaries)

@@ -16,7 +16,7 @@ BEGIN, END = "<!-- settings:begin (bin/settings_tables.py writes this part) -->"
 
 
 def tables() -> str:
-    from mtd_cache.settings import settings_table
+    from mtd_cache.core.settings import settings_table
     from mtd_cache.students.recipes import get_recipe
     from mtd_cache.teachers.text import TextDumpSettings, TextTeacherSettings
     from mtd_cache.teachers.vision import ImageDumpSettings, ImageTeacherSettings

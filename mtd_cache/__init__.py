@@ -21,10 +21,10 @@ _PUBLIC = {
     "KDTargets": "mtd_cache.students.targets",
     "TextExamples": "mtd_cache.students.data",
     "store_images": "mtd_cache.students.data",
-    "kd_loss": "mtd_cache.losses",
-    "multi_teacher_kd": "mtd_cache.losses",
-    "combine_teacher_logits": "mtd_cache.losses",
-    "KD_RULES": "mtd_cache.losses",
+    "kd_loss": "mtd_cache.core.losses",
+    "multi_teacher_kd": "mtd_cache.core.losses",
+    "combine_teacher_logits": "mtd_cache.core.losses",
+    "KD_RULES": "mtd_cache.core.losses",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -13,12 +13,12 @@ from test_task_files import write_image_folders
 from test_text import make_bert, sst2_words, teacher_at, write_sst2
 
 import mtd_cache
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import kd_loss, multi_teacher_kd
-from mtd_cache.record import load_done
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import kd_loss, multi_teacher_kd
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import image_kd
+from mtd_cache.students.record import load_done
 from mtd_cache.students.run import RunRequest, plan_run, resolve_settings, run_student
 from mtd_cache.students.targets import make_targets
 from mtd_cache.teachers import dump, train_teachers
@@ -177,9 +177,8 @@ def sst2_store(tmp_path_factory):
 
 
 def test_the_trainers_kd_loss_is_kd_loss_on_the_same_batch(sst2_store, tmp_path):
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
-
     from mtd_cache.hf import DistillationTrainer
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
     _, path, student_dir = sst2_store
     store = TeacherStore.open(path)
@@ -219,9 +218,8 @@ def test_the_trainer_example_runs_a_few_steps(sst2_store, capsys):
 def test_the_trainer_weighs_a_short_last_micro_batch_by_its_size(sst2_store, tmp_path):
     """14 examples as micro-batches of 4, 4, 4, 2 in one accumulated step: the gradient of the 14 examples' mean
     loss, as one batch of 14 gives it (a mean per micro-batch over 4 steps would weigh the last two 1/8 each)."""
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
-
     from mtd_cache.hf import DistillationTrainer
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
     _, path, student_dir = sst2_store
     store = TeacherStore.open(path)

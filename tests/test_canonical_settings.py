@@ -33,7 +33,7 @@ def _plan(store: str, out: Path, **overrides):
 
 def _finish(planned) -> dict:
     """What a finished training leaves: the record (and the alias when the spelling is not canonical)."""
-    from mtd_cache.record import RECORD_FIELDS
+    from mtd_cache.students.record import RECORD_FIELDS
 
     record = {**dict.fromkeys(RECORD_FIELDS), "run_id": planned.run_id, "status": "done", "metric": 0.5}
     planned.impl.commit(planned, None, type("Job", (), {"checkpoint": None})(), record)
@@ -58,7 +58,7 @@ def test_two_spellings_are_one_run(store, tmp_path, first, then):
 
 def _legacy_record(folder: Path, run_id: str, temperature, seed: int) -> None:
     """A record as written before experiments were canonical: experiment hashed with the typed value."""
-    from mtd_cache.record import experiment_identity, make_experiment_id
+    from mtd_cache.students.record import experiment_identity, make_experiment_id
 
     ident = experiment_identity("digits", "resnet8", {"temperature": temperature, "epochs": 1}, ["1" * 64],
                                 ["a" * 64], False)

@@ -15,16 +15,16 @@ import pytest
 import torch
 from test_text import make_bert, sst2_words, write_sst2
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.fit import Fit, fit
+from mtd_cache.core.progress import Progress
 from mtd_cache.models import bert
-from mtd_cache.progress import Progress
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.run import RunRequest, evaluate_run, run_student
 from mtd_cache.sweeps.execute import SweepConfig, run_sweep
 from mtd_cache.sweeps.plan import Job, job_line
 from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
-from mtd_cache.train import Fit, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 
 
 def test_off_a_terminal_progress_is_a_periodic_log_line(caplog):
-    with caplog.at_level(logging.INFO, logger="mtd_cache.progress"):
+    with caplog.at_level(logging.INFO, logger="mtd_cache.core.progress"):
         with Progress(10, "teacher seed 0 epoch 1/3", unit="step", interval=1e-9, terminal=False) as p:
             for _ in range(3):
                 p.update(1, examples=32, loss=0.5)

@@ -13,17 +13,10 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.tasks import images as im
 from mtd_cache.tasks.cifar import write_fake_cifar10
-from mtd_cache.tasks.images import (
-    IMAGE_TASKS,
-    apply_views,
-    get_image_task,
-    load_split,
-    normalize,
-    view_table,
-)
+from mtd_cache.tasks.images import IMAGE_TASKS, apply_views, get_image_task, load_split, normalize, view_table
 
 CIFAR = get_image_task("cifar10")
 DIGITS = get_image_task("digits")

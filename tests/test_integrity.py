@@ -45,7 +45,7 @@ def _train(stores: dict, kind: str, store: Path, out: Path, capsys, *extra) -> t
     student = ["--student", "resnet8", "--teachers", "0,1"] if kind == "image" else \
         ["--student", f"hf:{stores['student']}", "--teachers", "0,1", "--primary", "0", "--set", "alpha_hidden=1",
          "--set", "batch_size=8"]
-    from mtd_cache.cli.train import cli
+    from mtd_cache.cli.student import cli
 
     with pytest.raises(SystemExit) as done:
         run_command(cli, [str(a) for a in ["--store", store, *student, "--epochs", "1", "--device", "cpu", "--out",

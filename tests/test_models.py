@@ -15,10 +15,10 @@ import torch
 from test_task_files import _reviews, write_image_folders
 from test_text import make_bert, teacher_at
 
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import hidden_mse
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import hidden_mse
+from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert, factory
-from mtd_cache.runtime import seed_everything
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import get_recipe, recipe_name, student_traits, text_kd

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtd_cache.errors import MtdError
-from mtd_cache.paper import paper_steps
+from mtd_cache.core.errors import MtdError
 from mtd_cache.sweeps.execute import SweepConfig, check_config
+from mtd_cache.sweeps.paper import paper_steps
 from mtd_cache.teachers.importer import import_arrays
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mtd_cache.record import experiment_identity, make_experiment_id
+from mtd_cache.students.record import experiment_identity, make_experiment_id
 from mtd_cache.sweeps.records import load_records
 from mtd_cache.sweeps.report import summarize, write_report
 

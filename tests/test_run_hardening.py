@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.checkpoints import load_state
 from mtd_cache.cli.common import run_command
-from mtd_cache.errors import MtdError
+from mtd_cache.core.checkpoints import load_state
+from mtd_cache.core.errors import MtdError
 from mtd_cache.students.run import RunRequest, run_student
 from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
@@ -46,7 +46,8 @@ def _main(module: str, args: list, capsys) -> tuple[int, list[str]]:
     from importlib import import_module
 
     with pytest.raises(SystemExit) as done:
-        run_command(import_module(f"mtd_cache.cli.{module}").cli, [str(a) for a in args], prog=f"mtd-{module}")
+        prog = {"student": "mtd-train"}.get(module, f"mtd-{module}")  # the command, by the module that holds it
+        run_command(import_module(f"mtd_cache.cli.{module}").cli, [str(a) for a in args], prog=prog)
     return done.value.code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -78,14 +79,14 @@ def test_bad_train_settings_are_one_line_exit_2_with_nothing_written(six, tmp_pa
         i = args.index("--teachers")
         del args[i:i + 2]
     t0 = time.perf_counter()
-    code, err = _main("train", args, capsys)
+    code, err = _main("student", args, capsys)
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists() and time.perf_counter() - t0 < 10  # refused before any work (0-99999999999 too)
 
 
 def test_out_pointing_at_a_file_is_refused(six, tmp_path, capsys):
     (tmp_path / "f").write_text("")
-    code, err = _main("train", ["--store", six, *T, "--out", tmp_path / "f"], capsys)
+    code, err = _main("student", ["--store", six, *T, "--out", tmp_path / "f"], capsys)
     assert code == 2 and err == [f"mtd-train: error: Invalid value for '--out': '{tmp_path / 'f'}': is a file, "
                                  "not a folder"]
 
@@ -183,7 +184,7 @@ def test_two_trainings_of_one_run_train_it_once(digits, tmp_path):
 
 def _interrupted_run(req: RunRequest, monkeypatch) -> None:
     """Train ``req`` until its first epoch's checkpoint is written, then stop it (as a kill would)."""
-    from mtd_cache import train
+    from mtd_cache.core import fit as train
 
     real = train._save_checkpoint
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import store_child as child
 
-from mtd_cache.errors import StoreError
+from mtd_cache.core.errors import StoreError
 from mtd_cache.store import (
     Fingerprint,
     PrimarySpec,

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mtd_cache.errors import MtdError, StoreError
-from mtd_cache.locks import file_lock
+from mtd_cache.core.errors import MtdError, StoreError
+from mtd_cache.core.locks import file_lock
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.teachers import find_teachers, train_teachers
 from mtd_cache.teachers.importer import import_arrays

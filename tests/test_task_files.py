@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_text import make_bert, mrpc_texts, sst2_words, teacher_at, write_mrpc_slice, write_sst2
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.models import bert
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.students.run import RunRequest, run_student

@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.hashing import sha256_file
+from mtd_cache.core.runtime import autocast_dtype
 from mtd_cache.models import bert
-from mtd_cache.runtime import autocast_dtype
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.students.data import check_text_store
 from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import compute_metrics, read_split
 from mtd_cache.tasks.registry import get_task
 from mtd_cache.teachers import Teacher, dump, find_teachers, train_teachers
+from mtd_cache.teachers.seeds import TeachersRejected, train_one
 from mtd_cache.teachers.text import TextDumpSettings
-from mtd_cache.teachers.train import TeachersRejected, train_one
-from mtd_cache.utils import sha256_file
 
 SHARED = Path(os.environ.get("MTD_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GLUE_DIR = SHARED / "data" / "glue"

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import kd_loss
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import kd_loss
+from mtd_cache.core.optim import lr_factor
 from mtd_cache.models.factory import load_trained
 from mtd_cache.models.inference import view_logits
-from mtd_cache.optim import lr_factor
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.data import store_test_images
 from mtd_cache.students.run import RunRequest, run_student

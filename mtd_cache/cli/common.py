@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
+from ..core.errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
 
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range; torch takes it too
 DATA_DIR = click.Path(exists=True, file_okay=False)  # a folder that is there: never silently another (or none)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..checkpoints import load_weights
-from ..errors import MtdError
-from ..utils import slug  # noqa: F401  (a model name as one path component)
+from ..core.checkpoints import load_weights
+from ..core.errors import MtdError
 from .resnet_cifar import RESNETS, build_resnet
 
 HF, TV, RESNET = "hf:", "tv:", "resnet"
@@ -102,7 +102,7 @@ def local_sha256(name: str) -> str | None:
                    and (p.suffix in (".safetensors", ".bin", ".pt") or p.name == "config.json"))
     key = (str(folder.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if key not in _HASHED:
-        from ..utils import sha256_file
+        from ..core.hashing import sha256_file
 
         whole = hashlib.sha256()
         for p in files:
@@ -278,3 +278,15 @@ def torchvision_models() -> list[str]:
 
         _TV.extend(tvm.list_models(module=tvm))
     return _TV
+
+
+def slug(name: str) -> str:
+    """``name`` as one safe path component (its runs' folder): unchanged when it is one already (``resnet20``,
+    ``distilbert``), else the family, the last part of the name and a hash of the whole
+    (``tv:resnet18@DEFAULT`` -> ``tv_resnet18@DEFAULT_1a2b3c4d``, ``hf:/models/mini-3l`` -> ``hf_mini-3l_...``)."""
+    name = str(name)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
+        return name
+    head, _, rest = name.partition(":") if name.startswith(("hf:", "tv:")) else ("model", "", name)
+    tail = re.sub(r"[^A-Za-z0-9._@-]+", "_", rest.rstrip("/").rsplit("/", 1)[-1]).strip("._")[-40:] or "model"
+    return f"{head}_{tail}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"

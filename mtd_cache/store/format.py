@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 
 FORMAT = "mtd-cache"
 VERSION = 1

@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 from . import validate
 from .format import (
     ATTR_ENERGY,

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..errors import MtdError
-from ..progress import duration
+from ..core.errors import MtdError
+from ..core.progress import duration
 
 log = logging.getLogger(__name__)
 

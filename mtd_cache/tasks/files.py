@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 import tomllib
 
-from ..errors import MtdError
-from ..utils import not_utf8
+from ..core.errors import MtdError
+from ..core.safe_files import not_utf8
 from .glue import GLUE_TASKS, GlueSplit
 from .image_folders import ImageFolderTask, _given_labels, _need
 from .images import IMAGE_TASKS

@@ -29,8 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import MtdError
-from ..utils import not_utf8
+from ..core.errors import MtdError
+from ..core.safe_files import not_utf8
 from .known import REGISTERED
 
 log = logging.getLogger(__name__)

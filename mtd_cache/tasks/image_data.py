@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..runtime import epoch_generator
+from ..core.errors import MtdError
+from ..core.runtime import epoch_generator
 from .images import DEFAULT_DATA, ImageTask, apply_views, get_image_task, load_split, normalize
 from .known import task_fingerprint
 

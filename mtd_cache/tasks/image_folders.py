@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MtdError
-from ..safe_files import open_regular
+from ..core.errors import MtdError
+from ..core.safe_files import open_regular
 from .images import ImageTask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from .cifar import CIFAR10_LABELS, DEFAULT_DATA, load_cifar10
 from .known import REGISTERED
 

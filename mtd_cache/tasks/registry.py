@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from .glue import GLUE_TASKS, GlueTask, get_glue_task
 from .images import IMAGE_TASKS, ImageTask, get_image_task
 from .known import REGISTERED

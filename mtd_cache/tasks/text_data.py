@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..runtime import epoch_generator
-from ..utils import prefetch, sha256_file
+from ..core.errors import MtdError
+from ..core.hashing import sha256_file
+from ..core.prefetch import prefetch
+from ..core.runtime import epoch_generator
 from .augmented import read_augmented
 from .glue import GlueSplit, get_glue_task, load_hf_split, read_split
 from .known import task_fingerprint

@@ -4,6 +4,6 @@ or import logits computed elsewhere (``importer``). ``text`` and ``vision`` are 
 
 from .dump import run_dump
 from .folders import Teacher, find_teachers, load_teacher
-from .train import train_teachers
+from .seeds import train_teachers
 
 __all__ = ["Teacher", "find_teachers", "load_teacher", "run_dump", "train_teachers"]

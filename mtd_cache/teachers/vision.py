@@ -24,18 +24,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..errors import MtdError
+from ..core.errors import MtdError
+from ..core.fit import Fit
+from ..core.optim import SgdRecipeSettings, sgd_recipe
+from ..core.runtime import resolve_device, seed_everything
+from ..core.safe_files import atomic_path
+from ..core.settings import Settings, setting
 from ..models import factory
 from ..models.inference import accuracy, predict, view_logits
-from ..optim import SgdRecipeSettings, sgd_recipe
-from ..runtime import resolve_device, seed_everything
-from ..settings import Settings, setting
 from ..store import StoreSpec
 from ..store.format import DEV_LABEL, LABEL, VIEWS
 from ..tasks.image_data import ImageData, image_fingerprint, view_batches
 from ..tasks.images import view_table
-from ..train import Fit
-from ..utils import atomic_path
 from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 

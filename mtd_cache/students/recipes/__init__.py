@@ -20,7 +20,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from ...errors import MtdError
+from ...core.errors import MtdError
 from ...models import factory
 
 # student name -> recipe module; any other hf:NAME_OR_PATH trains with text_kd, any tv:NAME[@WEIGHTS] with image_kd

@@ -3,8 +3,8 @@
 A runs folder, a teachers folder or a cache is what people share. A symbolic link planted in one where
 mtd-cache writes (``<run_id>.lock -> ~/.bashrc``) would make a command overwrite or append to the file
 it points to; a FIFO planted where it reads would make it hang. So every file the tool creates or
-appends to goes through here or through ``utils.atomic_path`` (a fresh temporary file beside the target,
-renamed over it), and both refuse a link in place of the file (and of the folders the tool names itself
+appends to goes through here (``atomic_path`` (a fresh temporary file beside the target,
+renamed over it) included), and every one refuses a link in place of the file (and of the folders the tool names itself
 under a folder the user gave: ``<task>/<student>/``, ``seed<i>/``, ``NAME.h5.partial/``): one line, exit
 status 2, the link and its target untouched. Paths the user gives (``--out``, ``--store``) may pass
 through links: only the last component, the file itself, is checked.
@@ -18,6 +18,7 @@ checked rename replaces a link rather than writing through it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -25,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import MtdError
 
@@ -178,3 +179,85 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (POSIX needs the directory fsynced too)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``.
+
+    On any exception the temporary file is removed, so ``target`` either keeps its
+    old content or gets the complete new one: never a half-written file. A symbolic link at ``target``
+    is refused (``safe_files``): the rename would replace the link, but a link where the tool writes
+    was planted, and is named rather than silently dropped.
+    """
+    target = Path(target)
+    refuse_link(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.filename is None:  # a write into an open file names no path: name the file being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=json_default) + "\n"
+    atomic_write_bytes(target, text.encode())
+
+
+def not_utf8(path: str | os.PathLike) -> MtdError:
+    """One line naming the file, line and column of the first byte of ``path`` that is not UTF-8 (a text file saved
+    in another encoding): the error a reader raises when decoding fails, instead of a traceback."""
+    data = read_bytes(path)
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        data[bom:].decode("utf-8")
+        return MtdError(f"{path}: not UTF-8 text")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start
+        line, column = data.count(b"\n", 0, at) + 1, at - data.rfind(b"\n", 0, at)
+        return MtdError(f"{path}:{line}: byte 0x{data[at]:02x} at column {column} is not UTF-8 text (save the file "
+                        "as UTF-8)")
+
+
+def json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")

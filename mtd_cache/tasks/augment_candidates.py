@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MtdError
+from ..core.errors import MtdError
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def load_mlm(name: str, force: bool) -> tuple[torch.nn.Module, Any, list[str]]:
     """
     from transformers import BertForMaskedLM
 
-    from .models.bert import load_tokenizer
-    from .models.hub import pretrained
+    from ..models.bert import load_tokenizer
+    from ..models.hub import pretrained
 
     tokenizer = load_tokenizer(name, hint="give a local folder: --mlm PATH")
     model, info = pretrained(BertForMaskedLM.from_pretrained, name, "the masked LM", "give a local folder: --mlm PATH",

@@ -1,24 +1,16 @@
-"""What the student recipes share: their settings' base; the text students' data, vocabulary check, evaluation."""
+"""The student recipes' settings bases: what every student shares (how k teachers make one KD target), and BERT's
+fine-tuning recipe the text students share."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from ...errors import MtdError
-from ...losses import KD_DIVERGENCES, KD_RULES, KD_SCALES, multi_teacher_kd
-from ...models import bert
-from ...models.inference import evaluate_split
-from ...runtime import PRECISIONS
-from ...settings import Settings, setting
-from ...tasks.registry import task_of_store
-from ...tasks.text_data import Encoded, TaskInputs
-from ..context import StudentContext
-from ..data import store_inputs
+from ...core.errors import MtdError
+from ...core.losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
+from ...core.runtime import PRECISIONS
+from ...core.settings import Settings, setting
 
 
 @dataclass(frozen=True)
@@ -60,9 +52,6 @@ class TextStudentSettings(StudentSettings):
     weight_decay: float = setting(0.01, "none on bias/LayerNorm: TinyBERT's BertAdam groups", low=0)
     grad_clip: float = setting(1.0, "BertAdam max_grad_norm; HF TrainingArguments max_grad_norm (0: none)", low=0)
     temperature: float = setting(2.0, "HF distillation train.py --temperature default", above=0)
-    alpha_ce: float = setting(1.0, "hard-label CE weight: DESIGN.md's L_CE + L_KD^k (+ the recipe's terms), "
-                                   "unweighted", low=0)
-    alpha_kd: float = setting(1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0", low=0)
     kd_scale: str = setting("sum_t2", "distiller.py's KLDivLoss(batchmean) * T**2", choices=KD_SCALES)
     divergence: str = setting("kl", "as distiller.py's KLDivLoss (same gradients as ce)", choices=KD_DIVERGENCES)
     tokenizer: str | None = setting(None, "None: the store's (saved with the teachers); another must tokenise "
@@ -80,55 +69,3 @@ def check_init_teacher(settings: Any, num_teachers: int) -> None:
     if t is not None and not 0 <= t < num_teachers:
         raise MtdError(f"init_teacher {t} is out of range: the store has {num_teachers} teachers "
                        f"(0-{num_teachers - 1})")
-
-
-def chosen_weights(settings: Any, teachers: tuple[int, ...], num_teachers: int) -> list[float] | None:
-    """The weights of the chosen teachers (ascending order) from ``teacher_weights``, or None (equal weights);
-    refused when the list does not have one weight per store teacher or the chosen ones weigh nothing."""
-    w = getattr(settings, "teacher_weights", None)
-    if w is None or not teachers:
-        return None
-    if len(w) != num_teachers:
-        raise MtdError(f"teacher_weights has {len(w)} weights; the store has {num_teachers} teachers (one weight "
-                       "per store teacher, normalised over the chosen ones)")
-    chosen = [float(w[t]) for t in sorted(teachers)]
-    if not sum(chosen) > 0:
-        raise MtdError(f"teacher_weights gives the chosen teachers {sorted(teachers)} weight 0")
-    return chosen
-
-
-def kd_term(ctx: StudentContext) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The recipe's KD^k: student logits and the targets' teacher logits -> loss, by the run's rule and weights."""
-    s = ctx.settings
-    weights = chosen_weights(s, ctx.teachers, ctx.store.num_teachers)
-    rule = s.kd_rule
-
-    def kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        # "mean_logits" targets arrive combined (weighted by the store's gather); the others per teacher
-        return multi_teacher_kd(student, teacher, s.temperature, s.kd_scale, s.divergence, rule,
-                                None if rule == "mean_logits" else weights)
-    return kd
-
-
-def text_inputs(ctx: StudentContext) -> tuple[Any, TaskInputs]:
-    """The task tokenised as the store's inputs were, or refused (tokenizer / max length named)."""
-    s = ctx.settings
-    tok, inputs = store_inputs(ctx.store, s.tokenizer, s.max_length, ctx.data_dir)
-    ctx.extra.update(tokenizer=bert.tokenizer_identity(tok), max_length=inputs.max_length)
-    return tok, inputs
-
-
-def check_vocabulary(net: torch.nn.Module, tok: Any) -> None:
-    if net.config.vocab_size < len(tok):
-        raise MtdError(f"the student's vocabulary has {net.config.vocab_size} entries, the tokenizer "
-                       f"{len(tok)}: they do not belong together")
-
-
-def text_evaluator(ctx: StudentContext, net: torch.nn.Module, dev_set: Encoded,
-                   dtype: torch.dtype | None) -> Callable[[], dict[str, float]]:
-    """The dev metrics of ``net`` (the primary one as ``metric``) and its predictions, as the recipe's ``evaluate``."""
-    def evaluate() -> dict[str, Any]:
-        metrics, logits = evaluate_split(task_of_store(ctx.store), net, dev_set, ctx.settings.eval_batch_size,
-                                         ctx.device, dtype)
-        return {**metrics, "predictions": logits.argmax(-1), "labels": dev_set.labels}
-    return evaluate

@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..energy import EnergyMeter
-from ..errors import EXIT_INCOMPLETE, MtdError
-from ..record import provenance, utc_now
-from ..safe_files import check_target, make_dirs
+from ..core.energy import EnergyMeter
+from ..core.errors import EXIT_INCOMPLETE, MtdError
+from ..core.fit import fit, remove_checkpoint, total_cost
+from ..core.hashing import sha256_file
+from ..core.runtime import provenance, utc_now
+from ..core.safe_files import atomic_write_json, check_target, make_dirs
 from ..tasks.registry import get_task
-from ..train import fit, remove_checkpoint, total_cost
-from ..utils import atomic_write_json, sha256_file
 from .adapter import task_file_extra
 from .folders import RECORD, WEIGHTS, Teacher, load_teacher, seed_dir
 from .modalities import modality

@@ -41,7 +41,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
+from ..core.errors import MtdError
+from ..core.hashing import canonical_json, sha256_file, sha256_text
+from ..core.progress import Progress
+from ..core.runtime import resolve_device
+from ..core.safe_files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_target,
+    make_dirs,
+    open_regular,
+    read_text,
+)
 from .augment_candidates import (
     GLOVE_LINES,
     MAX_MLM_LENGTH,
@@ -52,13 +65,8 @@ from .augment_candidates import (
     load_glove,
     load_mlm,
 )
-from .errors import MtdError
-from .progress import Progress
-from .runtime import resolve_device
-from .safe_files import check_target, make_dirs, open_regular, read_text
-from .tasks.augmented import sidecars
-from .tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
-from .utils import atomic_path, atomic_write_bytes, atomic_write_json, canonical_json, sha256_file, sha256_text
+from .augmented import sidecars
+from .glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,10 @@ from .common import (
 def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, temperature, alpha_kd, kd_scale,
         sets, online, teachers_dir, init_from_teacher, select_on_dev, data_dir, device, force, no_save_model,
         evaluate, allow_unverified, help_settings, verbose) -> None:
-    from ..settings import typed_as
+    from ..core.indices import parse_index_set
+    from ..core.settings import typed_as
     from ..store import TeacherStore
     from ..students.run import RunRequest, run_student
-    from ..utils import parse_index_set
 
     setup_logging(verbose)
     if help_settings:

@@ -28,9 +28,10 @@ import torch
 from .checkpoints import NotACheckpoint, load_state, save_state
 from .energy import EnergyMeter, EnergyReading
 from .errors import MtdError
+from .hashing import canonical_json
 from .losses import check_finite
 from .progress import Progress
-from .utils import atomic_path, canonical_json
+from .safe_files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,19 @@
-"""Where and how a run executes: seeds, the device, the autocast precision.
+"""Where and how a run executes: seeds, the device, the autocast precision, the allocator, and how a record names them.
 
 Shared by teachers, dumps and students, so that all three seed, place and cast alike.
 """
 
 from __future__ import annotations
 
+import platform
 import random
+import socket
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
+from .. import __version__
 from .errors import MtdError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -74,3 +78,17 @@ def heap_allocations() -> None:
         libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep freed heap memory for the next batch
     except (OSError, AttributeError):
         pass
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads@{socket.gethostname()}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, str]:
+    return {"package_version": __version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import platform
-import socket
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from . import __version__
-from .safe_files import read_text
-from .utils import atomic_write_json, canonical_json, sha256_text
+from ..core.hashing import canonical_json, sha256_text
+from ..core.safe_files import atomic_write_json, read_text
 
 # Fields of DESIGN.md's run record, in order.
 RECORD_FIELDS = ("run_id", "kind", "experiment", "task", "student", "teachers", "primary", "k", "seed", "metric_name",
@@ -79,15 +73,3 @@ def write_record(path: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads@{socket.gethostname()}"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def provenance() -> dict[str, str]:
-    return {"package_version": __version__, "torch": torch.__version__, "python": platform.python_version()}

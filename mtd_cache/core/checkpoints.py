@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import MtdError, ResourceError, is_resource_fault
-from .utils import atomic_path
+from .safe_files import atomic_path
 
 FORMAT = "mtd-cache-checkpoint"
 VERSION = "1"

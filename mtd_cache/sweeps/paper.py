@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MtdError
-from .sweeps.execute import SweepConfig, describe, make_plan
+from ..core.errors import MtdError
+from .execute import SweepConfig, describe, make_plan
 
 GLUE = ("mrpc", "cola", "sst-2")
 TASKS = ("cifar10", *GLUE)
@@ -93,7 +93,7 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
 
 def students_of(task: str) -> tuple[str, ...]:
     """The paper's students of a task: ResNet-20 on CIFAR-10, DistilBERT and TinyBERT on a GLUE task."""
-    from .tasks.glue import GLUE_TASKS
+    from ..tasks.glue import GLUE_TASKS
 
     if task in STUDENTS:
         return STUDENTS[task]
@@ -112,6 +112,6 @@ def _sweep(task: str, student: str, stores: list[str], pool: tuple[int, ...], re
 
 
 def _indices(text: str) -> tuple[int, ...]:
-    from .utils import parse_index_set
+    from ..core.indices import parse_index_set
 
     return tuple(parse_index_set(text, option="--pool"))

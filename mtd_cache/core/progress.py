@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-log = logging.getLogger("mtd_cache.progress")
+log = logging.getLogger("mtd_cache.core.progress")
 DEFAULT_INTERVAL_S = 60.0
 
 
@@ -95,3 +95,11 @@ def _rate(x: float) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def human_bytes(n: float) -> str:
+    """``1.2 GB``, ``340 MB``, ``12 kB``: decimal units, two or three significant digits."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"

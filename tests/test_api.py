@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_task_files import write_image_folders
-from test_text import make_bert, sst2_words, teacher_at, write_sst2
+from factories import write_image_folders
 
 import mtd_cache
 from mtd_cache.core.errors import MtdError
@@ -21,7 +20,7 @@ from mtd_cache.students.recipes import image_kd
 from mtd_cache.students.record import load_done
 from mtd_cache.students.run import RunRequest, plan_run, resolve_settings, run_student
 from mtd_cache.students.targets import make_targets
-from mtd_cache.teachers import dump, train_teachers
+from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -167,18 +166,10 @@ def _example(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def sst2_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api_sst2")
-    data = write_sst2(root / "glue", 64, 24)
-    teachers = [teacher_at(make_bert(root / f"seed{s}", sst2_words(), seed=s), s, "sst-2", data) for s in (0, 1, 2)]
-    store = dump.dump_teachers("sst-2", teachers, root / "s.h5", [], {"max_length": 32}, "cpu")
-    return root, store, make_bert(root / "student", sst2_words(), layers=1, hidden=16, seed=9)
-
-
 def test_the_trainers_kd_loss_is_kd_loss_on_the_same_batch(sst2_store, tmp_path):
-    from mtd_cache.hf import DistillationTrainer
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
+
+    from mtd_cache.hf import DistillationTrainer
 
     _, path, student_dir = sst2_store
     store = TeacherStore.open(path)
@@ -218,8 +209,9 @@ def test_the_trainer_example_runs_a_few_steps(sst2_store, capsys):
 def test_the_trainer_weighs_a_short_last_micro_batch_by_its_size(sst2_store, tmp_path):
     """14 examples as micro-batches of 4, 4, 4, 2 in one accumulated step: the gradient of the 14 examples' mean
     loss, as one batch of 14 gives it (a mean per micro-batch over 4 steps would weigh the last two 1/8 each)."""
-    from mtd_cache.hf import DistillationTrainer
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
+
+    from mtd_cache.hf import DistillationTrainer
 
     _, path, student_dir = sst2_store
     store = TeacherStore.open(path)

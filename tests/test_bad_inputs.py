@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_runner import run_cli
-from test_task_files import task_file, write_image_folders
+from factories import task_file, write_image_folders
 
 REVIEWS = {"name": "reviews", "kind": "text", "train": "train.csv", "dev": "dev.csv", "text_column": "review",
            "label_column": "stars"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_text import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
+from factories import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
 
 from mtd_cache.core.errors import MtdError
 from mtd_cache.core.runtime import seed_everything

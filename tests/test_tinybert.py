@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_text import tiny_mrpc_teachers
+from factories import tiny_mrpc_teachers
 from transformers import BertConfig, BertModel
 
 from mtd_cache.core.errors import MtdError
@@ -340,6 +340,7 @@ def test_tinybert_refusals(mrpc4, tmp_path):
     assert tinybert_stage1.ild_epochs(_ctx(path, task_epochs=True)) == 20  # the reference's MRPC table entry
 
 
+@pytest.mark.slow
 def test_sweep_trains_one_stage1_per_primary_first(mrpc4, tmp_path):
     from mtd_cache.sweeps.report import load_records
 

@@ -285,7 +285,7 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
 @click.option("--limit", type=int, help="Augment only the first N training examples.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 def augment_cmd(task, mlm, glove, out, data_dir, rounds, top_k, p, seed, force_mlm, limit, device) -> None:
-    from ..tasks.augment import AugmentConfig, augment_task
+    from ..augment.run import AugmentConfig, augment_task
 
     done = augment_task(AugmentConfig(task=task, data_dir=data_dir, mlm=mlm, glove=glove, out=out, rounds=rounds,
                                       top_k=top_k, p=p, seed=seed, force_mlm=force_mlm, limit=limit, device=device))

@@ -145,7 +145,7 @@ def kd_loss(
     With z^T = mean_i z^{T_i} (logits averaged before the softmax), p = softmax(z^T/t),
     q = softmax(z^S/t), per example:
 
-        "ce": -sum_c p_c log q_c            (soft cross-entropy; DESIGN.md "Losses")
+        "ce": -sum_c p_c log q_c            (soft cross-entropy, the paper's KD term)
         "kl":  sum_c p_c (log p_c - log q_c) = ce - H(p)   (what nn.KLDivLoss computes)
 
     Both have the same gradient for the student; "kl" is 0 at the optimum q = p.

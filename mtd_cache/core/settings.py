@@ -108,7 +108,7 @@ class Settings:
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
-        """One row per setting: key, type, default, range and source (``--help-settings``, the README)."""
+        """One row per setting: key, type, default, range and source (``--help-settings``, docs/settings.md)."""
         hints = _hints(cls)
         return [{"key": f.name, "type": _type_name(hints[f.name]), "default": _default(f),
                  "range": _range_text(f.metadata), "source": f.metadata.get("source", "")} for f in cls.fields()]
@@ -285,7 +285,7 @@ def _range_text(meta: Mapping[str, Any]) -> str:
 
 
 def settings_table(cls: type[Settings]) -> str:
-    """A markdown table of ``cls``'s settings (``mtd-train --help-settings``; the README's tables)."""
+    """A markdown table of ``cls``'s settings (``mtd-train --help-settings``; docs/settings.md)."""
     rows = ["| setting | type | default | accepted | source |", "|---|---|---|---|---|"]
     for r in cls.describe():
         rows.append(f"| `{r['key']}` | {r['type']} | `{r['default']!r}` | {r['range']} | {r['source']} |")

@@ -65,7 +65,7 @@ class PrimaryStates:
 
     ``read(index)`` returns the rows of a batch as one flat buffer plus the
     lengths; padding happens on the training device (``mtd_cache.core.ragged``):
-    padding on the CPU costs more than the read itself (STORAGE.md).
+    padding on the CPU costs more than the read itself (``core/ragged.py``).
     """
 
     def __init__(self, path: Path, attrs: dict[str, Any], lengths: np.ndarray, hidden_offsets: np.ndarray,

@@ -10,7 +10,8 @@ setting that weighs it. A recipe's settings get one weight per term the recipe c
 (``weights``): the weights a recipe always had keep their names, defaults and run ids (declared
 without ``since``); every other term arrives with its weight at 0 and ``since`` set, so it enters a
 run's id only when turned on. Adding a term is one ``register`` call here (and its test): every recipe
-whose student provides what it reads gets its weight, its README row and its record name.
+whose student provides what it reads gets its weight, its row in the generated tables (docs/settings.md,
+docs/guide.md) and its record name.
 
 Order is fixed (the registry's), and a weight of exactly 1 multiplies exactly, so the losses are the
 bits the recipes computed before the registry existed.
@@ -84,7 +85,7 @@ def _ce(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 
 def _kd(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """L_KD^k: the student against the chosen teachers' combined target by the run's rule and weights, at
-    temperature t (``losses.multi_teacher_kd``; DESIGN.md eq. 9 for "mean_logits"). The teachers' logits arrive
+    temperature t (``losses.multi_teacher_kd``; the paper's eq. 9 for "mean_logits"). The teachers' logits arrive
     combined for "mean_logits" (the store's weighted gather), per teacher for the other rules."""
     sel = cfg.selection
     return losses.multi_teacher_kd(s.logits, t.logits, cfg.temperature, cfg.kd_scale, cfg.divergence, sel.rule,
@@ -117,7 +118,7 @@ def _att(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 
 
 register(Term("ce", "alpha_ce", _ce, frozenset({LOGITS}), teacher=False, default=1.0,
-              source="hard-label CE weight: DESIGN.md's L_CE + L_KD^k"))
+              source="hard-label CE weight: the paper's L_CE + L_KD^k"))
 register(Term("kd", "alpha_kd", _kd, frozenset({LOGITS}), default=1.0, source="weight of the KD term"))
 register(Term("hidden", "alpha_hidden", _hidden, frozenset({HIDDEN}),
               source="hidden-state loss on the primary's last layer (hidden_loss): off by default"))

@@ -10,7 +10,7 @@ from typing import Any
 from ..core.hashing import canonical_json, sha256_text
 from ..core.safe_files import atomic_write_json, read_text
 
-# Fields of DESIGN.md's run record, in order.
+# Fields of the run record, in order.
 RECORD_FIELDS = ("run_id", "kind", "experiment", "task", "student", "teachers", "primary", "k", "seed", "metric_name",
                  "metric", "predictions", "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256",
                  "config", "started_utc", "finished_utc", "status")

@@ -1,6 +1,6 @@
 """One run, any kind: plan it (check, resolve, name), then run it or find it done, under a lock, with its record.
 
-Kinds (DESIGN.md "Run record"): ``student`` (k >= 1 teachers), ``baseline`` (the CE-only student, k = 0)
+Kinds: ``student`` (k >= 1 teachers), ``baseline`` (the CE-only student, k = 0)
 and the kinds a recipe adds (``RUN_KINDS``: TinyBERT's ``stage1``). Every kind goes through the same
 machinery: ``plan_run`` checks the request against the store and resolves the recipe's settings
 before anything is trained or written, and names the run (its id, record and lock); ``execute_run``

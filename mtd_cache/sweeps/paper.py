@@ -1,6 +1,6 @@
 """``make paper``: the paper's whole protocol as a list of command lines, printed (``--dry-run``) or run in order.
 
-Per task (Ilichev et al.; DESIGN.md "Sweep protocol"):
+Per task (Ilichev et al., their sweep protocol):
 
 * CIFAR-10: six ResNet-110 teachers, their 162-view store, the ResNet-20 sweep (every k-subset x R repeats,
   plus the CE-only baselines): 189 + 3 runs.

@@ -15,8 +15,8 @@ import torch
 
 from ..core.errors import MtdError
 from ..core.runtime import epoch_generator
+from .fingerprint import task_fingerprint
 from .images import DEFAULT_DATA, ImageTask, apply_views, get_image_task, load_split, normalize
-from .known import task_fingerprint
 
 _LOADED: dict[tuple, ImageData] = {}  # ImageData.load's splits, oldest first
 _KEEP_LOADED = 4  # a train and a test split of two tasks or subsets

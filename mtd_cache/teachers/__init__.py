@@ -1,4 +1,4 @@
-"""The teacher stages: train seeded teachers once (``train``), dump their outputs into a store (``dump``),
+"""The teacher stages: train seeded teachers once (``seeds``), dump their outputs into a store (``dump``),
 or import logits computed elsewhere (``importer``). ``text`` and ``vision`` are the modality adapters;
 ``folders`` is the on-disk layout of finished teachers."""
 

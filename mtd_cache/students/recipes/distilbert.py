@@ -1,6 +1,6 @@
 """DistilBERT students: CE + KD^k from the mean of k teachers' logits + cosine to the primary's last layer.
 
-Loss per batch (DESIGN.md "Losses"; Sanh et al. 2019, task-specific variant):
+Loss per batch (``students/objective.py``; Sanh et al. 2019, task-specific variant):
 
     L = alpha_ce * CE(z_S, y) + alpha_kd * L_KD^k(z_S, mean_i z_Ti; t) + alpha_cos * L_cos(h_S, h_P)
 
@@ -43,7 +43,7 @@ NEEDS_PRIMARY = True
 
 
 WEIGHTS = objective.weights("DistilBERT", reads={objective.LOGITS, objective.HIDDEN}, own={
-    "ce": (1.0, "hard-label CE weight: DESIGN.md's L_CE + L_KD^k (+ the recipe's terms), unweighted"),
+    "ce": (1.0, "hard-label CE weight: the paper's L_CE + L_KD^k (+ the recipe's terms), unweighted"),
     "kd": (1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0"),
     "cos": (1.0, "cosine loss on the primary's last hidden state")})
 

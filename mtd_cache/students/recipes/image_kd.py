@@ -3,7 +3,7 @@
 The KD target of each image is the teachers' mean logits on exactly the view
 the student sees: the batch draws one view index per image and reads the
 targets for (image, view) (``students.targets``: the store's gather, or the
-``--online`` teachers run on the same augmented batch). Loss (DESIGN.md;
+``--online`` teachers run on the same augmented batch). Loss (``students/objective.py``;
 Hinton et al. 2015):
 
     L = CE(z_S, y) + alpha_kd * L_KD^k,   L_KD^k = -softmax(mean_i z_Ti / t) . log_softmax(z_S / t) * t^2
@@ -50,7 +50,7 @@ class Settings(WEIGHTS, StudentSettings, SgdRecipeSettings):
     temperature: float = setting(4.0, "Hinton-style KD on CIFAR commonly uses t = 4 (e.g. CRD's benchmark)", above=0)
     kd_scale: str = setting("sum_t2", "sum over classes, mean over the batch, times t^2 (Hinton)",
                             choices=KD_SCALES)
-    divergence: str = setting("ce", "soft cross-entropy as DESIGN.md writes it (kl: same gradients)",
+    divergence: str = setting("ce", "soft cross-entropy, the paper's KD term (kl: same gradients)",
                               choices=KD_DIVERGENCES)
 
 

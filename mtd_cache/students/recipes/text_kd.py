@@ -1,6 +1,6 @@
 """Text KD: any Hugging Face sequence classifier (``--student hf:NAME_OR_PATH``) from the mean of k teachers' logits.
 
-Loss per batch (DESIGN.md "Losses"; Hinton et al. 2015):
+Loss per batch (``students/objective.py``; Hinton et al. 2015):
 
     L = alpha_ce * CE(z_S, y) + alpha_kd * L_KD^k(z_S, mean_i z_Ti; t) [+ alpha_hidden * L_hid(W h_S, h_P)]
 
@@ -42,7 +42,7 @@ HIDDEN_LOSSES = ("mse", "cosine")
 
 
 WEIGHTS = objective.weights("TextKD", reads={objective.LOGITS, objective.HIDDEN}, own={
-    "ce": (1.0, "hard-label CE weight: DESIGN.md's L_CE + L_KD^k (+ the recipe's terms), unweighted"),
+    "ce": (1.0, "hard-label CE weight: the paper's L_CE + L_KD^k (+ the recipe's terms), unweighted"),
     "kd": (1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0"),
     "hidden": (0.0, "hidden-state loss on the primary's last layer: off by default")})
 

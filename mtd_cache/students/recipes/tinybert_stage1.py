@@ -35,6 +35,7 @@ from ...core.runtime import autocast_dtype
 from ...core.safe_files import atomic_write_json, read_text
 from ...models import bert
 from ...models.tinybert import TinyBertStudent, from_general, from_teacher
+from ...tasks.registry import task_of_store
 from ...tasks.text_data import TaskInputs, epoch_batches, to_device
 from .. import objective
 from ..context import StudentContext
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes: old stage-1 models are then not reused
 RECORD = "stage1.json"
-# The reference's intended stage-1 epochs (task_distill.py ``default_params``; dead code there).
-TASK_ILD_EPOCHS = {"cola": 50, "mnli": 5, "mrpc": 20, "sst-2": 10, "sts-b": 20, "qqp": 5, "qnli": 10, "rte": 20}
 STAGE1_KEYS = ("init", "init_from_teacher", "init_teacher", "student_layers", "layer_map", "ild_epochs", "ild_lr",
                "ild_schedule", "ild_mask", "task_epochs", "batch_size", "weight_decay", "grad_clip", "precision")
 # settings added later: in the identity only when set (``since``), so earlier stage-1 ids stay valid
@@ -139,9 +138,9 @@ def identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[str, Any
 
 
 def ild_epochs(ctx: StudentContext) -> int:
-    if ctx.settings.task_epochs:
-        return TASK_ILD_EPOCHS.get(ctx.store.task, ctx.settings.ild_epochs)
-    return ctx.settings.ild_epochs
+    """``ild_epochs``, or with ``task_epochs`` the task's own (a GLUE row's; a task file's task has none)."""
+    own = getattr(task_of_store(ctx.store), "ild_epochs", None) if ctx.settings.task_epochs else None
+    return own or ctx.settings.ild_epochs
 
 
 def ild_source(ctx: StudentContext, gmap: list[int]) -> str:

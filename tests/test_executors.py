@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sweep_killer
 from cli_runner import run_cli
 
@@ -13,6 +14,7 @@ from mtd_cache.sweeps import execute
 ALWAYS, ONCE = "student/t0-1/pnone/r0/s0/store0", "student/t1/pnone/r0/s0/store0"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_a_failed_job_retried_once_and_named(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(execute, "execute", sweep_killer.execute)  # what the pool's workers run
     monkeypatch.setenv("MTD_TEST_KILL_ALWAYS", ALWAYS)

@@ -16,7 +16,7 @@ import torch
 from mtd_cache.cli.common import run_command
 from mtd_cache.core.checkpoints import load_state
 from mtd_cache.core.errors import MtdError
-from mtd_cache.students.run import RunRequest, run_student
+from mtd_cache.students.run import RunRequest, evaluate_run, run_student
 from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
 from mtd_cache.teachers.importer import import_arrays
@@ -140,6 +140,7 @@ def _wait_for_starts(out: Path, n: int, timeout: float = 120) -> None:
     raise AssertionError(f"no {n} runs started in {timeout} s")
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_killed_sweep(digits, tmp_path):
     sweep = _sweep(digits, tmp_path / "runs", "--workers", "2", "--epochs", "30")
     _wait_for_starts(tmp_path / "runs", 2)
@@ -153,6 +154,7 @@ def test_workers_die_with_a_killed_sweep(digits, tmp_path):
     assert not [p for p in workers if _alive(p)], "workers outlived their sweep"
 
 
+@pytest.mark.slow
 def test_the_survivor_of_two_sweeps_finishes_the_plan(digits, tmp_path):
     out = tmp_path / "runs"
     a = _sweep(digits, out, "--epochs", "6")
@@ -169,6 +171,7 @@ def test_the_survivor_of_two_sweeps_finishes_the_plan(digits, tmp_path):
     assert "locked" not in stdout
 
 
+@pytest.mark.slow
 def test_two_trainings_of_one_run_train_it_once(digits, tmp_path):
     args = [str(BIN / "mtd-train"), "--store", str(digits), "--student", "resnet8", "--teachers", "0,1",
             "--epochs", "3", "--device", "cpu", "--out", str(tmp_path)]
@@ -220,6 +223,7 @@ def test_a_resume_on_another_thread_count_is_refused_and_costs_add_up(digits, tm
     assert rec["wall_s"] > rec["wall_s_this_part"] > 0
 
 
+@pytest.mark.slow
 def test_a_sweep_resumed_on_another_thread_count_is_refused(digits, tmp_path, capsys):
     out = tmp_path / "runs"
     args = ["--store", digits, "--student", "resnet8", "--pool", "0-1", "--repeats", "1", "--epochs", "1",
@@ -230,3 +234,35 @@ def test_a_sweep_resumed_on_another_thread_count_is_refused(digits, tmp_path, ca
     code, err = _main("sweep", [*args, "--threads", "2"], capsys)
     assert code == 2 and "this sweep's runs so far ran on 1 CPU threads each" in err[-1] and "--threads 1" in err[-1]
     assert _main("sweep", [*args, "--threads", "1"], capsys)[0] == 0 and victim.exists()
+
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def digits_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("first_hour_digits")
+    train_teachers("digits", [0, 1], root / "teachers", "resnet8", None, {"epochs": 1, "batch_size": 256})
+    return root, run_dump("digits", root / "teachers", root / "s.h5", [], {})
+
+
+@pytest.mark.slow
+def test_students_are_kept_and_scored_again(digits_store, tmp_path):
+    _, store = digits_store
+    out = tmp_path / "runs"
+    r = subprocess.run([str(BIN / "mtd-train"), "--store", str(store), "--student", "resnet8", "--teachers", "0,1",
+                        "--epochs", "1", "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    weights = out / "digits" / "resnet8" / f"{rec['run_id']}.model.safetensors"
+    assert weights.exists()
+    again = evaluate_run(rec["run_id"][:10], str(out), device="cpu")
+    assert again["metric"] == pytest.approx(rec["metric"], abs=1e-9) and again["recorded_metric"] == rec["metric"]
+    cli = subprocess.run([str(BIN / "mtd-train"), "--evaluate", rec["run_id"], "--out", str(out)],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0 and json.loads(cli.stdout)["metric"] == pytest.approx(rec["metric"], abs=1e-9)
+    skip = run_student(RunRequest(store=str(store), student="resnet8", teachers=(1,), out=str(tmp_path / "r2"),
+                                  overrides={"epochs": 1}, device="cpu"))
+    assert "model_file" not in skip and not list((tmp_path / "r2").rglob("*.safetensors"))
+    with pytest.raises(MtdError, match="kept no weights"):
+        evaluate_run(skip["run_id"], str(tmp_path / "r2"))

@@ -1,16 +1,10 @@
-"""Tasks defined by task files and loaded in this process, by name (``files.load_task_file``, ``files.from_record``).
-
-The built-in tables (``glue``, ``images``) look here for a name they do not hold, so a task file's task
-is found by name wherever a built-in one is (the store records a task's name).
-"""
+"""What identifies a task inside a dataset fingerprint: its name, and a task file's content."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..store import Fingerprint
-
-REGISTERED: dict[str, Any] = {}
 
 
 def task_fingerprint(task: Any) -> Fingerprint:

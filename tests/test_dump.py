@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from mtd_cache.cli.common import run_command
-from mtd_cache.store import diff_stores
+from mtd_cache.core.errors import MtdError
+from mtd_cache.store import TeacherStore, diff_stores
+from mtd_cache.teachers.dump import run_dump
 
 
 def _dump(tiny: dict, out: Path, *extra, stop: BaseException | None = None, monkeypatch=None, capsys=None) -> int:
@@ -108,3 +110,22 @@ def test_a_dump_finding_its_store_unsealed_seals_it(tiny, tmp_path, caplog):
     assert _dump(tiny, out, "--train-subset", "40") == 0
     assert f"{out} has no seal: verifying its checksums and sealing it" in caplog.text
     assert TeacherStore.open(out).sealed
+
+
+def test_a_store_is_reused_only_when_it_holds_this_dump(sst2_teachers, caplog):
+    root, data, _, _ = sst2_teachers
+    out = root / "s.h5"
+    run_dump("sst-2", root / "t", out, [], {"max_length": 32})
+    stamp = out.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        run_dump("sst-2", root / "t", out, [], {"max_length": 32})
+    assert out.stat().st_mtime_ns == stamp and "holds this dump already" in caplog.text
+    with pytest.raises(MtdError, match=r"s.h5 was dumped otherwise \(.*max_length.*32 there, 24 asked.*\): give "
+                                       r"another --out, or --force to dump again"):
+        run_dump("sst-2", root / "t", out, [], {"max_length": 24})
+    run_dump("sst-2", root / "t", out, [], {"max_length": 24}, force=True)
+    assert TeacherStore.open(out).max_length == 24
+    shutil.copytree(root / "t", root / "moved")  # the same teachers found elsewhere: the same dump
+    stamp = out.stat().st_mtime_ns
+    run_dump("sst-2", root / "moved", out, [], {"max_length": 24})
+    assert out.stat().st_mtime_ns == stamp

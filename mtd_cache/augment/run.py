@@ -2,13 +2,14 @@
 
 Reference: huawei-noah/Pretrained-Language-Model, TinyBERT/data_augmentation.py (commit 170f475a).
 Candidate positions and their replacement words (masked LM for one-piece words, GloVe for multi-piece
-ones, the exact masked-LM input) are in ``augment_candidates``. Then, per sentence (``augment``): each of
+ones, the exact masked-LM input) are in ``candidates``. Then, per sentence (``augment``): each of
 N rounds replaces every candidate position, with probability p (0.4), by a uniformly chosen candidate
 (``random.choice`` first, then ``random.random() < p``) and joins the basic tokens with single spaces.
 The original row is kept, first and verbatim; a round that repeats an earlier row is dropped (the
 reference's ``if " ".join(new_sent) not in candidate_sents``), so an example gives at most N+1 rows.
-N per task is the reference's ``default_params`` (CoLA 30, MRPC 30, SST-2 20, MNLI 10, QQP 10, QNLI 20,
-RTE 30; others its ``--N`` default, 30); K = 15, p = 0.4. Labels and other columns are copied.
+N per task is the reference's ``default_params``, a field of the task's row (``GlueTask.augment_rounds``:
+CoLA 30, MRPC 30, SST-2 20, MNLI 10, QQP 10, QNLI 20, RTE 30; WNLI the reference's ``--N`` default, 30);
+K = 15, p = 0.4. Labels and other columns are copied.
 
 Departures, each for a reason:
 - Sentence pairs: both sentences are augmented (as the paper), and row r pairs variant r of sentence A
@@ -55,7 +56,9 @@ from ..core.safe_files import (
     open_regular,
     read_text,
 )
-from .augment_candidates import (
+from ..tasks.augmented import sidecars
+from ..tasks.glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
+from .candidates import (
     GLOVE_LINES,
     MAX_MLM_LENGTH,
     MaskedLM,
@@ -65,16 +68,12 @@ from .augment_candidates import (
     load_glove,
     load_mlm,
 )
-from .augmented import sidecars
-from .glue import GlueTask, TsvLayout, get_glue_task, read_split, split_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mtd-cache-augment"
 VERSION = 1
 DEFAULT_MLM = "bert-base-uncased"
-DEFAULT_ROUNDS = 30  # the reference's --N default
-ROUNDS = {"CoLA": 30, "MNLI": 10, "MRPC": 30, "SST-2": 20, "STS-B": 30, "QQP": 10, "QNLI": 20, "RTE": 30}
 
 
 @dataclass(frozen=True)
@@ -256,7 +255,7 @@ def _validate(cfg: AugmentConfig) -> None:
 
 def _identity(cfg: AugmentConfig, task: GlueTask, source: Path) -> dict[str, Any]:
     """Everything the output depends on (files by content, not by path); a resume must match it."""
-    rounds = ROUNDS.get(task.dir_name, DEFAULT_ROUNDS) if cfg.rounds is None else cfg.rounds
+    rounds = task.augment_rounds if cfg.rounds is None else cfg.rounds
     return {"format": FORMAT, "version": VERSION, "package_version": __version__, "task": task.name,
             "source_sha256": sha256_file(source), "limit": cfg.limit, "mlm": str(cfg.mlm),
             "glove_sha256": sha256_file(cfg.glove) if cfg.glove else None, "glove_lines": GLOVE_LINES,

@@ -4,6 +4,8 @@ while run ids keep hashing the settings as given (the pinned legacy ids: ``test_
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,20 @@ def test_a_sweep_trains_the_default_once_when_it_was_trained_spelled_otherwise(t
     assert "reused" not in first and again["reused"] and again["run_id"] == first["run_id"]
     df = load_records(tmp_path / "runs")
     assert len(df) == 1 and df["experiment"].nunique() == 1
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.slow
+def test_every_setting_is_in_the_generated_settings_reference():
+    """docs/settings.md is generated (tests/test_layout.py checks it is current): every recipe's settings are in it."""
+    text = (ROOT / "docs" / "settings.md").read_text()
+    for key in ("student_layers", "ild_epochs", "init_from_teacher", "alpha_hidden", "kd_rule"):
+        assert f"| `{key}` |" in text
+    h = subprocess.run([str(BIN / "mtd-train"), "--student", "tinybert", "--help-settings"], capture_output=True,
+                       text=True)
+    assert h.returncode == 0 and "ild_epochs" in h.stdout and "tinybert: recipe tinybert" in h.stdout

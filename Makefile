@@ -36,10 +36,10 @@ paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $
 	$(call opt,--threads,$(THREADS)) \
 	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--epochs,$(EPOCHS)) $(sets) $(if $(DRY_RUN),--dry-run)
 
-.PHONY: demo test bench venv teachers augment cache sweep report paper clean help
+.PHONY: demo test test-fast bench venv teachers augment cache sweep report paper clean help
 
 help:
-	@echo "Set-up:   make demo | make test | make bench"
+	@echo "Set-up:   make demo | make test | make test-fast (the tests not marked slow) | make bench"
 	@echo "Workflow: make teachers | augment | cache | sweep | report | paper   (with KNOB=value ...)"
 	@echo "  teachers  TASK MODEL SEEDS EPOCHS LR TRAIN_SUBSET MAX_LENGTH DATA_DIR SET TEACHERS   train seeded teachers"
 	@echo "  augment   TASK GLOVE DATA_DIR                          TinyBERT's augmented training set"
@@ -68,6 +68,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

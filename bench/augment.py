@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtd_cache.augment import AugmentConfig, augment_task
+from mtd_cache.augment.run import AugmentConfig, augment_task
 from mtd_cache.tasks.augmented import read_augmented
 from mtd_cache.tasks.glue import read_split
 

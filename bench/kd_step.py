@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtd_cache.losses import kd_loss
+from mtd_cache.core.losses import kd_loss
 from mtd_cache.models.resnet_cifar import build_resnet
 from mtd_cache.store import StoreSpec, StoreWriter, TeacherStore
 from mtd_cache.tasks.image_data import ImageData

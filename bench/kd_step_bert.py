@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from dump import SHARED_GLUE, minilm_dir  # bench/dump.py, beside this file
 
+from mtd_cache.core.hashing import sha256_file
+from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert
-from mtd_cache.runtime import seed_everything
 from mtd_cache.store import PrimarySpec, StoreSpec, StoreWriter, TeacherStore
 from mtd_cache.store.format import DEV_LABEL, LABEL
 from mtd_cache.students.context import StudentContext
@@ -45,7 +46,6 @@ from mtd_cache.students.run import resolve_settings
 from mtd_cache.tasks import text_data
 from mtd_cache.tasks.glue import read_split
 from mtd_cache.teachers import Teacher
-from mtd_cache.utils import sha256_file
 
 log = logging.getLogger("bench.kd_step_bert")
 K = 6

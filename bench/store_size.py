@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_read import compare_reads  # noqa: E402  (bench/ is run as scripts)
 
+from mtd_cache.core.hashing import sha256_file  # noqa: E402
 from mtd_cache.store import TeacherStore  # noqa: E402
 from mtd_cache.teachers import Teacher  # noqa: E402
 from mtd_cache.teachers.dump import dump_teachers  # noqa: E402
-from mtd_cache.utils import sha256_file  # noqa: E402
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 MAX_LENGTH, LAYERS, WIDTH, HEADS = 128, 12, 768, 12

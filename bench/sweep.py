@@ -35,11 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from mtd_cache.core.indices import parse_index_set
 from mtd_cache.store import TeacherStore
 from mtd_cache.sweeps.execute import SweepConfig, run_sweep
 from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
-from mtd_cache.utils import parse_index_set
 
 
 def training_seconds(out: str) -> float:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""`make paper`: the paper's protocol (``mtd_cache.paper``), every step printed and run in order.
+"""`make paper`: the paper's protocol (``mtd_cache.sweeps.paper``), every step printed and run in order.
 
     make paper DRY_RUN=1                   # every step, its store and its run counts; nothing run or built
     make paper TASKS=mrpc REPEATS=3        # one task; re-running skips what is done
@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mtd_cache.errors import MtdError
-    from mtd_cache.paper import TASKS, paper_steps
+    from mtd_cache.core.errors import MtdError
+    from mtd_cache.sweeps.paper import TASKS, paper_steps
 
     p = argparse.ArgumentParser(description="The paper's protocol: teachers, stores, sweeps, report.")
     p.add_argument("--dry-run", action="store_true", help="print every step and its run counts; run nothing")

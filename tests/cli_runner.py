@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mtd_cache.cli.common import run_command
 
-MODULES = {"mtd-train": "train", "mtd-cache": "cache", "mtd-sweep": "sweep", "mtd-report": "report"}
+MODULES = {"mtd-train": "student", "mtd-cache": "cache", "mtd-sweep": "sweep", "mtd-report": "report"}
 
 
 @dataclass

@@ -9,19 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_task_files import write_image_folders
-from test_text import make_bert, sst2_words, teacher_at, write_sst2
+from factories import write_image_folders
 
 import mtd_cache
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import kd_loss, multi_teacher_kd
-from mtd_cache.record import load_done
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import kd_loss, multi_teacher_kd
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import image_kd
+from mtd_cache.students.record import load_done
 from mtd_cache.students.run import RunRequest, plan_run, resolve_settings, run_student
 from mtd_cache.students.targets import make_targets
-from mtd_cache.teachers import dump, train_teachers
+from mtd_cache.teachers import train_teachers
 from mtd_cache.teachers.dump import run_dump
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -165,15 +164,6 @@ def _example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def sst2_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api_sst2")
-    data = write_sst2(root / "glue", 64, 24)
-    teachers = [teacher_at(make_bert(root / f"seed{s}", sst2_words(), seed=s), s, "sst-2", data) for s in (0, 1, 2)]
-    store = dump.dump_teachers("sst-2", teachers, root / "s.h5", [], {"max_length": 32}, "cpu")
-    return root, store, make_bert(root / "student", sst2_words(), layers=1, hidden=16, seed=9)
 
 
 def test_the_trainers_kd_loss_is_kd_loss_on_the_same_batch(sst2_store, tmp_path):

@@ -15,12 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache import augment
-from mtd_cache.augment import AugmentConfig, augment_task, example_rows
-from mtd_cache.augment_candidates import STOPWORDS, MaskedLM, Sentence, Splitter, glove_neighbours, load_glove, load_mlm
+from mtd_cache.augment import run as augment
+from mtd_cache.augment.candidates import (
+    STOPWORDS,
+    MaskedLM,
+    Sentence,
+    Splitter,
+    glove_neighbours,
+    load_glove,
+    load_mlm,
+)
+from mtd_cache.augment.run import AugmentConfig, augment_task, example_rows
 from mtd_cache.cli.cache import cli
 from mtd_cache.cli.common import run_command
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.tasks.augmented import read_augmented, sidecars
 from mtd_cache.tasks.glue import read_split
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_runner import run_cli
-from test_task_files import task_file, write_image_folders
+from factories import task_file, write_image_folders
 
 REVIEWS = {"name": "reviews", "kind": "text", "train": "train.csv", "dev": "dev.csv", "text_column": "review",
            "label_column": "stars"}
@@ -118,7 +118,7 @@ def test_an_init_teacher_outside_the_store_is_one_line(tiny, tmp_path):
 
 
 def test_a_data_dir_that_is_not_there_is_refused_for_built_in_image_tasks(tiny, tmp_path):
-    from mtd_cache.errors import MtdError
+    from mtd_cache.core.errors import MtdError
     from mtd_cache.tasks.images import load_split
 
     with pytest.raises(MtdError, match="--data-dir /nonexistent: no such folder"):

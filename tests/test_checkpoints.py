@@ -17,7 +17,7 @@ import pytest
 import torch
 from cli_runner import Result, run_cli
 
-from mtd_cache.checkpoints import NotACheckpoint, load_state, save_state
+from mtd_cache.core.checkpoints import NotACheckpoint, load_state, save_state
 from mtd_cache.students.run import RunRequest, plan_run
 
 BIN = Path(sys.executable).parent
@@ -108,7 +108,7 @@ def test_a_checkpoint_of_this_run_that_does_not_fit_it_is_one_line_exit_2(tiny, 
     out = tmp_path / "runs"
     planned = plan_run(RunRequest(store=str(tiny["image"]), student="resnet8", teachers=(0,), out=str(out),
                                   overrides={"epochs": 2}, device="cpu"))
-    from mtd_cache.utils import canonical_json
+    from mtd_cache.core.hashing import canonical_json
 
     save_state(planned.checkpoint, {"identity": canonical_json({"run_id": planned.run_id}), "epoch": 1,
                                     "history": [], "model": {"w": torch.zeros(2)}, "threads": torch.get_num_threads()})
@@ -192,7 +192,7 @@ def test_weights_that_are_not_safetensors_are_one_line(tiny, tmp_path):
 
 
 def test_a_planted_cifar_batch_is_refused_not_run(tmp_path):
-    from mtd_cache.errors import MtdError
+    from mtd_cache.core.errors import MtdError
     from mtd_cache.tasks.cifar import write_fake_cifar10
     from mtd_cache.tasks.images import load_split
 

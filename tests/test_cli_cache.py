@@ -39,6 +39,7 @@ def _import(arrays, out, *extra):
                "--teacher-seeds", "4,5,6", "--teacher-model", "numpy", "--out", out, *extra)
 
 
+@pytest.mark.slow
 def test_import_then_inspect(tmp_path, arrays):
     out = tmp_path / "s.h5"
     r = _import(arrays, out)
@@ -64,6 +65,7 @@ def test_import_then_inspect(tmp_path, arrays):
     ({"dev_logits": np.zeros((8, 2, 10))}, "dev logits have shape (8, 2, 10): expected (8, 3, 10)"),
     ({"logits": np.full((20, 3, 10), np.nan)}, "logits: teacher 0 has a non-finite value (nan) at example 0"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, arrays, change, message):
     for name, value in change.items():
         np.save(arrays[name], value)
@@ -74,6 +76,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, arrays, chan
     assert not out.exists() and not partial_dir(out).exists()
 
 
+@pytest.mark.slow
 def test_cli_usage_errors_are_one_line(tmp_path, arrays):
     r = cli("import", "--task", "reviews", "--logits", tmp_path / "nope.npy", "--labels", arrays["labels"],
             "--out", tmp_path / "s.h5")
@@ -87,6 +90,7 @@ def test_cli_usage_errors_are_one_line(tmp_path, arrays):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Missing argument 'STORE'" in r.stderr
 
 
+@pytest.mark.slow
 def test_existing_output_is_not_overwritten(tmp_path, arrays):
     out = tmp_path / "s.h5"
     assert _import(arrays, out).returncode == 0

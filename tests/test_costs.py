@@ -137,6 +137,7 @@ def test_a_re_measured_rate_beside_the_store_is_preferred_and_named(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_twins_measure_what_the_estimate_prices_and_the_report_compares_them(tmp_path):
     from click.testing import CliRunner
 

@@ -7,19 +7,18 @@ import json
 
 import pytest
 import torch
-from test_api import sst2_store  # noqa: F401  (the module fixture: three tiny BERT teachers and their store)
-from test_text import teacher_at
+from factories import teacher_at
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.fit import Fit, fit
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import text_kd
 from mtd_cache.students.run import RunRequest, plan_run, resolve_settings
 from mtd_cache.students.targets import load_teacher_model, online_teachers
-from mtd_cache.train import Fit, fit
 
 
-def test_teacher_dropout_is_online_only_and_draws_anew_each_pass(sst2_store, tmp_path):  # noqa: F811
+def test_teacher_dropout_is_online_only_and_draws_anew_each_pass(sst2_store, tmp_path):
     root, path, student = sst2_store
     req = dict(store=str(path), student=f"hf:{student}", teachers=(0, 1), out=str(tmp_path / "runs"),
                overrides={"teacher_dropout": True})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_text import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
+from factories import make_bert, mrpc_texts, sst2_words, tiny_mrpc_teachers, write_sst2
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert
-from mtd_cache.runtime import seed_everything
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import distilbert

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mtd_cache import energy
-from mtd_cache.energy import EnergyMeter, EnergyReading
+from mtd_cache.core import energy
+from mtd_cache.core.energy import EnergyMeter, EnergyReading
 
 
 class FakeClock:

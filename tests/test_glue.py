@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.tasks import glue
 from mtd_cache.tasks.glue import (
     GLUE_TASKS,
@@ -48,6 +48,15 @@ def test_table_names_aliases_and_label_orders():
     assert GLUE_TASKS["mnli"].num_labels == 3
     assert GLUE_TASKS["cola"].metric == "mcc" and GLUE_TASKS["mrpc"].extra_metrics == ("f1",)
     assert GLUE_TASKS["sst-2"].hf_config == "sst2" and not GLUE_TASKS["sst-2"].is_pair
+
+
+def test_every_fact_of_a_task_is_a_field_of_its_row():
+    """TinyBERT's augmentation rounds and stage-1 epochs, and the splits' sizes, live in the one table."""
+    facts = {name: (t.augment_rounds, t.ild_epochs, t.sizes) for name, t in GLUE_TASKS.items()}
+    assert facts == {"mrpc": (30, 20, (3668, 408)), "cola": (30, 50, (8551, 1043)), "sst-2": (20, 10, (67349, 872)),
+                     "qnli": (20, 10, (104743, 5463)), "rte": (30, 20, (2490, 277)), "wnli": (30, 20, (635, 71)),
+                     "qqp": (10, 5, (363846, 40430)), "mnli": (10, 5, (392702, 9815)),
+                     "mnli-mm": (10, 5, (392702, 9832))}
 
 
 def test_unknown_task_lists_valid_names():
@@ -161,6 +170,7 @@ def test_real_mrpc_dev_unbalanced_quote():
 def test_real_row_and_label_counts(task, split, rows, ones):
     s = read_split(task, split, GLUE_DIR)
     assert len(s) == rows and int((s.labels == 1).sum()) == ones
+    assert GLUE_TASKS[task].sizes[split == "dev"] == rows
     assert len(s.text_a) == rows and s.text_b is None
 
 

@@ -13,17 +13,10 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.tasks import images as im
 from mtd_cache.tasks.cifar import write_fake_cifar10
-from mtd_cache.tasks.images import (
-    IMAGE_TASKS,
-    apply_views,
-    get_image_task,
-    load_split,
-    normalize,
-    view_table,
-)
+from mtd_cache.tasks.images import IMAGE_TASKS, apply_views, get_image_task, load_split, normalize, view_table
 
 CIFAR = get_image_task("cifar10")
 DIGITS = get_image_task("digits")
@@ -192,6 +185,7 @@ def test_digits_split_sizes_determinism_and_scale():
     x, y = load_split("digits", "train")
     xt, yt = load_split(DIGITS, "test")
     assert x.shape == (1437, 1, 8, 8) and xt.shape == (360, 1, 8, 8) and x.dtype == np.uint8
+    assert DIGITS.sizes == (len(y), len(yt))  # the table's sizes are the splits'
     assert x.max() == 255 and x.min() == 0 and set(np.unique(x)) <= {(v * 255 + 8) // 16 for v in range(17)}
     x2, y2 = load_split("digits", "train")
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
@@ -239,6 +233,7 @@ def test_idx_reader_rejects_other_files(tmp_path):
 def test_fashion_mnist_from_debian(tmp_path):
     x, y = load_split("fashion-mnist", "test", data_dir=tmp_path, download=False)
     assert x.shape == (10000, 1, 28, 28) and np.bincount(y).tolist() == [1000] * 10
+    assert IMAGE_TASKS["fashion-mnist"].sizes[1] == len(y)
     assert y[:3].tolist() == [9, 2, 1]  # ankle boot, pullover, trouser: the file's known first labels
 
 

@@ -20,8 +20,10 @@ import h5py
 import numpy as np
 import pytest
 from cli_runner import run_cli
+from factories import cli, one_line_error
 
 from mtd_cache.cli.common import run_command
+from mtd_cache.core.errors import StoreError
 from mtd_cache.store import TeacherStore
 
 IMAGE_DATASETS = ["logits", "examples/label", "examples/source", "views", "teachers/dev_metric", "dev/logits",
@@ -45,7 +47,7 @@ def _train(stores: dict, kind: str, store: Path, out: Path, capsys, *extra) -> t
     student = ["--student", "resnet8", "--teachers", "0,1"] if kind == "image" else \
         ["--student", f"hf:{stores['student']}", "--teachers", "0,1", "--primary", "0", "--set", "alpha_hidden=1",
          "--set", "batch_size=8"]
-    from mtd_cache.cli.train import cli
+    from mtd_cache.cli.student import cli
 
     with pytest.raises(SystemExit) as done:
         run_command(cli, [str(a) for a in ["--store", store, *student, "--epochs", "1", "--device", "cpu", "--out",
@@ -248,3 +250,95 @@ def test_markers_in_a_folder_others_can_write_are_never_trusted(stores, tmp_path
         marker.rename(target)
         marker.symlink_to(target)
     assert _child(path, "no-hashing", env).stderr.strip().endswith("hashed again")
+
+
+def _rehashed(f: h5py.File, name: str, where, value) -> None:
+    """An edit with the dataset's checksum recomputed: what only the checks of the values can catch."""
+    from mtd_cache.store.integrity import hash_dataset
+
+    f[name][where] = value
+    f[name].attrs["sha256"] = hash_dataset(f[name])
+
+
+def _unseal(f: h5py.File) -> None:
+    for name in ("seal_json", "seal_sha256"):
+        del f.attrs[name]
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_in_the_logits_is_caught_on_open(digits_teacher_pairs, tmp_path):
+    path = _copy(digits_teacher_pairs / "clean.h5", tmp_path / "s.h5")
+    with h5py.File(path, "r") as f:
+        offset = f["logits"].id.get_offset()
+        value = float(f["logits"][3, 2, 1, 4])
+    with open(path, "r+b") as fh:  # the lowest mantissa byte of logits[0, 0, 0, 0]: still finite
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x01]))
+    with h5py.File(path, "r") as f:
+        assert np.isfinite(f["logits"][0, 0, 0, 0]) and float(f["logits"][3, 2, 1, 4]) == value
+    with pytest.raises(StoreError, match=r"the dataset logits does not match its checksum \(sha256 .*the file was "
+                                         r"changed or damaged"):
+        TeacherStore.open(path)
+    r = cli("inspect", path, "--verify")
+    assert r.returncode == 2 and "logits does not match its checksum" in one_line_error(r)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f.attrs.__setitem__("num_labels", 7), r"the num_labels attribute \(7\) disagrees with the spec the "
+                                                     "dump recorded"),
+    (lambda f: _rehashed(f, "dev/logits", (4, 1, 3), np.nan), r"dev/logits: teacher 1 has a non-finite value \(nan\) "
+                                                              r"at example 4"),
+    (lambda f: _rehashed(f, "examples/label", 5, 42), "examples/label holds 42 at example 5, outside the classes 0..9"),
+    (lambda f: f.attrs.__delitem__("fingerprint"), "lacks the attribute 'fingerprint': not a complete"),
+    (lambda f: f.__delitem__("logits"), "lacks the dataset 'logits': not a complete"),
+    (lambda f: f["views"].__setitem__((0, 0), 2), "the dataset views does not match its checksum"),
+], ids=["num_labels", "dev-nan", "label-42", "no-fingerprint", "no-logits", "views-edited"])
+def test_edited_stores_are_refused_in_one_line(digits_teacher_pairs, tmp_path, edit, message):
+    path = _copy(digits_teacher_pairs / "clean.h5", tmp_path / "s.h5")
+    with h5py.File(path, "r+") as f:
+        edit(f)
+        _unseal(f)  # the checks behind the seal (which names any edit first: tests/test_integrity.py)
+    with pytest.raises(StoreError, match=message):
+        TeacherStore.open(path)
+    r = cli("inspect", path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_stores_without_checksums_still_open_and_say_so(digits_teacher_pairs, tmp_path):
+    path = _copy(digits_teacher_pairs / "clean.h5", tmp_path / "old.h5")
+    with h5py.File(path, "r+") as f:  # as written before checksums existed
+        f.visititems(lambda name, obj: obj.attrs.__delitem__("sha256") if "sha256" in obj.attrs else None)
+        _unseal(f)
+    TeacherStore.open(path).close()
+    r = cli("inspect", path, "--verify")
+    assert r.returncode == 0 and "no checksums recorded" in r.stdout
+    assert "7 datasets verified: all match" in cli("inspect", digits_teacher_pairs / "clean.h5", "--verify").stdout
+
+
+def test_primary_states_are_verified_when_the_dump_finishes_and_by_inspect(tmp_path, monkeypatch):
+    from mtd_cache.store import PrimarySpec, StoreSpec, StoreWriter, writer
+
+    ps = PrimarySpec(hidden_size=4, hidden_layers=(0, 1), attn_layers=(1,), num_heads=2)
+    spec = StoreSpec(task="mrpc", metric="accuracy", label_names=("0", "1"), num_examples=3, num_teachers=1,
+                     fingerprint="f" * 64, primaries={0: ps})
+
+    def write(out: Path) -> Path:
+        w = StoreWriter.open(out, spec)
+        lengths = np.array([2, 3, 1])
+        w.put_logits(0, 0, np.zeros((3, 2), np.float32))
+        w.put_primary(0, 0, lengths, np.ones((12, 4), np.float16), np.ones((28,), np.float16))
+        w.put("examples/label", np.array([0, 1, 0]))
+        return w.finish()
+
+    path = write(tmp_path / "s.h5")
+    with h5py.File(path, "r+") as f:
+        f["primary/0/hidden"][5, 2] = 7.0
+    r = cli("inspect", path, "--verify")
+    assert r.returncode == 2 and "the dataset primary/0/hidden does not match its checksum" in one_line_error(r)
+    real = writer.verify_file
+    monkeypatch.setattr(writer, "verify_file", lambda p, names: {**real(p, names), "bad": ["primary/0/attn"]})
+    with pytest.raises(StoreError, match=r"primary/0/attn read back from .*merge.tmp does not match what was written"):
+        write(tmp_path / "t.h5")
+    assert not (tmp_path / "t.h5").exists() and not (tmp_path / "t.h5.partial" / "merge.tmp").exists()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import (
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import (
     KD_SCALES,
     NonFiniteLossError,
     attention_layer_map,

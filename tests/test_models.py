@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_task_files import _reviews, write_image_folders
-from test_text import make_bert, teacher_at
+from factories import make_bert, reviews_task, teacher_at, write_image_folders
 
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import hidden_mse
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import hidden_mse
+from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert, factory
-from mtd_cache.runtime import seed_everything
+from mtd_cache.models.families import FAMILIES
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import get_recipe, recipe_name, student_traits, text_kd
@@ -56,7 +56,8 @@ def test_names_parse_into_family_ref_and_weights(name, family, ref, weights):
     ("tv:resnt18", "image", "unknown torchvision model 'tv:resnt18' (did you mean tv:resnet18"),
     ("tv:resnet18@NOPE", "image", "tv:resnet18@NOPE: unknown weights 'NOPE'; resnet18 has IMAGENET1K_V1, DEFAULT"),
     ("tv:", "image", "model 'tv:': nothing after the prefix"),
-    ("hf:bert-base-uncased", "image", "hf:bert-base-uncased is a Hugging Face text model; this is an image task"),
+    ("hf:bert-base-uncased", "image", "hf:bert-base-uncased is a text model; this is an image task (its models: the "
+                                      "CIFAR ResNets (resnet8 ... resnet1202, He et al.), tv:NAME[@WEIGHTS]"),
     ("tv:resnet18", "text", "tv:resnet18 is an image model; this is a text task"),
     ("resnet20", "text", "resnet20 is an image model; this is a text task"),
 ])
@@ -71,7 +72,8 @@ def test_student_names_choose_their_recipe_by_family():
     assert [recipe_name(n) for n in ("resnet20", "resnet1202", "tv:resnet18", "hf:x", "distilbert", "tinybert")] == \
         ["image_kd", "image_kd", "image_kd", "text_kd", "distilbert", "tinybert"]
     with pytest.raises(MtdError, match=r"unknown student 'resnet18' \(the torchvision model is tv:resnet18\); known: "
-                                       r"the CIFAR ResNets .*hf:NAME_OR_PATH .*tv:NAME\[@WEIGHTS\]"):
+                                       r"distilbert and tinybert \(the paper's recipes\), the CIFAR ResNets .*"
+                                       r"hf:NAME_OR_PATH .*tv:NAME\[@WEIGHTS\]"):
         recipe_name("resnet18")
     with pytest.raises(MtdError, match="unknown torchvision model 'tv:mobilenet'"):
         recipe_name("tv:mobilenet")
@@ -194,6 +196,7 @@ def test_students_of_either_family_train_on_torchvision_teachers(shapes_tv, tmp_
     assert len(np.load(record.parent / rec["predictions"])["pred"]) == 24
 
 
+@pytest.mark.slow
 def test_a_torchvision_student_through_the_cli_and_refused_names(shapes_tv, tmp_path):
     _, _, store = shapes_tv
     ok = subprocess.run([str(BIN / "mtd-train"), "--store", str(store), "--student", "tv:resnet18", "--teachers",
@@ -203,7 +206,7 @@ def test_a_torchvision_student_through_the_cli_and_refused_names(shapes_tv, tmp_
     assert json.loads(ok.stdout)["student"] == "tv:resnet18"
     for bad, message in (("tv:resnt18", "unknown torchvision model 'tv:resnt18'"),
                          ("hf:x", "hf:x is a text student; {store} holds an image task (its students: the CIFAR "
-                                  "ResNets and tv:NAME[@WEIGHTS])"),
+                                  f"ResNets (resnet8 ... resnet1202, He et al.), {FAMILIES['tv'].help})"),
                          ("distilbert", "distilbert is a text student; {store} holds an image task"),
                          ("resnet18", "unknown student 'resnet18' (the torchvision model is tv:resnet18)")):
         r = subprocess.run([str(BIN / "mtd-train"), "--store", str(store), "--student", bad, "--teachers", "0,1",
@@ -222,7 +225,7 @@ def reviews(tmp_path_factory):
     from transformers import BertForSequenceClassification
 
     root = tmp_path_factory.mktemp("reviews")
-    path = _reviews(root, "jsonl")
+    path = reviews_task(root, "jsonl")
     texts = ["the film it was bad fine great a b c ,"]
     teachers = []
     for s in (0, 1):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtd_cache.errors import MtdError
-from mtd_cache.paper import paper_steps
+from mtd_cache.core.errors import MtdError
 from mtd_cache.sweeps.execute import SweepConfig, check_config
+from mtd_cache.sweeps.paper import paper_steps
 from mtd_cache.teachers.importer import import_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ def test_the_papers_protocol_step_by_step_with_its_run_counts():
     assert two[5].plan == "398 jobs: 384 students, 2 CE-only, 12 stage-1"
 
 
+@pytest.mark.slow
 def test_make_paper_dry_run_prints_every_step_and_runs_nothing(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "cifar10,mrpc"],
                        capture_output=True, text=True, cwd=tmp_path)

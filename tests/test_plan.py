@@ -8,10 +8,10 @@ from math import comb
 
 import pytest
 
-from mtd_cache.errors import MtdError
-from mtd_cache.students.run import validate_selection
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.indices import parse_index_set
+from mtd_cache.students.selection import select
 from mtd_cache.sweeps.plan import Job, arrange, plan_sweep
-from mtd_cache.utils import parse_index_set
 
 POOL = [0, 1, 2, 3, 4, 5]
 
@@ -138,24 +138,26 @@ def test_parse_index_set_names_the_option() -> None:
         parse_index_set("1,1", option="--pool")
 
 
-def test_validate_selection_accepts_good_runs() -> None:
-    validate_selection((0, 2, 5), 2, num_teachers=6, primary_required=True)
-    validate_selection((0, 2, 5), None, num_teachers=6, primary_required=False)
+def test_select_accepts_good_runs() -> None:
+    assert select((5, 0, 2), 2, num_teachers=6, primary_required=True).teachers == (0, 2, 5)
+    assert select((0, 2, 5), None, num_teachers=6, primary_required=False).primary is None
+    baseline = select((), None, num_teachers=6)  # the CE-only baseline: no teachers, no rule recorded
+    assert baseline.k == 0 and baseline.record() == {"kd_rule": None, "teacher_weights": None}
 
 
 @pytest.mark.parametrize("teachers, primary, required, message", [
     ((0, 6), None, False, "--teachers: index 6 out of range: the store has 6 teachers (0-5)"),
     ((-1,), None, False, "index -1 out of range"),
-    ((), None, False, "empty set"),
+    ((), 1, False, "--primary 1 given for the CE-only baseline (--teachers none)"),
     ((1, 1), None, False, "duplicate index 1"),
     ((0, 2, 5), 3, True, "--primary 3 is not in --teachers 0,2,5"),
     ((0, 2, 5), None, True, "--primary is required for this student (one of --teachers)"),
     ((0, 2, 5), 2, False, "--primary 2 given, but this student takes no primary teacher (it reads the teachers' "
                           "logits only)"),
 ])
-def test_validate_selection_errors(teachers: tuple, primary: int | None, required: bool, message: str) -> None:
+def test_select_errors(teachers: tuple, primary: int | None, required: bool, message: str) -> None:
     with pytest.raises(MtdError) as err:
-        validate_selection(teachers, primary, num_teachers=6, primary_required=required)
+        select(teachers, primary, num_teachers=6, primary_required=required)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.ragged import length_mask, pad_attention, pad_hidden, unpad_attention, unpad_hidden
+from mtd_cache.core.ragged import length_mask, pad_attention, pad_hidden, unpad_attention, unpad_hidden
 
 
 def naive_pad_hidden(flat: np.ndarray, lengths: list[int], layers: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.models.resnet_cifar import (
     RESNETS,
     BasicBlock,

@@ -168,7 +168,7 @@ def test_a_link_in_a_report_folder_is_refused(tmp_path):
 
 
 def test_safe_files_primitives(tmp_path):
-    from mtd_cache.safe_files import UnsafePath, append_line, open_regular
+    from mtd_cache.core.safe_files import UnsafePath, append_line, open_regular
 
     victim = _victim(tmp_path)
     (tmp_path / "log").symlink_to(victim)

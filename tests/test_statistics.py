@@ -7,10 +7,15 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from factories import RUN_EXAMPLES as M
+from factories import pool_of_two, right, write_run
+from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from mtd_cache.sweeps import resampling as rs
 from mtd_cache.sweeps import simulate as sm
+from mtd_cache.sweeps.records import load_records
+from mtd_cache.sweeps.report import summarize
 
 
 def _at(d: rs.Design, k: int, name: str) -> int:
@@ -128,6 +133,7 @@ CURVES = ("multi_min", "single_min", "single_max")
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_coverage_of_examples_only_intervals_with_one_repeat():
     """R = 1, a ~90% accurate student on 360 examples: the differences (basic) cover their truth at 0.93-0.97,
     the curves (calibrated percentile, a little conservative) at 0.93-0.98, each averaged over k."""
@@ -139,6 +145,7 @@ def test_coverage_of_examples_only_intervals_with_one_repeat():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_coverage_of_two_level_intervals_with_three_repeats():
     """R = 3, the truth an expectation over the seed lottery: the percentile intervals over examples and seeds
     cover the differences and the curves at 0.93-0.98 (each averaged over k; a little conservative: drawing 3
@@ -147,3 +154,37 @@ def test_coverage_of_two_level_intervals_with_three_repeats():
     got = sm.coverage(pop, reps=160, over_seeds=True, n_resamples=500)
     cover = _mean_coverage(got, pop, (*DIFFS, *CURVES))
     assert all(0.93 <= c <= 0.98 for c in cover.values()), cover
+
+
+def test_one_example_apart_gives_the_interval_worked_out_by_hand(tmp_path):
+    pool_of_two(tmp_path)
+    summary, diffs, notes = summarize(load_records(tmp_path), n_resamples=9999, seed=0)
+    k2 = diffs[(diffs["k"] == 2) & (diffs["difference"] == "worst")].iloc[0]
+    # multi worst - single worst = acc(0,1) - min(acc 0, acc 1) = acc(0,1) - acc 0 (run 1 is right wherever run 0
+    # is): in a resample, 1/M times the draws of the one example run (0,1) adds, Binomial(M, 1/M). One repeat:
+    # the basic interval, [2 θ̂ - Q(0.975), 2 θ̂ - Q(0.025)], and P(> 0) = P(2 θ̂ - θ* > 0) = P(Binomial <= 1).
+    q_lo, q_hi = stats.binom.ppf([0.025, 0.975], M, 1 / M) / M
+    assert (q_lo, q_hi) == (0.0, 0.03)
+    got = (k2["estimate"], k2["ci_low"], k2["ci_high"], k2["covers"], k2["method"])
+    assert got == pytest.approx((0.01, 0.02 - q_hi, 0.02 - q_lo, "examples", "basic"), abs=1e-12)
+    assert k2["p_positive"] == pytest.approx(stats.binom.cdf(1, M, 1 / M), abs=0.015)  # 0.736
+    row = summary[summary["k"] == 2].iloc[0]
+    assert row["eval_examples"] == M and row["multi_min_mean"] == pytest.approx(0.91)
+    assert row["multi_min_ci_low"] <= 0.91 <= row["multi_min_ci_high"]
+    (exp,) = notes
+    assert notes[exp][0].startswith("evaluation set: 100 examples: one example = 1 points")
+    assert notes[exp][1].startswith("1 repeat (one student seed per run): the intervals cover the evaluation "
+                                    "examples only; the seed lottery's spread is not estimable from one repeat. 2 "
+                                    "repeats make it estimable")
+
+
+def test_identical_predictions_give_a_zero_width_interval(tmp_path):
+    same = right(80)
+    for rid, ts in (("a", (0,)), ("b", (1,)), ("ab", (0, 1))):
+        write_run(tmp_path, rid, ts, 0, same)
+    _, diffs, _ = summarize(load_records(tmp_path), n_resamples=500)
+    for _, d in diffs[diffs["k"] == 2].iterrows():
+        if d["difference"].startswith("selection"):
+            assert d["estimate"] == 0.0 and np.isnan(d["ci_low"])  # an estimate only
+            continue
+        assert (d["estimate"], d["ci_low"], d["ci_high"], d["p_positive"]) == (0.0, 0.0, 0.0, 0.0)

@@ -39,18 +39,28 @@ def _records(out: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def local_records(store, tmp_path_factory) -> dict[str, float]:
+def local_sweep(store, tmp_path_factory) -> tuple[list, list, dict[str, float]]:
+    """A local sweep of the pool 0-2 on two workers, then the same sweep again: both results, the records."""
     out = tmp_path_factory.mktemp("local")
-    results = run_sweep(_cfg(store, out), workers=2)
-    assert Counter(r["status"] for r in results) == {"done": 8}  # 7 subsets of 3 + the CE-only baseline
-    assert [r["status"] for r in run_sweep(_cfg(store, out), workers=2)] == []  # all done: nothing to run
-    return _records(out)
+    first = run_sweep(_cfg(store, out), workers=2)
+    again = run_sweep(_cfg(store, out), workers=2)
+    return first, again, _records(out)
 
 
-def test_local_sweep_runs_the_plan_once(local_records):
-    assert len(local_records) == 8
+@pytest.fixture(scope="module")
+def local_records(local_sweep) -> dict[str, float]:
+    return local_sweep[2]
 
 
+@pytest.mark.slow
+def test_local_sweep_runs_the_plan_once(local_sweep):
+    first, again, records = local_sweep
+    assert Counter(r["status"] for r in first) == {"done": 8}  # 7 subsets of 3 + the CE-only baseline
+    assert [r["status"] for r in again] == []  # all done: nothing to run
+    assert len(records) == 8
+
+
+@pytest.mark.slow
 def test_killed_sweep_restarts_without_duplicates(store, tmp_path, local_records):
     args = [str(BIN / "mtd-sweep"), "--store", str(store), "--student", "resnet8", "--pool", "0-2", "--repeats", "1",
             "--epochs", "1", "--set", "batch_size=512", "--workers", "1", "--out", str(tmp_path)]
@@ -70,12 +80,14 @@ def test_killed_sweep_restarts_without_duplicates(store, tmp_path, local_records
     assert _records(tmp_path) == local_records  # same runs, same CPU metrics
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_local_records(store, tmp_path, local_records):
     pytest.importorskip("ray")
     run_sweep(_cfg(store, tmp_path), workers=2, executor="ray")
     assert _records(tmp_path) == local_records
 
 
+@pytest.mark.slow
 def test_slurm_executor_through_submitit_local(store, tmp_path, local_records):
     pytest.importorskip("submitit")
     run_sweep(_cfg(store, tmp_path), executor="slurm", slurm={"cluster": "local", "timeout_min": 10})
@@ -84,6 +96,7 @@ def test_slurm_executor_through_submitit_local(store, tmp_path, local_records):
     assert len(folders) == 1 and folders[0].name.startswith("sweep-")
 
 
+@pytest.mark.slow
 def test_dry_run_plans_and_estimates(store, tmp_path, local_records):
     r = subprocess.run([str(BIN / "mtd-sweep"), "--store", str(store), "--student", "resnet8", "--pool", "0-2",
                         "--repeats", "2", "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,9 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_text import make_bert, mrpc_texts, sst2_words, teacher_at, write_mrpc_slice, write_sst2
+from factories import (
+    make_bert,
+    mrpc_texts,
+    reviews_task,
+    sst2_words,
+    task_file,
+    teacher_at,
+    write_image_folders,
+    write_mrpc_slice,
+    write_sst2,
+)
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
 from mtd_cache.models import bert
 from mtd_cache.store import TeacherStore, diff_stores
 from mtd_cache.students.run import RunRequest, run_student
@@ -25,12 +34,6 @@ from mtd_cache.teachers import dump, train_teachers
 from mtd_cache.teachers.importer import import_arrays
 
 BIN = Path(sys.executable).parent
-
-
-def task_file(folder: Path, filename: str, content: dict) -> Path:
-    path = folder / filename
-    path.write_text(json.dumps(content))
-    return path
 
 
 # ----------------------------------------------------------------------------- text: the same as the built-in task
@@ -66,32 +69,12 @@ def test_a_task_file_over_glues_files_gives_the_built_in_tasks_inputs_and_logits
         assert x.fingerprint != y.fingerprint  # the task file's content is hashed in
 
 
-def _reviews(folder: Path, fmt: str) -> Path:
-    """A 3-class review task with other column names, as CSV (quoted commas) or JSONL."""
-    rng = np.random.default_rng(0)
-    words = {"bad": "1", "fine": "3", "great": "5"}
-    for split, n in (("train", 60), ("dev", 18)):
-        rows = [{"review": f"the film, it was {w}, {' '.join(rng.choice(['a', 'b', 'c'], 3))}", "stars": words[w],
-                 "id": i} for i, w in enumerate(rng.choice(list(words), n))]
-        if fmt == "csv":
-            with open(folder / f"{split}.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=["id", "review", "stars"])
-                w.writeheader()
-                w.writerows(rows)
-        else:
-            (folder / f"{split}.jsonl").write_text("".join(json.dumps({**r, "stars": int(r["stars"])}) + "\n"
-                                                           for r in rows))
-    return task_file(folder, f"reviews.{fmt}.json", {"name": "reviews", "kind": "text", "train": f"train.{fmt}",
-                                                     "dev": f"dev.{fmt}", "text_column": "review",
-                                                     "label_column": "stars", "metric": "accuracy"})
-
-
 def test_csv_and_jsonl_versions_give_equal_stores_and_students_train_on_them(tmp_path):
     stores = {}
     for fmt in ("csv", "jsonl"):
         folder = tmp_path / fmt
         folder.mkdir()
-        path = _reviews(folder, fmt)
+        path = reviews_task(folder, fmt)
         texts = ["the film it was bad fine great a b c ,"]
         teachers = [teacher_at(make_bert(tmp_path / f"t{s}", texts, seed=s), s, "reviews") for s in (0, 1)]
         for t in teachers:  # three classes: a new head per teacher folder
@@ -143,23 +126,7 @@ def test_an_imported_text_store_fingerprints_as_a_dump_and_trains(tmp_path):
 # ----------------------------------------------------------------------------- images
 
 
-def write_image_folders(root: Path, per_class: tuple[int, int] = (24, 8), size: int = 12) -> Path:
-    """Three classes of small RGB PNGs (a bright square in one of three places, noise around)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in zip(("train", "val"), per_class, strict=True):
-        for c, name in enumerate(("left", "middle", "right")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                x = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                x[3:9, 1 + 4 * c:4 + 4 * c] = 240
-                Image.fromarray(x).save(folder / f"{i:03d}.png")
-    return task_file(root, "shapes.json", {"name": "shapes", "kind": "image", "train": "train", "dev": "val",
-                                           "image_size": 12, "views": {"pad": 1, "flip": False}})
-
-
+@pytest.mark.slow
 def test_an_image_folder_task_runs_teachers_dump_students_sweep_report_and_import(tmp_path):
     path = write_image_folders(tmp_path / "data")
     task = get_task(str(path))
@@ -214,8 +181,9 @@ def _cli(*args) -> subprocess.CompletedProcess:
     ({"name": "mrpc"}, "{path}: name 'mrpc' is a built-in task's: choose another name"),
     ({"train": "missing.csv"}, "missing.csv not found (task file {path})"),
 ], ids=["column", "metric", "label", "kind", "key", "builtin-name", "file"])
+@pytest.mark.slow
 def test_bad_text_task_files_are_one_line_exit_2_nothing_written(tmp_path, change, message):
-    path = _reviews(tmp_path, "csv")
+    path = reviews_task(tmp_path, "csv")
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
     r = _cli("teachers", "--task", path, "--model", tmp_path / "no-model", "--seeds", "0", "--out", tmp_path / "t")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message.format(path=path.resolve()) in r.stderr
@@ -223,7 +191,7 @@ def test_bad_text_task_files_are_one_line_exit_2_nothing_written(tmp_path, chang
 
 
 def test_a_dev_label_training_never_saw_is_named(tmp_path):
-    path = _reviews(tmp_path, "jsonl")
+    path = reviews_task(tmp_path, "jsonl")
     with open(tmp_path / "dev.jsonl", "a") as f:
         f.write(json.dumps({"id": 99, "review": "odd", "stars": 4}) + "\n")
     with pytest.raises(MtdError, match=r"dev.jsonl:19: label '4' is not a label of task reviews \(training saw: "
@@ -238,6 +206,7 @@ def test_a_dev_label_training_never_saw_is_named(tmp_path):
     (lambda root: (root / "val" / "sideways").mkdir() or (root / "val" / "sideways" / "a.png").write_bytes(b""),
      "val/sideways: class 'sideways' is not a class of task shapes (training has: left, middle, right)"),
 ], ids=["empty-folder", "unreadable", "unknown-dev-class"])
+@pytest.mark.slow
 def test_bad_image_folders_are_one_line_exit_2_nothing_written(tmp_path, damage, message):
     path = write_image_folders(tmp_path / "data", per_class=(4, 2))
     damage(tmp_path / "data")
@@ -252,10 +221,7 @@ def test_the_task_is_read_from_the_store_alone(tmp_path):
     path = write_image_folders(tmp_path / "data", per_class=(6, 3))
     train_teachers(str(path), [0], tmp_path / "t", "resnet8", None, {"epochs": 1}, device="cpu")
     store = dump.run_dump(str(path), tmp_path / "t", tmp_path / "s.h5", [], {})
-    path.unlink()
-    from mtd_cache.tasks import known
-
-    known.REGISTERED.clear()  # a fresh process: nothing but the store knows the task
+    path.unlink()  # nothing but the store knows the task (no process-wide table of loaded task files)
     rec = run_student(RunRequest(store=str(store), student="resnet8", teachers=(0,), out=str(tmp_path / "runs"),
                                  device="cpu", overrides={"epochs": 1}))
     assert rec["status"] == "done" and torch.get_num_threads() >= 1

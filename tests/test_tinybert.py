@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_text import tiny_mrpc_teachers
+from factories import tiny_mrpc_teachers
 from transformers import BertConfig, BertModel
 
-from mtd_cache.errors import MtdError
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert
 from mtd_cache.models.tinybert import TinyBertStudent, from_general
-from mtd_cache.runtime import seed_everything
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.data import store_inputs
@@ -299,7 +299,7 @@ def test_pld_is_the_reference_soft_cross_entropy(mrpc4):
     z = targets(batch, batch).logits
     np.testing.assert_allclose(z.numpy(), (ctx.store.logits[:6, 0] + ctx.store.logits[:6, 2]) / 2, rtol=1e-6)
     student = torch.tensor([[0.5, -1.0]] * 6)
-    from mtd_cache.losses import kd_loss
+    from mtd_cache.core.losses import kd_loss
 
     got = kd_loss(student, z, ctx.settings.temperature, ctx.settings.kd_scale, ctx.settings.divergence)
     p = torch.softmax(z, -1)  # soft_cross_entropy: (-p * log_softmax(s)).mean(), t = 1
@@ -340,6 +340,7 @@ def test_tinybert_refusals(mrpc4, tmp_path):
     assert tinybert_stage1.ild_epochs(_ctx(path, task_epochs=True)) == 20  # the reference's MRPC table entry
 
 
+@pytest.mark.slow
 def test_sweep_trains_one_stage1_per_primary_first(mrpc4, tmp_path):
     from mtd_cache.sweeps.report import load_records
 

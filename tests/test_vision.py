@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.errors import MtdError
-from mtd_cache.losses import kd_loss
+from mtd_cache.core.errors import MtdError
+from mtd_cache.core.losses import kd_loss
+from mtd_cache.core.optim import lr_factor
 from mtd_cache.models.factory import load_trained
 from mtd_cache.models.inference import view_logits
-from mtd_cache.optim import lr_factor
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.data import store_test_images
 from mtd_cache.students.run import RunRequest, run_student
@@ -126,6 +126,12 @@ def test_loaded_splits_are_kept_per_process_and_runs_leave_them_unchanged(digits
     views = view_table(get_image_task("digits"))
     assert image_fingerprint(train, views) == image_fingerprint(fresh, views) == TeacherStore.open(path).fingerprint
     assert list(train.fingerprints.values()) == [TeacherStore.open(path).fingerprint]  # memoised on the split
+    subsets = {}
+    for n in (10, 20, 30, 40):  # more splits than are kept: the one in use stays, the least recently used goes
+        subsets[n] = ImageData.load("digits", "train", None, cpu, n)
+        assert ImageData.load("digits", "train", None, cpu) is train
+    assert ImageData.load("digits", "train", None, cpu, 40) is subsets[40]
+    assert ImageData.load("digits", "train", None, cpu, 10) is not subsets[10]
     before = train.images.clone(), train.labels.clone()
     run_student(RunRequest(store=str(path), student="resnet8", teachers=(0,), out=str(tmp_path),
                            overrides={"epochs": 1}))
@@ -187,6 +193,7 @@ def _train_cli(*args):
     (["--teachers", "0,1", "--primary", "1"], "--primary 1 given, but this student takes no primary teacher"),
     (["--teachers", "0", "--set", "bogus=1"], "unknown setting 'bogus' for this student"),
 ])
+@pytest.mark.slow
 def test_train_cli_errors_are_one_line_exit_2(digits, tmp_path, args, message):
     _, path = digits
     r = _train_cli("--store", path, "--student", "resnet8", "--out", tmp_path, *args)

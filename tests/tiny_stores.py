@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_task_files import _reviews
-from test_text import make_bert, teacher_at
+from factories import make_bert, reviews_task, teacher_at
 
 from mtd_cache.teachers import dump, train_teachers
 from mtd_cache.teachers.dump import run_dump
@@ -21,7 +20,7 @@ def build(root: Path) -> dict[str, Path]:
 
     train_teachers("digits", [0, 1], root / "t", "resnet8", None, {"epochs": 1, "train_subset": 60}, device="cpu")
     image = run_dump("digits", root / "t", root / "s.h5", [], {"train_subset": 40, "test_subset": 20})
-    task = _reviews(root, "jsonl")
+    task = reviews_task(root, "jsonl")
     texts = ["the film it was bad fine great a b c ,"]
     teachers = []
     for s in (0, 1):

@@ -48,7 +48,7 @@ def cli(verbose: bool) -> None:
 def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_forward: bool,
                 teachers_dir: Path | None, batch_size: int | None, batches: int, device: str | None,
                 threads: int | None) -> None:
-    from ..errors import StoreError
+    from ..core.errors import StoreError
     from ..store import TeacherStore, output_lock, read_forward_sidecar
     from ..store.seal import seal_store
 
@@ -208,9 +208,9 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
                                             "again); train again a seed whose folder holds other settings.")
 def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_length, legacy_warmup,
                  train_subset, sets, device, force) -> None:
-    from ..settings import typed_as
+    from ..core.indices import parse_index_set
+    from ..core.settings import typed_as
     from ..teachers import train_teachers
-    from ..utils import parse_index_set
 
     check_out_folder("--out", out)
     options, typed = overrides_from({"epochs": ("--epochs", epochs), "lr": ("--lr", lr),
@@ -248,9 +248,9 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--force", is_flag=True, help="Dump again over an existing store made with other settings.")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
              train_subset, test_subset, float16, sets, out, device, force) -> None:
-    from ..settings import typed_as
+    from ..core.indices import parse_index_set
+    from ..core.settings import typed_as
     from ..teachers.dump import run_dump
-    from ..utils import parse_index_set
 
     prim = parse_index_set(primaries, option="--primary", max_count=1000) if primaries else ()
     options, typed = overrides_from({
@@ -285,7 +285,7 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
 @click.option("--limit", type=int, help="Augment only the first N training examples.")
 @click.option("--device", help="cpu, cuda, cuda:N (default: cuda when available).")
 def augment_cmd(task, mlm, glove, out, data_dir, rounds, top_k, p, seed, force_mlm, limit, device) -> None:
-    from ..augment import AugmentConfig, augment_task
+    from ..augment.run import AugmentConfig, augment_task
 
     done = augment_task(AugmentConfig(task=task, data_dir=data_dir, mlm=mlm, glove=glove, out=out, rounds=rounds,
                                       top_k=top_k, p=p, seed=seed, force_mlm=force_mlm, limit=limit, device=device))

@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
+from ..core.errors import EXIT_BAD_INPUT, EXIT_RESOURCE, MtdError, is_resource_fault, os_error_line
+from ..students.recipes import known_students
 
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range; torch takes it too
 DATA_DIR = click.Path(exists=True, file_okay=False)  # a folder that is there: never silently another (or none)
-STUDENT_HELP = ("Student: resnet8 ... resnet110, distilbert, tinybert (the paper's recipes), hf:NAME_OR_PATH (any "
-                "Hugging Face classifier: text KD), tv:NAME[@WEIGHTS] (any torchvision classifier: image KD).")
+STUDENT_HELP = f"Student: {known_students()}: hf: students train with text KD, image families with image KD."
 
 
 def check_student(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -63,9 +63,9 @@ from .common import (
 def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
         slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, online_twins, twin_repeats,
         order, allow_unverified, dry_run, verbose) -> None:
-    from ..settings import typed_as
+    from ..core.indices import parse_index_set
+    from ..core.settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
-    from ..utils import parse_index_set
 
     setup_logging(verbose)
     check_out_folder("--out", out)

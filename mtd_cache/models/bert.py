@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..ragged import unpad_attention, unpad_hidden
+from ..core.errors import MtdError
+from ..core.ragged import unpad_attention, unpad_hidden
 from .hub import LOCAL_HINT, pretrained, quiet_transformers
 
 log = logging.getLogger(__name__)

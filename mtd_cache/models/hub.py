@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import getproxies
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 
 LOCAL_HINT = "give a local folder"
 

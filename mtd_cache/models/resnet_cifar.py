@@ -38,9 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import MtdError
+from ..core.errors import MtdError
+from .names import RESNETS
 
-RESNETS: dict[str, int] = {f"resnet{d}": d for d in (8, 14, 20, 32, 44, 56, 110, 1202)}
 WIDTHS = (16, 32, 64)  # channels of the three stages (He et al. 2016, section 4.2)
 
 

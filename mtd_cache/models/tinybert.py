@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import NotACheckpoint, load_weights
-from ..errors import MtdError
-from ..safe_files import read_text
-from ..utils import atomic_path
+from ..core.checkpoints import NotACheckpoint, load_weights
+from ..core.errors import MtdError
+from ..core.safe_files import atomic_path, read_text
 from . import bert, hub
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 The teacher store: one HDF5 file of raw teacher outputs (format in ``docs/FORMAT.md``).
 
 The ``mtd_cache.store`` package is the only code that imports h5py, and this
-module names every dataset and attribute once. Design facts measured in ``shared/STORAGE.md``:
+module names every dataset and attribute once. The design rests on two measured facts:
 
 * Writing: HDF5 writes metadata only at flush/close, so a killed writer leaves
   an unreadable file. The writer therefore puts each finished piece of work in
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 
 FORMAT = "mtd-cache"
 VERSION = 1

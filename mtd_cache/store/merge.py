@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..errors import StoreError
-from ..safe_files import read_text
+from ..core.errors import StoreError
+from ..core.safe_files import read_text
 from .format import (
     ATTR_ENERGY,
     ATTR_FINGERPRINT,

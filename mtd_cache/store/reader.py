@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 from . import validate
 from .format import (
     ATTR_ENERGY,
@@ -197,7 +197,7 @@ class TeacherStore:
 
         ``index``: example indices (B,); ``view``: view indices (B,) for image stores. ``weights``: one per
         chosen teacher, in ascending teacher order, >= 0 (normalised here); None: the plain mean.
-        The mean is taken over logits, before any temperature or softmax (DESIGN.md).
+        The mean is taken over logits, before any temperature or softmax (the paper's eq. 9).
         """
         rows = self._batch_rows(index, view)
         # The sum over the chosen teachers as one small matmul with a 0/1 selection matrix: exact products,

@@ -33,9 +33,10 @@ from typing import Any
 
 import h5py
 
-from ..errors import ResourceError, StoreError
-from ..safe_files import check_target
-from ..utils import canonical_json, fsync_dir, human_bytes, sha256_text
+from ..core.errors import ResourceError, StoreError
+from ..core.hashing import canonical_json, sha256_text
+from ..core.progress import human_bytes
+from ..core.safe_files import check_target, fsync_dir
 from .format import ATTR_SEAL, ATTR_SEAL_JSON, COST_ATTRS
 from .integrity import CHECKSUM, datasets, hash_dataset
 from .states import _py

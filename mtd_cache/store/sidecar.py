@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_write_json
+from ..core.safe_files import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
-from ..utils import prefetch
+from ..core.errors import StoreError
+from ..core.prefetch import prefetch
 from .integrity import CHECKSUM, hash_extent
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ class PrimaryStates:
     """One primary teacher's unpadded states, read as flat slices with ``os.preadv``.
 
     ``read(index)`` returns the rows of a batch as one flat buffer plus the
-    lengths; padding happens on the training device (``mtd_cache.ragged``):
-    padding on the CPU costs more than the read itself (STORAGE.md).
+    lengths; padding happens on the training device (``mtd_cache.core.ragged``):
+    padding on the CPU costs more than the read itself (``core/ragged.py``).
     """
 
     def __init__(self, path: Path, attrs: dict[str, Any], lengths: np.ndarray, hidden_offsets: np.ndarray,

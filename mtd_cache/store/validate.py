@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 from .format import (
     ATTR_FINGERPRINT,
     ATTR_FORMAT,

@@ -32,9 +32,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import MtdError
-from ..safe_files import open_fd
-from ..utils import canonical_json, sha256_text
+from ..core.errors import MtdError
+from ..core.hashing import canonical_json, sha256_text
+from ..core.safe_files import open_fd
 
 log = logging.getLogger(__name__)
 

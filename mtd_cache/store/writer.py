@@ -14,10 +14,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import ResourceError, StoreError, is_resource_fault
-from ..locks import describe_owner, file_lock
-from ..safe_files import check_target, make_dirs, read_text
-from ..utils import atomic_path, atomic_write_json, fsync_dir, human_bytes
+from ..core.errors import ResourceError, StoreError, is_resource_fault
+from ..core.locks import describe_owner, file_lock
+from ..core.progress import human_bytes
+from ..core.safe_files import atomic_path, atomic_write_json, check_target, fsync_dir, make_dirs, read_text
 from .format import (
     DEV_LABEL,
     DEV_LOGITS,

@@ -11,6 +11,7 @@ import torch
 
 from ..store import TeacherStore
 from ..teachers import Teacher
+from .selection import TeacherSelection, select
 
 
 @dataclass
@@ -33,3 +34,10 @@ class StudentContext:
     extra: dict[str, Any] = field(default_factory=dict)
     # runs (or reuses) the run of another kind this one starts from (TinyBERT stage 1) and returns its record
     prerequisite: Callable[[str], dict[str, Any]] | None = None
+    # the chosen teachers, the primary, the KD rule and weights: the run's one selection (built from the fields
+    # above and the settings when not given)
+    selection: TeacherSelection | None = None
+
+    def __post_init__(self) -> None:
+        if self.selection is None:
+            self.selection = select(self.teachers, self.primary, self.store.num_teachers, self.settings)

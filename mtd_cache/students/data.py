@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from ..models import bert
 from ..store import TeacherStore
 from ..tasks.image_data import ImageData, image_fingerprint

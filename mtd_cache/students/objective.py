@@ -10,7 +10,8 @@ setting that weighs it. A recipe's settings get one weight per term the recipe c
 (``weights``): the weights a recipe always had keep their names, defaults and run ids (declared
 without ``since``); every other term arrives with its weight at 0 and ``since`` set, so it enters a
 run's id only when turned on. Adding a term is one ``register`` call here (and its test): every recipe
-whose student provides what it reads gets its weight, its README row and its record name.
+whose student provides what it reads gets its weight, its row in the generated tables (docs/settings.md,
+docs/guide.md) and its record name.
 
 Order is fixed (the registry's), and a weight of exactly 1 multiplies exactly, so the losses are the
 bits the recipes computed before the registry existed.
@@ -25,8 +26,8 @@ from typing import Any
 
 import torch
 
-from .. import losses
-from ..settings import Settings, setting
+from ..core import losses
+from ..core.settings import Settings, setting
 
 ADDED_SINCE = "0.3"  # what a term's weight declares in a recipe that did not have it: off, and out of old run ids
 
@@ -84,7 +85,7 @@ def _ce(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 
 def _kd(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """L_KD^k: the student against the chosen teachers' combined target by the run's rule and weights, at
-    temperature t (``losses.multi_teacher_kd``; DESIGN.md eq. 9 for "mean_logits"). The teachers' logits arrive
+    temperature t (``losses.multi_teacher_kd``; the paper's eq. 9 for "mean_logits"). The teachers' logits arrive
     combined for "mean_logits" (the store's weighted gather), per teacher for the other rules."""
     sel = cfg.selection
     return losses.multi_teacher_kd(s.logits, t.logits, cfg.temperature, cfg.kd_scale, cfg.divergence, sel.rule,
@@ -117,7 +118,7 @@ def _att(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 
 
 register(Term("ce", "alpha_ce", _ce, frozenset({LOGITS}), teacher=False, default=1.0,
-              source="hard-label CE weight: DESIGN.md's L_CE + L_KD^k"))
+              source="hard-label CE weight: the paper's L_CE + L_KD^k"))
 register(Term("kd", "alpha_kd", _kd, frozenset({LOGITS}), default=1.0, source="weight of the KD term"))
 register(Term("hidden", "alpha_hidden", _hidden, frozenset({HIDDEN}),
               source="hidden-state loss on the primary's last layer (hidden_loss): off by default"))
@@ -132,20 +133,27 @@ register(Term("att", "alpha_att", _att, frozenset({LAYERS}), default=1.0,
 # ----------------------------------------------------------------------------- a recipe's weights
 
 
-def weights(name: str, reads: Iterable[str], own: Mapping[str, tuple[float, str]] | None = None,
-            terms: Iterable[str] | None = None) -> type[Settings]:
-    """A settings mixin with one weight per term whose inputs the recipe ``reads``: the recipe's ``own`` weights
-    (term -> (default, source), declared as they always were), every other one off, declared ``since``.
-    ``terms`` limits the candidates (stage 1's loss is rep and att only)."""
+def weights(name: str, reads: Iterable[str], own: Mapping[str, tuple] | None = None) -> type[Settings]:
+    """A settings mixin with one weight per term whose inputs the recipe ``reads``.
+
+    ``own``: term -> (default, source) for the weights the recipe always had (declared as they were: in every
+    run id), or (default, source, since) for one it weighs by default but never had as a setting (image
+    students' CE, weight 1). Every other term's weight is off (0) and declared ``since``: a term added to
+    the registry reaches every recipe that can compute it, and no run id changes until it is turned on."""
     own = dict(own or {})
     fields = []
     for term in TERMS.values():
-        if (terms is not None and term.name not in terms) or not term.reads <= set(reads):
+        if not term.reads <= set(reads):
             continue
-        default, source = own.get(term.name, (0.0, term.source))
-        since = None if term.name in own else ADDED_SINCE
+        default, source, since = (*own[term.name], None)[:3] if term.name in own else (0.0, term.source,
+                                                                                       ADDED_SINCE)
         fields.append((term.weight, float, setting(default, source, low=0, since=since)))
     return dataclasses.make_dataclass(f"{name}Weights", fields, bases=(Settings,), frozen=True)
+
+
+def reads_states(settings: Any) -> bool:
+    """Whether a term on (weight > 0) reads a primary teacher's states: the student then needs ``--primary``."""
+    return any(getattr(settings, t.weight) > 0 for t in weighted_terms(type(settings)) if t.reads & {HIDDEN, LAYERS})
 
 
 def weighted_terms(settings_cls: type) -> list[Term]:
@@ -155,6 +163,17 @@ def weighted_terms(settings_cls: type) -> list[Term]:
 
 
 # ----------------------------------------------------------------------------- the objective
+
+
+class KD:
+    """What the terms read besides the outputs: the recipe's settings (temperature, kd_scale, divergence,
+    hidden_loss...) and the run's ``selection`` (``students.selection.TeacherSelection``: the KD rule, weights)."""
+
+    def __init__(self, settings: Any, selection: Any):
+        self._settings, self.selection = settings, selection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._settings, name)
 
 
 class Objective:

@@ -1,6 +1,6 @@
 """One run, any kind: plan it (check, resolve, name), then run it or find it done, under a lock, with its record.
 
-Kinds (DESIGN.md "Run record"): ``student`` (k >= 1 teachers), ``baseline`` (the CE-only student, k = 0)
+Kinds: ``student`` (k >= 1 teachers), ``baseline`` (the CE-only student, k = 0)
 and the kinds a recipe adds (``RUN_KINDS``: TinyBERT's ``stage1``). Every kind goes through the same
 machinery: ``plan_run`` checks the request against the store and resolves the recipe's settings
 before anything is trained or written, and names the run (its id, record and lock); ``execute_run``
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -21,34 +21,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import load_weights
-from ..energy import EnergyMeter
-from ..errors import MtdError
-from ..locks import file_lock
+from ..core.checkpoints import load_weights
+from ..core.energy import EnergyMeter
+from ..core.errors import MtdError
+from ..core.fit import Fit, fit, remove_checkpoint, total_cost
+from ..core.locks import file_lock
+from ..core.runtime import device_description, provenance, resolve_device, seed_everything, utc_now
+from ..core.safe_files import atomic_path, atomic_write_json, check_targets, read_text
+from ..core.settings import Resolved
 from ..models import factory
-from ..record import (
-    device_description,
-    experiment_identity,
-    load_done,
-    make_experiment_id,
-    make_run_id,
-    provenance,
-    record_path,
-    utc_now,
-    write_record,
-)
-from ..runtime import resolve_device, seed_everything
-from ..safe_files import check_targets, read_text
-from ..settings import Resolved
 from ..store import TeacherStore
 from ..store.seal import unsealed
 from ..tasks.registry import task_of_store
 from ..teachers import Teacher
-from ..train import Fit, fit, remove_checkpoint, total_cost
-from ..utils import atomic_path, atomic_write_json
 from .context import StudentContext
 from .recipes import check_modality, get_recipe, needs_primary
-from .recipes.common import check_init_teacher, chosen_weights
+from .recipes.settings import check_init_teacher
+from .record import experiment_identity, load_done, make_experiment_id, make_run_id, record_path, write_record
+from .selection import TeacherSelection, select
 from .targets import TEACHER_DROPOUT_VERSION, online_teachers
 
 log = logging.getLogger(__name__)
@@ -88,6 +78,7 @@ class PlannedRun:
     recipe: ModuleType
     store: TeacherStore
     resolved: Resolved
+    selection: TeacherSelection  # the chosen teachers, the primary, the KD rule and weights (``selection.select``)
     kind: str  # student | baseline | a recipe's run kind
     run_id: str
     identity: dict[str, Any]  # what the run id hashes (with the store's fingerprint and teachers' hashes)
@@ -104,7 +95,8 @@ class PlannedRun:
         req = self.request
         return StudentContext(
             student=req.student, settings=self.resolved.settings, requested=dict(self.resolved.requested),
-            store=self.store, teachers=tuple(sorted(req.teachers)), primary=req.primary, seed=req.seed,
+            store=self.store, teachers=self.selection.teachers, primary=req.primary, seed=req.seed,
+            selection=self.selection,
             device=resolve_device(req.device), data_dir=req.data_dir, online=self.online,
             checkpoint=self.checkpoint, metrics_csv=self.metrics_csv,
             work_dir=Path(req.out) / self.store.task / factory.slug(req.student), prerequisite=self._prerequisite)
@@ -128,12 +120,9 @@ def plan_run(req: RunRequest) -> PlannedRun:
     if kind is not None:  # an imported store of a task mtd-cache does not know is refused by the recipe, later
         check_modality(req.student, recipe, kind, str(req.store))
     resolved = resolve_settings(recipe, store, req.overrides)
-    if req.teachers:
-        validate_selection(req.teachers, req.primary, store.num_teachers, needs_primary(recipe, resolved.settings))
-    elif req.primary is not None:
-        raise MtdError(f"--primary {req.primary} given for the CE-only baseline (--teachers none)")
-    if req.kind == "student":  # refused here, before any work (a stage 1 reads no teacher's logits)
-        chosen_weights(resolved.settings, req.teachers, store.num_teachers)
+    # a stage 1 reads no teacher's logits: its selection takes no rule or weights (refused here, before any work)
+    selection = select(req.teachers, req.primary, store.num_teachers,
+                       resolved.settings if req.kind == "student" else None, needs_primary(recipe, resolved.settings))
     if getattr(resolved.settings, "teacher_dropout", False) and not req.online:
         raise MtdError("teacher_dropout=true needs --online: a store holds each teacher's one deterministic output "
                        "per input, dropout draws a new one every pass")
@@ -151,7 +140,7 @@ def plan_run(req: RunRequest) -> PlannedRun:
     path = record_path(req.out, store.task, factory.slug(req.student), run_id)
     experiment = experiment_identity(store.task, req.student, resolved.canonical,
                                      req.experiment_stores or [store.fingerprint], store.teachers_sha256, req.online)
-    planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved,
+    planned = PlannedRun(request=req, recipe=recipe, store=store, resolved=resolved, selection=selection,
                          kind="student" if req.teachers else "baseline", run_id=run_id, identity=identity,
                          canonical_id=canonical_id, experiment=experiment,
                          record=path, lock=path.with_suffix(".lock"), checkpoint=path.with_suffix(".ckpt.safetensors"),
@@ -171,15 +160,6 @@ def _work(planned: PlannedRun, job: Fit) -> dict[str, int]:
     of it needs (one per teacher read per example per epoch: k for a student, the primary for a stage 1)."""
     n, k = int(planned.store.num_examples), len(planned.request.teachers)
     return {"train_examples": n, "epochs": int(job.epochs), "teacher_forwards": k * n * int(job.epochs)}
-
-
-def kd_target(ctx: StudentContext) -> dict[str, Any]:
-    """How the run combined its teachers (recorded in every run): the KD rule and the chosen teachers' weights
-    (ascending teacher order, normalised; None: equal). A CE-only baseline has neither."""
-    rule = getattr(ctx.settings, "kd_rule", None) if ctx.teachers else None
-    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers) if rule else None
-    return {"kd_rule": rule, "teacher_weights": None if weights is None else
-            [round(w / sum(weights), 12) for w in weights]}
 
 
 def _store_kind(store: TeacherStore) -> str | None:
@@ -241,7 +221,7 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         "experiment_identity": planned.experiment, "predictions": predictions,
         "task": planned.store.task, "student": req.student,
         "teachers": sorted(req.teachers), "primary": req.primary, "k": len(req.teachers), "seed": req.seed,
-        **(kd_target(ctx) if planned.impl is _STUDENT else {}), **_work(planned, job),
+        **(ctx.selection.record() if planned.impl is _STUDENT else {}), **_work(planned, job),
         "metric_name": planned.store.metric,
         "metric": float(history[-1]["metric"]) if "metric" in history[-1] else None,
         "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
@@ -395,31 +375,3 @@ def alias_target(planned: PlannedRun) -> str | None:
 
 
 _STUDENT = _StudentKind()
-
-
-def validate_selection(teachers: Iterable[int], primary: int | None, num_teachers: int,
-                       primary_required: bool) -> None:
-    """Check a run's teacher set and primary against the store; MtdError with a one-line reason.
-
-    ``primary_required`` is True for students that read the primary's states (DistilBERT, TinyBERT, text KD with
-    a hidden-state loss) and False for the others (for which a primary is an error).
-    """
-    teachers = tuple(teachers)
-    if not teachers:
-        raise MtdError("--teachers: empty set of indices")
-    for t in teachers:
-        if not 0 <= t < num_teachers:
-            raise MtdError(f"--teachers: index {t} out of range: the store has {num_teachers} teachers "
-                           f"(0-{num_teachers - 1})")
-    duplicates = sorted({t for t in teachers if teachers.count(t) > 1})
-    if duplicates:
-        raise MtdError(f"--teachers: duplicate index {duplicates[0]}")
-    if primary_required and primary is None:
-        raise MtdError("--primary is required for this student (one of --teachers): it reads the primary teacher's "
-                       "states")
-    if not primary_required and primary is not None:
-        raise MtdError(f"--primary {primary} given, but this student takes no primary teacher (it reads the "
-                       "teachers' logits only)")
-    if primary is not None and primary not in teachers:
-        listed = ",".join(map(str, sorted(teachers)))
-        raise MtdError(f"--primary {primary} is not in --teachers {listed}")

@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..losses import combine_teacher_logits
+from ..core.errors import MtdError
+from ..core.hashing import sha256_file
+from ..core.ragged import pad_attention, pad_hidden
 from ..models import bert, factory
-from ..ragged import pad_attention, pad_hidden
 from ..store import TeacherStore
 from ..teachers import Teacher, find_teachers
-from ..utils import sha256_file
 from .context import StudentContext
+from .objective import Objective, StudentOut
+from .selection import TeacherSelection
 
 
 @dataclass
@@ -59,11 +60,11 @@ class _Targets:
 class StoreTargets(_Targets):
     """Targets read from the store: the averaged logits by the store's gather, the primary's stored states."""
 
-    def __init__(self, store: TeacherStore, teachers: Sequence[int], kd: bool, device: torch.device,
-                 primary: int | None = None, hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (),
-                 rule: str = "mean_logits", weights: Sequence[float] | None = None):
-        self.store, self.teachers, self.kd, self.device = store, list(teachers), kd, device
-        self.rule, self.weights = rule, None if weights is None else list(weights)
+    def __init__(self, store: TeacherStore, selection: TeacherSelection, kd: bool, device: torch.device,
+                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+        self.store, self.selection, self.kd, self.device = store, selection, kd, device
+        self.teachers, primary = list(selection.teachers), selection.primary
+        self.weights = None if selection.weights is None else list(selection.weights)
         self.states = store.primary(primary) if (hidden_layers or attn_layers) else None
         depth = store.teacher_depth
         hidden = [g if g >= 0 else (depth or 0) + 1 + g for g in hidden_layers]
@@ -75,7 +76,7 @@ class StoreTargets(_Targets):
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         host: dict[str, torch.Tensor] = {}
-        if self.kd and self.rule == "mean_logits":  # combined by the store's gather: (B, C)
+        if self.kd and self.selection.combined:  # combined by the store's weighted gather: (B, C)
             host["teacher_logits"] = torch.from_numpy(self.store.mean_logits(self.teachers, index, view, self.weights))
         elif self.kd:  # the other rules combine per teacher: (B, k, C)
             host["teacher_logits"] = torch.from_numpy(self.store.teacher_logits(self.teachers, index, view))
@@ -105,11 +106,10 @@ class StoreTargets(_Targets):
 class OnlineTargets(_Targets):
     """Targets computed by running the teachers on the batch (text: the collated batch; images: the pixels)."""
 
-    def __init__(self, models: dict[int, torch.nn.Module], kd: bool, text: bool, primary: int | None = None,
-                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = (), rule: str = "mean_logits",
-                 weights: Sequence[float] | None = None):
-        self.models, self.kd, self.text, self.primary = models, kd, text, primary
-        self.rule, self.weights = rule, None if weights is None else list(weights)
+    def __init__(self, models: dict[int, torch.nn.Module], selection: TeacherSelection, kd: bool, text: bool,
+                 hidden_layers: Sequence[int] = (), attn_layers: Sequence[int] = ()):
+        self.models, self.selection, self.kd, self.text = models, selection, kd, text
+        self.primary = selection.primary
         self.hidden_layers, self.attn_layers = list(hidden_layers), list(attn_layers)
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -128,8 +128,7 @@ class OnlineTargets(_Targets):
             if primary:
                 out.hidden, out.scores = hidden, scores
         if self.kd:
-            stacked = torch.stack(logits, dim=1)  # (B, k, C), teachers in ascending order
-            out.logits = combine_teacher_logits(stacked, self.weights) if self.rule == "mean_logits" else stacked
+            out.logits = self.selection.combine(torch.stack(logits, dim=1))  # (B, k, C), ascending order
         return out
 
     def _forward(self, model: torch.nn.Module, inputs: Any, primary: bool):
@@ -167,7 +166,7 @@ class KDTargets:
     def __init__(self, store: TeacherStore | str | Path, teachers: Sequence[int], rule: str = "mean_logits",
                  weights: Sequence[float] | None = None, temperature: float = 1.0, scale: str = "sum_t2",
                  divergence: str = "ce", device: torch.device | str | None = None):
-        from ..losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
+        from ..core.losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
 
         self.store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
         pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
@@ -185,7 +184,9 @@ class KDTargets:
         self.teachers, self.weights = chosen, None if weights is None else [float(w) for _, w in pairs]
         self.rule, self.temperature, self.scale, self.divergence = rule, float(temperature), scale, divergence
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._targets = StoreTargets(self.store, chosen, True, self.device, rule=rule, weights=self.weights)
+        self.selection = TeacherSelection(tuple(chosen), None, rule, None if weights is None else tuple(self.weights))
+        self._targets = StoreTargets(self.store, self.selection, True, self.device)
+        self._kd = Objective({"kd": 1.0}, self, teachers=True)  # the KD term every student's objective has
 
     def logits(self, index: Any, view: Any = None) -> torch.Tensor:
         """The teachers' logits of examples ``index`` (and ``view``): (B, C) combined by "mean_logits", else
@@ -193,12 +194,14 @@ class KDTargets:
         return self._targets(self._targets.read(_numpy(index), None if view is None else _numpy(view))).logits
 
     def loss(self, student_logits: torch.Tensor, index: Any, view: Any = None) -> torch.Tensor:
-        """KD^k of the student's logits (B, C) against the teachers' targets of examples ``index``."""
-        from ..losses import multi_teacher_kd
+        """KD^k of the student's logits (B, C) against the teachers' targets of examples ``index``: the objective's
+        ``kd`` term (``students.objective``), as a student run computes it."""
+        teacher = TeacherOutputs(logits=self.logits(index, view).to(student_logits.device))
+        return self._kd(StudentOut(logits=student_logits), teacher)["kd"]
 
-        teacher = self.logits(index, view).to(student_logits.device)
-        return multi_teacher_kd(student_logits, teacher, self.temperature, self.scale, self.divergence, self.rule,
-                                None if self.rule == "mean_logits" else self.weights)
+    @property
+    def kd_scale(self) -> str:  # the objective reads the KD settings by the recipes' names
+        return self.scale
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -212,19 +215,14 @@ def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (
     ``kd``: the chosen teachers' averaged logits; ``hidden_layers`` (teacher layer, 0 = embeddings,
     -1 = last) and ``attn_layers`` (1-based): the primary's states.
     """
-    from .recipes.common import chosen_weights
-
     states = bool(hidden_layers or attn_layers)
     online = bool(ctx.online) if states_online is None else states_online
-    rule = getattr(ctx.settings, "kd_rule", "mean_logits")
-    weights = chosen_weights(ctx.settings, ctx.teachers, ctx.store.num_teachers) if kd else None
+    sel = ctx.selection
     if not online:
-        return StoreTargets(ctx.store, ctx.teachers, kd, ctx.device, ctx.primary, hidden_layers, attn_layers,
-                            rule, weights)
-    wanted = set(ctx.teachers if kd else ()) | ({ctx.primary} if states else set())
+        return StoreTargets(ctx.store, sel, kd, ctx.device, hidden_layers, attn_layers)
+    wanted = set(sel.teachers if kd else ()) | ({sel.primary} if states else set())
     models = {t: load_teacher_model(ctx, t) for t in sorted(wanted)}
-    return OnlineTargets(models, kd, ctx.store.tokenizer is not None, ctx.primary, hidden_layers, attn_layers,
-                         rule, weights)
+    return OnlineTargets(models, sel, kd, ctx.store.tokenizer is not None, hidden_layers, attn_layers)
 
 
 # ----------------------------------------------------------------------------- teachers, checked

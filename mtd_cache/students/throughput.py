@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..energy import EnergyMeter
-from ..errors import MtdError
+from ..core.energy import EnergyMeter
+from ..core.errors import MtdError
+from ..core.runtime import heap_allocations, resolve_device, utc_now
 from ..models import bert, factory
-from ..record import utc_now
-from ..runtime import heap_allocations, resolve_device
 from ..store import TeacherStore, write_forward_sidecar
 from ..tasks.registry import task_of_store
 from ..tasks.text_data import collate, to_device

@@ -1,4 +1,4 @@
-"""The paper's aggregation of a sweep's runs (DESIGN.md "Sweep protocol"), per experiment.
+"""The paper's aggregation of a sweep's runs (the paper's sweep protocol), per experiment.
 
 Choices, named once:
 

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..core.progress import duration
 from ..models import factory
-from ..progress import duration
-from ..record import load_done
+from ..students.record import load_done
 from .plan import Job
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,6 @@ def _calibrated(req: Any, examples: int, epochs: int) -> tuple[float, str, int]:
 
 
 def _size(n: int | None) -> str:
-    from ..utils import human_bytes
+    from ..core.progress import human_bytes
 
     return "unknown" if not n else human_bytes(n)

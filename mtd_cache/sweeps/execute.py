@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_INCOMPLETE, MtdError
-from ..safe_files import append_line, check_target
+from ..core.errors import EXIT_INCOMPLETE, MtdError
+from ..core.safe_files import append_line, check_target
 from ..store import TeacherStore
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run

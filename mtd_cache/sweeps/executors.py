@@ -33,8 +33,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import MtdError
-from ..safe_files import make_dirs
+from ..core.errors import MtdError
+from ..core.safe_files import make_dirs
 from .plan import Job, job_line
 
 log = logging.getLogger(__name__)

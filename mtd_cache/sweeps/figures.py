@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..utils import atomic_path  # noqa: E402
+from ..core.safe_files import atomic_path  # noqa: E402
 from .aggregate import MODES  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """The paper's sweep plan, and the parsing and checking of teacher index sets.
 
-Sweep protocol (DESIGN.md): for a pool of T teachers, every k-subset, k = 1..T;
+Sweep protocol (the paper's): for a pool of T teachers, every k-subset, k = 1..T;
 for BERT students every member of a subset is primary once (sum_k k*C(T,k) =
 T*2^(T-1) pairs: 192 for 6), ResNets take no primary (2^T - 1 = 63 subsets);
 each repeated R times with seed ``base_seed + r``; plus one CE-only student
@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ..errors import MtdError
-from ..progress import duration
+from ..core.errors import MtdError
+from ..core.progress import duration
 
 log = logging.getLogger(__name__)
 

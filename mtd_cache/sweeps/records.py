@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import MtdError
-from ..record import experiment_of, make_experiment_id, make_run_id
-from ..safe_files import open_regular, read_text
+from ..core.errors import MtdError
+from ..core.safe_files import open_regular, read_text
+from ..students.record import experiment_of, make_experiment_id, make_run_id
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import MtdError
-from ..utils import atomic_path, slug
+from ..core.errors import MtdError
+from ..core.safe_files import atomic_path
+from ..models.factory import slug
 from .aggregate import VARIANTS
 from .costs import Shared, cost_summary, experiment_costs_markdown, run_costs, shared_table
 from .figures import display_name, figures

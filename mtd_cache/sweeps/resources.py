@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from .costs import Rate, Shared
 
 log = logging.getLogger(__name__)

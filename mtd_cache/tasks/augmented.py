@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MtdError
-from ..safe_files import open_regular, read_text
+from ..core.errors import MtdError
+from ..core.safe_files import open_regular, read_text
 from .glue import GlueSplit, GlueTask, get_glue_task, read_split
 
 

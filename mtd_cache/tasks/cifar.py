@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MtdError
-from ..safe_files import open_regular
+from ..core.errors import MtdError
+from ..core.safe_files import open_regular
 
 log = logging.getLogger(__name__)
 

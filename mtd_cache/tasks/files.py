@@ -1,4 +1,5 @@
-"""Task files: a researcher's own data as a text or image classification task, without code (DESIGN.md "Task files").
+"""Task files: a researcher's own data as a text or image classification task, without code (docs/guide.md,
+"Your own data").
 
     {"name": "reviews", "kind": "text", "train": "train.csv", "dev": "dev.csv", "text_column": "review",
      "text_pair_column": null, "label_column": "stars", "labels": ["1", "2", "3", "4", "5"], "metric": "accuracy"}
@@ -31,12 +32,11 @@ from typing import Any, ClassVar
 import numpy as np
 import tomllib
 
-from ..errors import MtdError
-from ..utils import not_utf8
+from ..core.errors import MtdError
+from ..core.safe_files import not_utf8
 from .glue import GLUE_TASKS, GlueSplit
 from .image_folders import ImageFolderTask, _given_labels, _need
 from .images import IMAGE_TASKS
-from .known import REGISTERED
 
 TEXT_KEYS = {"name", "kind", "description", "train", "dev", "text_column", "text_pair_column", "label_column",
              "labels", "metric", "format", "header", "columns", "hf_dataset", "hf_config", "hf_splits"}
@@ -46,7 +46,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
 def load_task_file(path: str | Path) -> Any:
-    """The task a file describes, resolved and registered under its name (one line on any problem)."""
+    """The task a file describes, resolved and its files checked (one line on any problem)."""
     path = Path(path)
     if not path.is_file():
         raise MtdError(f"task file {path} not found")
@@ -62,17 +62,13 @@ def load_task_file(path: str | Path) -> Any:
         raise MtdError(f"{path}: a task file holds one object of settings, not {type(content).__name__}")
     source = {"path": str(path.resolve()), "content": content,
               "sha256": hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()}
-    task = _build(source, path.resolve().parent, resolved=None)
-    REGISTERED[task.name] = task
-    return task
+    return _build(source, path.resolve().parent, resolved=None)
 
 
 def from_record(record: dict[str, Any], data_dir: str | Path | None = None) -> Any:
     """A task rebuilt from what a store recorded of it (``record()``); ``data_dir`` replaces the file's folder."""
     base = Path(data_dir) if data_dir else Path(record["path"]).parent
-    task = _build(record, base, resolved=record.get("resolved"))
-    REGISTERED[task.name] = task
-    return task
+    return _build(record, base, resolved=record.get("resolved"))
 
 
 def _build(source: dict[str, Any], base: Path, resolved: dict[str, Any] | None) -> Any:

@@ -29,9 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import MtdError
-from ..utils import not_utf8
-from .known import REGISTERED
+from ..core.errors import MtdError
+from ..core.safe_files import not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,9 @@ class GlueTask:
     extra_metrics: tuple[str, ...]
     hf_config: str
     hf_text_keys: tuple[str, str | None]
+    sizes: tuple[int, int]  # (train, dev) examples: the official files' and the Hub's
+    augment_rounds: int  # TinyBERT's data augmentation: candidates drawn per word (data_augmentation.py's N)
+    ild_epochs: int  # TinyBERT stage 1 (intermediate-layer distillation) epochs for ``--set task_epochs=true``
     hf_dev_split: str = "validation"
     aliases: tuple[str, ...] = ()
     kind: ClassVar[str] = "text"
@@ -91,6 +93,10 @@ class GlueTask:
         """The task's primary metric of logits (N, C) or class ids (N,) against gold labels."""
         return compute_metrics(self, predictions, labels)[self.metric]
 
+    def read(self, split: str, data_dir: str | Path | None = None) -> GlueSplit:
+        """A split as text and label ids: the official TSV files under ``data_dir``, or the Hub's copy when None."""
+        return load_hf_split(self, split) if data_dir is None else read_split(self, split, data_dir)
+
 
 _BINARY = ("0", "1")
 _NLI2 = ("entailment", "not_entailment")
@@ -111,26 +117,29 @@ def _dev(layout: TsvLayout, file: str = "dev.tsv") -> TsvLayout:
                      layout.has_header, layout.guid)
 
 
+# sizes: the official TSVs' (= the Hub's) examples. augment_rounds: TinyBERT's data_augmentation.py
+# ``default_params`` N. ild_epochs: TinyBERT's task_distill.py ``default_params`` epochs (dead code there,
+# the intended stage-1 length); WNLI, absent there, takes RTE's (the smallest pair tasks), MNLI-mm MNLI's.
 GLUE_TASKS: dict[str, GlueTask] = {t.name: t for t in (
     GlueTask("mrpc", "MRPC", _MRPC, _dev(_MRPC), _BINARY, "accuracy", ("f1",),
-             "mrpc", ("sentence1", "sentence2")),
+             "mrpc", ("sentence1", "sentence2"), (3668, 408), 30, 20),
     GlueTask("cola", "CoLA", _COLA, _dev(_COLA), _BINARY, "mcc", ("accuracy",),
-             "cola", ("sentence", None)),
+             "cola", ("sentence", None), (8551, 1043), 30, 50),
     GlueTask("sst-2", "SST-2", _SST2, _dev(_SST2), _BINARY, "accuracy", (),
-             "sst2", ("sentence", None), aliases=("sst2",)),
+             "sst2", ("sentence", None), (67349, 872), 20, 10, aliases=("sst2",)),
     GlueTask("qnli", "QNLI", _IDX_PAIR, _dev(_IDX_PAIR), _NLI2, "accuracy", (),
-             "qnli", ("question", "sentence")),
+             "qnli", ("question", "sentence"), (104743, 5463), 20, 10),
     GlueTask("rte", "RTE", _IDX_PAIR, _dev(_IDX_PAIR), _NLI2, "accuracy", (),
-             "rte", ("sentence1", "sentence2")),
+             "rte", ("sentence1", "sentence2"), (2490, 277), 30, 20),
     GlueTask("wnli", "WNLI", _IDX_PAIR, _dev(_IDX_PAIR), _BINARY, "accuracy", (),
-             "wnli", ("sentence1", "sentence2")),
+             "wnli", ("sentence1", "sentence2"), (635, 71), 30, 20),
     GlueTask("qqp", "QQP", _QQP, _dev(_QQP), _BINARY, "accuracy", ("f1",),
-             "qqp", ("question1", "question2")),
+             "qqp", ("question1", "question2"), (363846, 40430), 10, 5),
     GlueTask("mnli", "MNLI", _MNLI_TRAIN, _MNLI_DEV, _NLI3, "accuracy", (),
-             "mnli", ("premise", "hypothesis"), hf_dev_split="validation_matched",
+             "mnli", ("premise", "hypothesis"), (392702, 9815), 10, 5, hf_dev_split="validation_matched",
              aliases=("mnli-m",)),
     GlueTask("mnli-mm", "MNLI", _MNLI_TRAIN, _dev(_MNLI_DEV, "dev_mismatched.tsv"), _NLI3,
-             "accuracy", (), "mnli", ("premise", "hypothesis"),
+             "accuracy", (), "mnli", ("premise", "hypothesis"), (392702, 9832), 10, 5,
              hf_dev_split="validation_mismatched"),
 )}
 _BY_NAME = {alias: t for t in GLUE_TASKS.values() for alias in (t.name, *t.aliases)}
@@ -141,8 +150,6 @@ def get_glue_task(name: str | GlueTask) -> GlueTask:
     if isinstance(name, GlueTask) or getattr(name, "kind", None) == "text":
         return name  # a task object: a GLUE row, or a task file's text task
     task = _BY_NAME.get(str(name).strip().lower())
-    if task is None and getattr(REGISTERED.get(str(name)), "kind", None) == "text":
-        return REGISTERED[str(name)]
     if task is None:
         raise MtdError(f"unknown GLUE task {name!r}; valid: {', '.join(sorted(_BY_NAME))}")
     return task

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..runtime import epoch_generator
+from ..core.errors import MtdError
+from ..core.runtime import epoch_generator
+from .fingerprint import task_fingerprint
 from .images import DEFAULT_DATA, ImageTask, apply_views, get_image_task, load_split, normalize
-from .known import task_fingerprint
 
-_LOADED: dict[tuple, ImageData] = {}  # ImageData.load's splits, oldest first
+_LOADED: dict[tuple, ImageData] = {}  # ImageData.load's splits, least recently used first
 _KEEP_LOADED = 4  # a train and a test split of two tasks or subsets
 
 
@@ -26,7 +26,7 @@ _KEEP_LOADED = 4  # a train and a test split of two tasks or subsets
 class ImageData:
     """A split in memory: uint8 images (N, C, H, W) and int64 labels, on ``device``.
 
-    ``load`` keeps the last few splits it loaded in this process: a sweep worker
+    ``load`` keeps the few splits it used last in this process: a sweep worker
     runs many students on the same data, and parsing or decompressing a split
     for each (about 25 ms for digits, 0.5-1 s for CIFAR-10 or Fashion-MNIST)
     would be paid per run. Loaded tensors are shared, so nothing may modify
@@ -44,9 +44,11 @@ class ImageData:
         t = get_image_task(task)
         which = (t.name, (getattr(t, "source", None) or {}).get("sha256"), str(getattr(t, "base", "")))
         key = (which, split, str(Path(data_dir or DEFAULT_DATA).resolve()), subset, str(device))  # cwd-relative
-        if key not in _LOADED:
+        if key in _LOADED:
+            _LOADED[key] = _LOADED.pop(key)  # now the most recently used
+        else:
             if len(_LOADED) >= _KEEP_LOADED:
-                del _LOADED[next(iter(_LOADED))]  # the oldest
+                del _LOADED[next(iter(_LOADED))]  # the least recently used
             _LOADED[key] = cls._read(t, split, data_dir, device, subset)
         return _LOADED[key]
 

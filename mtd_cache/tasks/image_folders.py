@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MtdError
-from ..safe_files import open_regular
+from ..core.errors import MtdError
+from ..core.safe_files import open_regular
 from .images import ImageTask
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -70,8 +70,10 @@ class ImageFolderTask(ImageTask):
         base = Path(data_dir) if data_dir else self.base
         return base / self.source["content"]["train" if split == "train" else "dev"]
 
-    def load(self, split: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The split's uint8 images (N, C, S, S) and label ids, classes checked against the task's."""
+    def load(self, split: str, data_dir: str | Path | None = None,
+             download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The split's uint8 images (N, C, S, S) and label ids, classes checked against the task's (a folder is
+        never downloaded)."""
         folder = self.folder(split, data_dir)
         classes = _classes(folder, self.source["path"])
         unknown = [c for c in classes if c not in self.label_names]

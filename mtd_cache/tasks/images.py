@@ -24,7 +24,8 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,9 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from .cifar import CIFAR10_LABELS, DEFAULT_DATA, load_cifar10
-from .known import REGISTERED
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class ImageTask:
     std: tuple[float, ...]
     metric: str = "accuracy"
     test_split: str = "test"  # the held-out split teachers and students are scored on
+    sizes: tuple[int, int] | None = None  # (train, test) images, when fixed
+    source_loader: Callable[[bool, Path | None, bool], tuple[np.ndarray, np.ndarray]] | None = field(
+        default=None, compare=False, repr=False)  # a built-in task's: (train?, data_dir, download) -> split
     kind: ClassVar[str] = "image"
 
     @property
@@ -72,31 +75,20 @@ class ImageTask:
         pred = pred.argmax(-1) if pred.ndim == 2 else pred
         return float((pred == np.asarray(labels)).mean())
 
+    def load(self, split: str, data_dir: str | Path | None = None,
+             download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The split's images and labels as the source gives them (``load_split`` checks and logs them)."""
+        if self.source_loader is None:
+            raise MtdError(f"image task {self.name} has no loader")
+        return self.source_loader(split == "train", Path(data_dir) if data_dir else None, download)
 
-IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
-    # He et al.'s CIFAR recipe: pad 4 + flip, 162 views. Mean/std as the reference trainer (akamaster's
-    # trainer.py normalises with ImageNet's statistics, not CIFAR-10's (0.4914, 0.4822, 0.4465) /
-    # (0.2470, 0.2435, 0.2616)); a constant affine map the first BN absorbs, kept for reproducibility.
-    ImageTask("cifar10", 3, 32, 10, CIFAR10_LABELS, 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Pad 2 + flip: 5 x 5 x 2 = 50 views. Pad 4 would be 162 views, 3.2x the dump (60,000 x V x T forwards)
-    # and the store (60,000 x 162 x 6 x 10 float32 = 2.3 GB); pad 2 on 28 px shifts by up to 7%, close to
-    # CIFAR's 4/32, on centred objects. Flip keeps every class (clothes and shoes face both ways).
-    # Mean/std of the 60,000 training images (computed from the files).
-    ImageTask("fashion-mnist", 1, 28, 10, ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                                           "Shirt", "Sneaker", "Bag", "Ankle boot"), 2, True, (0.2860,), (0.3530,)),
-    # scikit-learn's 8x8 digits, needs nothing: pad 1, no flip (a mirrored digit is another symbol), 9 views.
-    # Mean/std of all 1,797 images after scaling 0..16 to 0..255: a fixed constant, not refitted to the
-    # split (the training split's are 0.3054 / 0.3760); changing it would change every digits model.
-    ImageTask("digits", 1, 8, 10, tuple(str(d) for d in range(10)), 1, False, (0.3053,), (0.3759,)),
-)}
+
 
 
 def get_image_task(name: str | ImageTask) -> ImageTask:
-    """The task named ``name`` (a task file's, once loaded, too); an MtdError lists the valid names."""
+    """The built-in task named ``name`` (a task object passes through); an MtdError lists the valid names."""
     if isinstance(name, ImageTask):
         return name
-    if name not in IMAGE_TASKS and isinstance(REGISTERED.get(name), ImageTask):
-        return REGISTERED[name]
     if name not in IMAGE_TASKS:
         raise MtdError(f"unknown image task {name!r}; choose one of {', '.join(IMAGE_TASKS)}")
     return IMAGE_TASKS[name]
@@ -172,11 +164,7 @@ def load_split(task: ImageTask | str, split: str, data_dir: str | Path | None = 
         raise MtdError(f"--data-dir {data_dir}: no such folder (for {task.name}; create it to download into it)")
     if split not in ("train", task.test_split):
         raise MtdError(f"unknown split {split!r} for {task.name}: train or {task.test_split}")
-    if hasattr(task, "load"):  # a task file's image folders
-        images, labels = task.load(split, data_dir)
-    else:
-        loader = {"cifar10": load_cifar10, "fashion-mnist": _load_fashion_mnist, "digits": _load_digits}[task.name]
-        images, labels = loader(split == "train", Path(data_dir) if data_dir else None, download)
+    images, labels = task.load(split, data_dir, download)
     images, labels = np.ascontiguousarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
     expected = (task.channels, task.size, task.size)
     if images.shape[1:] != expected or len(labels) != len(images):
@@ -270,3 +258,26 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) != 4 + 4 * ndim + int(np.prod(shape)):
         raise MtdError(f"{path}: {len(data)} bytes do not hold an IDX array of shape {shape}")
     return np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------ the built-in tasks
+
+IMAGE_TASKS: dict[str, ImageTask] = {t.name: t for t in (
+    # He et al.'s CIFAR recipe: pad 4 + flip, 162 views. Mean/std as the reference trainer (akamaster's
+    # trainer.py normalises with ImageNet's statistics, not CIFAR-10's (0.4914, 0.4822, 0.4465) /
+    # (0.2470, 0.2435, 0.2616)); a constant affine map the first BN absorbs, kept for reproducibility.
+    ImageTask("cifar10", 3, 32, 10, CIFAR10_LABELS, 4, True, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+              sizes=(50000, 10000), source_loader=load_cifar10),
+    # Pad 2 + flip: 5 x 5 x 2 = 50 views. Pad 4 would be 162 views, 3.2x the dump (60,000 x V x T forwards)
+    # and the store (60,000 x 162 x 6 x 10 float32 = 2.3 GB); pad 2 on 28 px shifts by up to 7%, close to
+    # CIFAR's 4/32, on centred objects. Flip keeps every class (clothes and shoes face both ways).
+    # Mean/std of the 60,000 training images (computed from the files).
+    ImageTask("fashion-mnist", 1, 28, 10, ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                           "Shirt", "Sneaker", "Bag", "Ankle boot"), 2, True, (0.2860,), (0.3530,),
+              sizes=(60000, 10000), source_loader=_load_fashion_mnist),
+    # scikit-learn's 8x8 digits, needs nothing: pad 1, no flip (a mirrored digit is another symbol), 9 views.
+    # Mean/std of all 1,797 images after scaling 0..16 to 0..255: a fixed constant, not refitted to the
+    # split (the training split's are 0.3054 / 0.3760); changing it would change every digits model.
+    ImageTask("digits", 1, 8, 10, tuple(str(d) for d in range(10)), 1, False, (0.3053,), (0.3759,),
+              sizes=(1437, 360), source_loader=_load_digits),
+)}

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from .glue import GLUE_TASKS, GlueTask, get_glue_task
 from .images import IMAGE_TASKS, ImageTask, get_image_task
-from .known import REGISTERED
 
 Task = GlueTask | ImageTask
 
 
 def find_task(name: str) -> Task | None:
-    """The task called ``name`` (built in, or a task file loaded in this process), or None when unknown."""
-    if name in REGISTERED:
-        return REGISTERED[name]
+    """The built-in task called ``name``, or None when unknown (a task file's task is a value: ``get_task(path)``,
+    ``task_of_store(store)``)."""
     for lookup in (get_image_task, get_glue_task):
         try:
             return lookup(name)

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..runtime import epoch_generator
-from ..utils import prefetch, sha256_file
+from ..core.errors import MtdError
+from ..core.hashing import sha256_file
+from ..core.prefetch import prefetch
+from ..core.runtime import epoch_generator
 from .augmented import read_augmented
-from .glue import GlueSplit, get_glue_task, load_hf_split, read_split
-from .known import task_fingerprint
+from .fingerprint import task_fingerprint
+from .glue import GlueSplit, get_glue_task
 
 MEGABATCH = 50  # batches per length-sorted mega-batch (HF get_length_grouped_indices' mega_batch_mult)
 
@@ -55,12 +56,7 @@ class Encoded:
 def load_split(task: Any, split: str, data_dir: str | Path | None) -> GlueSplit:
     """A split of a text task: a task file's files (``data_dir`` replacing its folder), or a GLUE split from
     ``data_dir``'s TSV files, or from the Hub (``datasets``) when no folder is given."""
-    t = get_glue_task(task)
-    if hasattr(t, "read"):
-        return t.read(split, data_dir)
-    if data_dir is None:
-        return load_hf_split(t, split)
-    return read_split(t, split, data_dir)
+    return get_glue_task(task).read(split, data_dir)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.fit import Fit
 from ..store import StoreSpec
 from ..store.format import EXTRA_TASK_FILE
-from ..train import Fit
 
 
 @dataclass

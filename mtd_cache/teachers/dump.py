@@ -19,16 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ..energy import EnergyMeter
-from ..errors import MtdError, ResourceError, StoreError
-from ..progress import Progress
-from ..runtime import heap_allocations
-from ..safe_files import check_target, read_text
+from ..core.energy import EnergyMeter
+from ..core.errors import MtdError, ResourceError, StoreError
+from ..core.progress import Progress, human_bytes
+from ..core.runtime import heap_allocations
+from ..core.safe_files import check_target, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
 from ..store.seal import seal_store
 from ..tasks.registry import get_task
-from ..utils import human_bytes
 from .adapter import DumpPlan
 from .folders import Teacher, find_teachers, teacher_fields
 from .modalities import modality

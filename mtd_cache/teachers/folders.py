@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MtdError
-from ..safe_files import read_text
-from ..utils import sha256_file
+from ..core.errors import MtdError
+from ..core.hashing import sha256_file
+from ..core.safe_files import read_text
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
+from ..core.errors import MtdError
 from ..store import Fingerprint, StoreSpec, write_store
 from ..store.format import (
     EXTRA_AUGMENTED,

@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import MtdError
-from ..losses import hard_ce, tinybert_layer_map
+from ..core.errors import MtdError
+from ..core.fit import Fit
+from ..core.losses import hard_ce, tinybert_layer_map
+from ..core.optim import optimizer_and_schedule
+from ..core.runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
+from ..core.safe_files import save_into
+from ..core.settings import LayerList, Settings, setting
 from ..models import bert, factory, hub
 from ..models.inference import evaluate_split, run_model
-from ..optim import optimizer_and_schedule
-from ..runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
-from ..safe_files import save_into
-from ..settings import LayerList, Settings, setting
 from ..store import PrimarySpec, StoreSpec
 from ..store.format import (
     DEV_LABEL,
@@ -38,7 +39,6 @@ from ..store.format import (
 )
 from ..tasks.glue import SPLITS, chance_level_check, compute_metrics
 from ..tasks.text_data import Encoded, encode, epoch_batches, load_split, task_inputs, text_fingerprint, to_device
-from ..train import Fit
 from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 

@@ -22,20 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from ..errors import MtdError
+from ..core.errors import MtdError
+from ..core.fit import Fit
+from ..core.optim import SgdRecipeSettings, sgd_recipe
+from ..core.runtime import resolve_device, seed_everything
+from ..core.settings import Settings, setting
 from ..models import factory
 from ..models.inference import accuracy, predict, view_logits
-from ..optim import SgdRecipeSettings, sgd_recipe
-from ..runtime import resolve_device, seed_everything
-from ..settings import Settings, setting
 from ..store import StoreSpec
 from ..store.format import DEV_LABEL, LABEL, VIEWS
 from ..tasks.image_data import ImageData, image_fingerprint, view_batches
 from ..tasks.images import view_table
-from ..train import Fit
-from ..utils import atomic_path
 from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
 from .folders import Teacher
 
@@ -107,9 +105,8 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
               checkpoint=out / "checkpoint.safetensors", identity={"task": task.name, "seed": seed, "config": cfg},
               metrics_csv=out / "metrics.csv", desc=f"teacher seed {seed}")
 
-    def save() -> None:
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, str(tmp))
+    def save() -> None:  # as its family saves a model (``models.families``), for ``load_trained`` to read back
+        factory.family_of(s.model, "image")[0].save(net, out)
 
     def result(history: list[dict[str, float]]) -> dict[str, Any]:
         return {"model": s.model, "in_channels": train.task.channels, "num_classes": train.task.num_classes,

@@ -20,23 +20,20 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from ...errors import MtdError
-from ...models import factory
+from ...core.errors import MtdError
+from ...models import families
 
-# student name -> recipe module; any other hf:NAME_OR_PATH trains with text_kd, any tv:NAME[@WEIGHTS] with image_kd
-STUDENTS = {
-    "resnet8": "image_kd", "resnet14": "image_kd", "resnet20": "image_kd", "resnet32": "image_kd",
-    "resnet44": "image_kd", "resnet56": "image_kd", "resnet110": "image_kd",
-    "distilbert": "distilbert",
-    "tinybert": "tinybert",
-}
+# the paper's students by name: their recipes build their own models (name -> recipe module, modality). Every other
+# student is a model of a family (``models.families``: the CIFAR ResNets, hf:, tv:), trained by its family's recipe.
+NAMED = {"distilbert": ("distilbert", "text"), "tinybert": ("tinybert", "text")}
 
-FAMILIES = {"hf": "text_kd", "tv": "image_kd", "resnet": "image_kd"}
-STUDENTS_OF = {"image": "the CIFAR ResNets and tv:NAME[@WEIGHTS]",
-               "text": "distilbert, tinybert and hf:NAME_OR_PATH"}
-KNOWN = ("the CIFAR ResNets (resnet8 ... resnet1202), distilbert and tinybert (the paper's recipes), "
-         "hf:NAME_OR_PATH (any Hugging Face classifier, text KD), tv:NAME[@WEIGHTS] (any torchvision classifier, "
-         "image KD)")
+
+def known_students(kind: str | None = None) -> str:
+    """The students (of one modality), as help texts and errors list them: the paper's recipes, then the families."""
+    named = [n for n, (_, k) in NAMED.items() if kind is None or k == kind]
+    head = f"{' and '.join(named)} (the paper's recipes)" if named else ""
+    return ", ".join(x for x in (head, families.known(kind)) if x)
+
 
 # recipe -> (needs a primary teacher, two-stage with a shared stage 1): what a sweep plan needs to know;
 # None: the settings decide (the recipe's ``needs_primary``)
@@ -46,17 +43,20 @@ TRAITS: dict[str, tuple[bool | None, bool]] = {"distilbert": (True, False), "tin
 
 def recipe_name(student: str) -> str:
     """The recipe module that trains ``student``: its own (the paper's students) or its family's."""
-    if student in STUDENTS:
-        return STUDENTS[student]
-    if factory.resnet_depth(student):
-        return "image_kd"
-    if student.startswith((factory.HF, factory.TV)):
-        parsed = factory.parse(student)
-        if parsed.family == "tv":
-            factory.check_torchvision(parsed)
-        return FAMILIES[parsed.family]
-    hint = f" (the torchvision model is tv:{student})" if student in factory.torchvision_models() else ""
-    raise MtdError(f"unknown student {student!r}{hint}; known: {KNOWN}")
+    if student in NAMED:
+        return NAMED[student][0]
+    claimed = [(fam, parsed) for fam in families.FAMILIES.values() if (parsed := fam.claims(student, None))]
+    if not claimed:
+        from ...models.torchvision_models import torchvision_models
+
+        hint = f" (the torchvision model is tv:{student})" if student in torchvision_models() else ""
+        raise MtdError(f"unknown student {student!r}{hint}; known: {known_students()}")
+    fam, parsed = claimed[0]
+    if fam.name == "tv":
+        from ...models.torchvision_models import check_torchvision
+
+        check_torchvision(parsed)
+    return fam.recipe
 
 
 def student_traits(student: str, overrides: dict[str, Any] | None = None) -> tuple[bool, bool]:
@@ -83,4 +83,4 @@ def check_modality(student: str, recipe: ModuleType, kind: str, where: str) -> N
     if recipe.MODALITY != kind:
         a = {"image": "an image", "text": "a text"}
         raise MtdError(f"{student} is {a[recipe.MODALITY]} student; {where} holds {a[kind]} task (its students: "
-                       f"{STUDENTS_OF[kind]})")
+                       f"{known_students(kind)})")

@@ -1,6 +1,6 @@
 """DistilBERT students: CE + KD^k from the mean of k teachers' logits + cosine to the primary's last layer.
 
-Loss per batch (DESIGN.md "Losses"; Sanh et al. 2019, task-specific variant):
+Loss per batch (``students/objective.py``; Sanh et al. 2019, task-specific variant):
 
     L = alpha_ce * CE(z_S, y) + alpha_kd * L_KD^k(z_S, mean_i z_Ti; t) + alpha_cos * L_cos(h_S, h_P)
 
@@ -24,33 +24,34 @@ embedding, same head), and is the student the paper distils.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from ...errors import MtdError
-from ...losses import cosine_hidden_loss, hard_ce
+from ...core.errors import MtdError
+from ...core.fit import Fit
+from ...core.settings import setting
 from ...models import bert
-from ...optim import optimizer_and_schedule
-from ...runtime import autocast_dtype
-from ...settings import setting
-from ...tasks.text_data import epoch_batches, to_device
-from ...train import Fit
+from .. import objective
 from ..context import StudentContext
-from ..targets import make_targets, teacher_path
-from .common import TextStudentSettings, check_vocabulary, kd_term, text_evaluator, text_inputs
+from ..targets import teacher_path
+from .settings import TextStudentSettings
+from .text import check_vocabulary, text_fit, text_inputs
 
 MODALITY = "text"
 NEEDS_PRIMARY = True
 
 
+WEIGHTS = objective.weights("DistilBERT", reads={objective.LOGITS, objective.HIDDEN}, own={
+    "ce": (1.0, "hard-label CE weight: the paper's L_CE + L_KD^k (+ the recipe's terms), unweighted"),
+    "kd": (1.0, "HF's pre-training recipe weighs KD 5.0 / MLM 2.0 / cos 1.0"),
+    "cos": (1.0, "cosine loss on the primary's last hidden state")})
+
+
 @dataclass(frozen=True)
-class Settings(TextStudentSettings):
+class Settings(WEIGHTS, TextStudentSettings):
     """DistilBERT's task-specific distillation (Sanh et al. 2019; HF distillation project), BERT's fine-tuning."""
 
-    alpha_cos: float = setting(1.0, "cosine loss on the primary's last hidden state", low=0)
     init: str = setting("distilbert-base-uncased", "student checkpoint: Hub name or folder (Sanh et al. 2019)")
     init_from_teacher: bool = setting(False, "instead: teacher embeddings + evenly spaced layers "
                                              "(extract_distilbert.py)")
@@ -61,47 +62,11 @@ class Settings(TextStudentSettings):
 
 
 def build(ctx: StudentContext) -> Fit:
-    """Model, optimiser, batches and loss of one DistilBERT student run."""
-    s, device = ctx.settings, ctx.device
-    dtype, precision = autocast_dtype(s.precision, device)
+    """Model, optimiser, batches and loss of one DistilBERT student run: a text-KD configuration (``text.text_fit``)
+    whose student is the DistilBERT architecture, and whose hidden-state term is ``cos``."""
     tok, inputs = text_inputs(ctx)
-    train = inputs.train
-    net = _student(ctx, tok).to(device)
-    use_kd = bool(ctx.teachers) and s.alpha_kd > 0
-    use_cos = bool(ctx.teachers) and s.alpha_cos > 0
-    if use_cos and ctx.primary is None:
-        raise MtdError("alpha_cos > 0 needs a primary teacher (--primary)")
-    if use_cos and not ctx.online:
-        _check_last_layer(ctx, net)
-    targets = make_targets(ctx, kd=use_kd, hidden_layers=(-1,) if use_cos else ())
-    kd = kd_term(ctx)
-    steps = s.epochs * math.ceil(len(train) / s.batch_size)
-    optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, steps)
-
-    def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        b = to_device(batch, device)
-        out = net(**bert.model_inputs(net, b), output_hidden_states=use_cos)
-        ce = hard_ce(out.logits, b["labels"])
-        terms, loss = {"ce": ce}, s.alpha_ce * ce
-        if use_kd or use_cos:
-            teacher = targets(b, b, b["input_ids"].shape[1])
-            if use_kd:
-                terms["kd"] = kd(out.logits, teacher.logits)
-                loss = loss + s.alpha_kd * terms["kd"]
-            if use_cos:
-                terms["cos"] = cosine_hidden_loss(out.hidden_states[-1], teacher.hidden[:, 0], b["attention_mask"])
-                loss = loss + s.alpha_cos * terms["cos"]
-        return {"loss": loss, **terms}
-
-    ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
-                     teacher_source="online" if ctx.online else "store",
-                     loss_terms=["ce"] + ["kd"] * use_kd + ["cos"] * use_cos)
-    batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch if (use_kd or use_cos) else None,
-                            depth=s.prefetch)
-    return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
-               step=step, evaluate=text_evaluator(ctx, net, inputs.dev, dtype), eval_every=s.eval_every,
-               checkpoint=ctx.checkpoint, metrics_csv=ctx.metrics_csv, desc=f"distilbert k={len(ctx.teachers)}",
-               autocast_dtype=dtype, grad_clip=s.grad_clip)
+    net = _student(ctx, tok).to(ctx.device)
+    return text_fit(ctx, net, inputs, f"distilbert k={len(ctx.teachers)}", wrap=False, project=False)
 
 
 # ----------------------------------------------------------------------------- the student
@@ -125,17 +90,6 @@ def _student(ctx: StudentContext, tok) -> torch.nn.Module:
         ctx.extra.update(init=s.init, init_layers=None)
     check_vocabulary(net, tok)
     return net
-
-
-def _check_last_layer(ctx: StudentContext, net: torch.nn.Module) -> None:
-    """The store must keep the primary's last layer, at the student's width."""
-    states, last = ctx.store.primary(ctx.primary), ctx.store.teacher_depth
-    if last not in states.hidden_layers:
-        raise MtdError(f"the store keeps layers {list(states.hidden_layers)} of primary {ctx.primary}, not its last "
-                       f"({last}): dump again with the default hidden_layers, or set alpha_cos=0")
-    if states.hidden_size != bert.hidden_size(net):
-        raise MtdError(f"cosine loss needs equal widths: student hidden size {bert.hidden_size(net)}, primary "
-                       f"teacher {states.hidden_size} (use init_from_teacher, or set alpha_cos=0)")
 
 
 def layer_choice(teacher_layers: int, student_layers: int) -> list[int]:

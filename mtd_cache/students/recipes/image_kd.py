@@ -3,7 +3,7 @@
 The KD target of each image is the teachers' mean logits on exactly the view
 the student sees: the batch draws one view index per image and reads the
 targets for (image, view) (``students.targets``: the store's gather, or the
-``--online`` teachers run on the same augmented batch). Loss (DESIGN.md;
+``--online`` teachers run on the same augmented batch). Loss (``students/objective.py``;
 Hinton et al. 2015):
 
     L = CE(z_S, y) + alpha_kd * L_KD^k,   L_KD^k = -softmax(mean_i z_Ti / t) . log_softmax(z_S / t) * t^2
@@ -19,34 +19,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ...losses import KD_DIVERGENCES, KD_SCALES
+from ...core.fit import Fit
+from ...core.losses import KD_DIVERGENCES, KD_SCALES
+from ...core.optim import SgdRecipeSettings, sgd_recipe
+from ...core.settings import setting
 from ...models import factory
 from ...models.inference import image_metrics
-from ...optim import SgdRecipeSettings, sgd_recipe
-from ...settings import setting
 from ...tasks.image_data import view_batches
-from ...train import Fit
+from .. import objective
 from ..context import StudentContext
 from ..data import store_test_images, store_train_images
 from ..targets import make_targets
-from .common import StudentSettings, kd_term
+from .settings import StudentSettings
 
 MODALITY = "image"
 NEEDS_PRIMARY = False
 
 
+WEIGHTS = objective.weights("ImageKD", reads={objective.LOGITS}, own={
+    "kd": (1.0, "weight of the KD term (CE weight 1)"),
+    "ce": (1.0, "the paper's students: CE weight 1 (a setting since 0.3)", objective.ADDED_SINCE)})
+
+
 @dataclass(frozen=True)
-class Settings(StudentSettings, SgdRecipeSettings):
+class Settings(WEIGHTS, StudentSettings, SgdRecipeSettings):
     """He et al.'s CIFAR recipe for the student (akamaster trainer.py), KD as Hinton et al."""
 
     warmup_iters: int = setting(0, "no warm-up for students (ResNet-20 needs none: He et al.)", low=0)
     temperature: float = setting(4.0, "Hinton-style KD on CIFAR commonly uses t = 4 (e.g. CRD's benchmark)", above=0)
-    alpha_kd: float = setting(1.0, "weight of the KD term (CE weight 1)", low=0)
     kd_scale: str = setting("sum_t2", "sum over classes, mean over the batch, times t^2 (Hinton)",
                             choices=KD_SCALES)
-    divergence: str = setting("ce", "soft cross-entropy as DESIGN.md writes it (kl: same gradients)",
+    divergence: str = setting("ce", "soft cross-entropy, the paper's KD term (kl: same gradients)",
                               choices=KD_DIVERGENCES)
 
 
@@ -57,21 +61,16 @@ def build(ctx: StudentContext) -> Fit:
     net = factory.build(ctx.student, train.task).to(dev)
     views = torch.as_tensor(store.views, device=dev)
     opt, sched = sgd_recipe(net, s, -(-len(train) // s.batch_size))
-    targets = make_targets(ctx, kd=True) if ctx.teachers else None
-    kd_of = kd_term(ctx)
+    loss = objective.Objective.of(s, objective.KD(s, ctx.selection), teachers=bool(ctx.teachers))
+    targets = make_targets(ctx, kd=True) if loss.needs("teacher") else None
 
     def step(batch):
         idx, v = batch
         x = train.batch(idx.to(dev), views[v.to(dev)])
-        logits = net(x)
-        ce = F.cross_entropy(logits, train.labels[idx.to(dev)])
-        if targets is None:
-            return {"loss": ce, "ce": ce}
-        z = targets(targets.read(idx.numpy(), v.numpy()), x).logits
-        kd = kd_of(logits, z)
-        return {"loss": ce + s.alpha_kd * kd, "ce": ce, "kd": kd}
+        out = objective.StudentOut(logits=net(x), labels=train.labels[idx.to(dev)])
+        return loss(out, targets(targets.read(idx.numpy(), v.numpy()), x) if targets is not None else None)
 
-    ctx.extra["views"] = int(len(views))
+    ctx.extra.update(views=int(len(views)), loss_terms=loss.names)
     return Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
                batches=lambda e: view_batches(len(train), len(views), s.batch_size, ctx.seed, e),
                evaluate=lambda: image_metrics(net, test), checkpoint=ctx.checkpoint,

@@ -52,28 +52,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...losses import KD_DIVERGENCES, KD_SCALES, hard_ce
+from ...core.fit import Fit
+from ...core.losses import KD_DIVERGENCES, KD_SCALES
+from ...core.optim import optimizer_and_schedule
+from ...core.runtime import PRECISIONS, autocast_dtype, seed_everything
+from ...core.safe_files import atomic_write_json, read_text
+from ...core.settings import LayerList, setting
 from ...models import bert
 from ...models.tinybert import DEFAULT_INIT, TinyBertStudent
-from ...optim import optimizer_and_schedule
-from ...runtime import PRECISIONS, autocast_dtype, seed_everything
-from ...safe_files import read_text
-from ...settings import LayerList, setting
 from ...tasks.text_data import epoch_batches, to_device
-from ...train import Fit
-from ...utils import atomic_write_json
+from .. import objective
 from ..context import StudentContext
 from ..targets import make_targets
 from . import tinybert_stage1
-from .common import StudentSettings, kd_term, text_evaluator
+from .settings import StudentSettings
+from .text import text_evaluator
 
 MODALITY = "text"
 NEEDS_PRIMARY = True
 RUN_KINDS = {"stage1": tinybert_stage1.KIND}
 
 
+WEIGHTS = objective.weights("TinyBERT", reads={objective.LOGITS, objective.LAYERS}, own={
+    "kd": (1.0, "weight of the prediction-layer loss"),
+    "ce": (0.0, "the reference has no hard-label term (the CE-only baseline uses CE alone)"),
+    "rep": (1.0, "stage 1: hidden-state MSE over the layer map (the reference weighs it 1)", objective.ADDED_SINCE),
+    "att": (1.0, "stage 1: attention-score MSE over the layer map (the reference weighs it 1)",
+            objective.ADDED_SINCE)})
+STAGE2 = ("ce", "kd")  # the terms of each stage
+STAGE1 = ("rep", "att")
+
+
 @dataclass(frozen=True)
-class Settings(StudentSettings):
+class Settings(WEIGHTS, StudentSettings):
     """TinyBERT's task distillation as its README runs it (huawei-noah task_distill.py)."""
 
     # the student
@@ -101,8 +112,6 @@ class Settings(StudentSettings):
     kd_scale: str = setting("mean", "soft_cross_entropy: (-p * log q).mean() over batch and classes, no t^2",
                             choices=KD_SCALES)
     divergence: str = setting("ce", "soft cross-entropy", choices=KD_DIVERGENCES)
-    alpha_kd: float = setting(1.0, "weight of the prediction-layer loss", low=0)
-    alpha_ce: float = setting(0.0, "the reference has no hard-label term (the CE-only baseline uses CE alone)", low=0)
     select_on_dev: bool = setting(False, "the reference: keep the best dev checkpoint, evaluated every eval_step steps")
     eval_step: int = setting(100, "README step 2: --eval_step 100", low=1)
     # both stages
@@ -142,31 +151,23 @@ def build(ctx: StudentContext) -> Fit:
     seed_everything(ctx.seed)  # stage 2 draws the same whether stage 1 was trained just now or reused
     net.to(device)
     train = inputs.train
-    use_kd = bool(ctx.teachers) and s.alpha_kd > 0
-    alpha_ce = s.alpha_ce if ctx.teachers else 1.0
+    loss = objective.Objective.of(s, objective.KD(s, ctx.selection), bool(ctx.teachers), baseline={"ce": 1.0},
+                                  terms=STAGE2)
+    use_kd = "kd" in loss.names
     targets = make_targets(ctx, kd=True) if use_kd else None
-    kd = kd_term(ctx)
     total = s.epochs * math.ceil(len(train) / s.batch_size)
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, total)
 
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
-        logits = net(**bert.model_inputs(net, b)).logits
-        terms: dict[str, torch.Tensor] = {}
-        loss = logits.new_zeros(())
-        if alpha_ce > 0:
-            terms["ce"] = hard_ce(logits, b["labels"])
-            loss = loss + alpha_ce * terms["ce"]
-        if use_kd:
-            terms["kd"] = kd(logits, targets(b, b).logits)
-            loss = loss + s.alpha_kd * terms["kd"]
-        return {"loss": loss, **terms}
+        out = objective.StudentOut(logits=net(**bert.model_inputs(net, b)).logits, labels=b["labels"])
+        return loss(out, targets(b, b) if use_kd else None)
 
     dev_metric = text_evaluator(ctx, net, inputs.dev, dtype)
     on_step, evaluate = _selection(ctx, net, dev_metric, total) if s.select_on_dev else (None, dev_metric)
     ctx.extra.update(precision=precision, student_params=sum(p.numel() for p in net.parameters()),
                      teacher_source="online" if ctx.online else "store", select_on_dev=s.select_on_dev,
-                     loss_terms=["ce"] * (alpha_ce > 0) + ["kd"] * use_kd)
+                     loss_terms=loss.names)
     batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch if use_kd else None, depth=s.prefetch)
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=evaluate, eval_every=s.eval_every, checkpoint=ctx.checkpoint,

@@ -26,30 +26,30 @@ from typing import Any
 
 import torch
 
-from ...errors import MtdError
-from ...losses import attention_mse, hidden_mse, tinybert_layer_map
+from ...core.errors import MtdError
+from ...core.fit import Fit, remove_checkpoint
+from ...core.hashing import canonical_json, sha256_text
+from ...core.losses import tinybert_layer_map
+from ...core.optim import optimizer_and_schedule
+from ...core.runtime import autocast_dtype
+from ...core.safe_files import atomic_write_json, read_text
 from ...models import bert
 from ...models.tinybert import TinyBertStudent, from_general, from_teacher
-from ...optim import optimizer_and_schedule
-from ...runtime import autocast_dtype
-from ...safe_files import read_text
+from ...tasks.registry import task_of_store
 from ...tasks.text_data import TaskInputs, epoch_batches, to_device
-from ...train import Fit, remove_checkpoint
-from ...utils import atomic_write_json, canonical_json, sha256_text
+from .. import objective
 from ..context import StudentContext
-from ..targets import TEACHER_DROPOUT_VERSION, make_targets, teacher_path
-from .common import check_vocabulary, text_inputs
+from ..targets import TEACHER_DROPOUT_VERSION, TeacherOutputs, make_targets, teacher_path
+from .text import check_vocabulary, text_inputs
 
 log = logging.getLogger(__name__)
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes: old stage-1 models are then not reused
 RECORD = "stage1.json"
-# The reference's intended stage-1 epochs (task_distill.py ``default_params``; dead code there).
-TASK_ILD_EPOCHS = {"cola": 50, "mnli": 5, "mrpc": 20, "sst-2": 10, "sts-b": 20, "qqp": 5, "qnli": 10, "rte": 20}
 STAGE1_KEYS = ("init", "init_from_teacher", "init_teacher", "student_layers", "layer_map", "ild_epochs", "ild_lr",
                "ild_schedule", "ild_mask", "task_epochs", "batch_size", "weight_decay", "grad_clip", "precision")
 # settings added later: in the identity only when set (``since``), so earlier stage-1 ids stay valid
-STAGE1_LATER_KEYS = ("clip_per_parameter", "teacher_dropout")
+STAGE1_LATER_KEYS = ("clip_per_parameter", "teacher_dropout", "alpha_rep", "alpha_att")
 
 
 # ----------------------------------------------------------------------------- the run kind
@@ -138,9 +138,9 @@ def identity(ctx: StudentContext, gmap: list[int], source: str) -> dict[str, Any
 
 
 def ild_epochs(ctx: StudentContext) -> int:
-    if ctx.settings.task_epochs:
-        return TASK_ILD_EPOCHS.get(ctx.store.task, ctx.settings.ild_epochs)
-    return ctx.settings.ild_epochs
+    """``ild_epochs``, or with ``task_epochs`` the task's own (a GLUE row's; a task file's task has none)."""
+    own = getattr(task_of_store(ctx.store), "ild_epochs", None) if ctx.settings.task_epochs else None
+    return own or ctx.settings.ild_epochs
 
 
 def ild_source(ctx: StudentContext, gmap: list[int]) -> str:
@@ -193,11 +193,13 @@ def build_stage1(ctx: StudentContext, sid: str, ident: dict[str, Any]) -> Fit:
     optimizer, scheduler = optimizer_and_schedule(net, s.ild_lr, s.weight_decay, 0.0, steps, schedule=s.ild_schedule)
     masked = s.ild_mask == "valid"
 
+    loss = objective.Objective.of(s, None, teachers=True, terms=("rep", "att"))
+
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         b = to_device(batch, device)
         teacher = targets(b, b, b["input_ids"].shape[1])
         out = net(**bert.model_inputs(net, b), output_hidden_states=True, output_scores=True)
-        return ild_loss(net, out, teacher.hidden, teacher.scores, b["attention_mask"] if masked else None)
+        return ild_loss(net, out, teacher.hidden, teacher.scores, b["attention_mask"] if masked else None, loss)
 
     batches = epoch_batches(train, s.batch_size, ctx.seed, targets.fetch, depth=s.prefetch, stream=1, pad_to=pad_to)
     ctx.extra.update(stage1_id=sid, layer_map=gmap, ild_source=source, precision=precision, **init)
@@ -209,17 +211,18 @@ def build_stage1(ctx: StudentContext, sid: str, ident: dict[str, Any]) -> Fit:
                clip_per_parameter=s.clip_per_parameter)
 
 
-def ild_loss(net: TinyBertStudent, out, teacher_hidden: torch.Tensor, teacher_scores: torch.Tensor,
-             mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """TinyBERT's stage-1 loss: hidden MSE through ``fit_dense`` over g(0..L_S) + attention MSE over g(1..L_S).
+def ild_loss(net: TinyBertStudent, out: Any, teacher_hidden: torch.Tensor, teacher_scores: torch.Tensor,
+             mask: torch.Tensor | None, loss: objective.Objective | None = None) -> dict[str, torch.Tensor]:
+    """TinyBERT's stage-1 loss: the objective's ``rep`` (hidden MSE through ``fit_dense`` over g(0..L_S)) and ``att``
+    (attention MSE over g(1..L_S)) terms, weighted by the settings (1 and 1: the reference's sum).
 
-    ``teacher_hidden`` (B, L_S+1, L, H) and ``teacher_scores`` (B, L_S, heads, L, L) are the
-    primary's mapped layers; ``mask`` None averages over every entry (the reference),
-    else over real tokens (``losses.hidden_mse`` / ``attention_mse``).
+    ``teacher_hidden`` (B, L_S+1, L, H) and ``teacher_scores`` (B, L_S, heads, L, L) are the primary's mapped
+    layers; ``mask`` None averages over every entry (the reference), else over real tokens.
     """
-    rep = sum(hidden_mse(net.fit_dense(h), teacher_hidden[:, k], mask) for k, h in enumerate(out.hidden_states))
-    att = sum(attention_mse(s, teacher_scores[:, m], mask) for m, s in enumerate(out.scores))
-    return {"loss": rep + att, "rep": rep, "att": att}
+    loss = loss or objective.Objective({"rep": 1.0, "att": 1.0}, None, teachers=True)
+    student = objective.StudentOut(hidden_states=out.hidden_states, scores=out.scores, project=net.fit_dense,
+                                   mask=mask)
+    return loss(student, TeacherOutputs(hidden=teacher_hidden, scores=teacher_scores))
 
 
 def primary_dims(ctx: StudentContext) -> tuple[int, int]:

@@ -1,0 +1,369 @@
+"""Loss functions for multiple-teacher distillation: pure functions on tensors.
+
+Every teacher-side input is detached: gradients reach the student only. Shapes use
+B = batch, k = teachers, C = classes, L = sequence length, H = hidden size,
+h = attention heads. Half-precision inputs are computed in float32.
+
+Scale conventions of the student recipes (recorded in every run's config):
+
+==============  ===========================  ========  ==========  ===
+recipe          terms                        KD scale  divergence  t
+==============  ===========================  ========  ==========  ===
+ResNet-20/8     hard_ce + kd_loss            "sum_t2"  "ce"        t
+DistilBERT      hard_ce + kd_loss            "sum_t2"  "kl"        t
+                + cosine_hidden_loss
+TinyBERT IMD    hidden_mse (L_S + 1 layers)  n/a       n/a         n/a
+(stage 1)       + attention_mse (L_S layers)
+TinyBERT PLD    kd_loss                      "mean"    "ce"        1
+(stage 2)
+==============  ===========================  ========  ==========  ===
+
+Sources:
+
+* ResNet: Hinton et al. 2015, sec. 2 -- soft-target gradients scale as 1/t^2, so the
+  KD term is multiplied by t^2 (sum over classes, mean over the batch). Note that
+  knowledge-distillation-pytorch (model/net.py, ``loss_fn_kd``) uses ``nn.KLDivLoss()``
+  with its default element-wise mean, i.e. 1/C of this; we follow Hinton.
+* DistilBERT: HF examples/research_projects/distillation/distiller.py, ``step()``:
+  ``KLDivLoss(reduction="batchmean")(log_softmax(s/T), softmax(t/T)) * T**2``, and
+  ``CosineEmbeddingLoss(reduction="mean")`` with target 1 on the last hidden states
+  ``masked_select``-ed by the attention mask.
+* TinyBERT: task_distill.py, ``main()``: stage 1 sums ``MSELoss()`` (mean over every
+  entry, padding included) over the mapped layers, student states through one shared
+  ``fit_dense`` (transformer/modeling.py); stage 2 ``soft_cross_entropy`` =
+  ``(-softmax(t) * log_softmax(s)).mean()`` at ``--temperature`` 1 (the default).
+
+KD target rules (``multi_teacher_kd``; w_i the teachers' weights, summing to 1, default 1/k):
+
+* "mean_logits" (the paper's eq. 9, the default): KD to softmax(sum_i w_i z_i / t);
+* "mean_probs": KD to sum_i w_i softmax(z_i / t), the mixture of the teachers' softened distributions;
+* "mean_losses": sum_i w_i KD(z_S, z_i), the teachers' KD losses averaged. With "ce" it equals
+  "mean_probs" (the soft cross-entropy is linear in the target); with "kl" it exceeds it by
+  H(p_mix) - sum_i w_i H(p_i) >= 0 (times the scale), a constant for the student: the same gradients.
+
+"mean" equals "sum" divided by C: for a 2-class task TinyBERT's prediction loss is
+half of Hinton's un-scaled term. "kl" and "ce" differ by the teacher entropy, a
+constant for the student, so their gradients are identical.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+
+from .errors import MtdError
+
+KD_SCALES: tuple[str, ...] = ("sum_t2", "sum", "mean")
+KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl")
+KD_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses")
+# TinyBERT adds -10000 to masked attention scores; anything at or below this is "masked".
+ATTENTION_THRESHOLD: float = -100.0
+
+
+class NonFiniteLossError(MtdError):
+    """A loss became NaN or infinite during training."""
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _check_kd(temperature: float, scale: str, divergence: str) -> None:
+    _check_choice("scale", scale, KD_SCALES)
+    _check_choice("divergence", divergence, KD_DIVERGENCES)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    # Softmax and squared errors in half precision lose too much; float64 is kept.
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _student_teacher(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes match; return (student, detached teacher) in one float dtype."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student shape {tuple(student.shape)} != teacher shape {tuple(teacher.shape)}"
+        )
+    s = _compute_dtype(student)
+    return s, teacher.detach().to(s.dtype)
+
+
+def _token_mask(mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """A (B, L) bool mask of valid tokens, from bool or 0/1 input."""
+    if tuple(mask.shape) != (batch, length):
+        raise ValueError(f"mask shape {tuple(mask.shape)} != (B, L) = {(batch, length)}")
+    mask = mask.bool()
+    if not bool(mask.any()):
+        raise ValueError("mask selects no tokens")
+    return mask
+
+
+def hard_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with gold labels: mean over the batch of -log softmax(z^S)[y].
+
+    Shapes: student_logits (B, C), labels (B,) int64. Returns a scalar.
+    """
+    return F.cross_entropy(_compute_dtype(student_logits), labels)
+
+
+def mean_teacher_logits(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Average k teachers' raw logits: (B, k, C) -> (B, C), mean over k.
+
+    The paper (eq. 9) averages logits, not probabilities, before the softmax.
+    """
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"teacher logits must be (B, k, C), got {tuple(teacher_logits.shape)}")
+    return _compute_dtype(teacher_logits).mean(dim=1)
+
+
+def _reduce_kd(per_class: torch.Tensor, scale: str, temperature: float) -> torch.Tensor:
+    if scale == "mean":
+        return per_class.mean()
+    per_example = per_class.sum(dim=-1).mean()
+    return per_example * temperature**2 if scale == "sum_t2" else per_example
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    scale: str = "sum_t2",
+    divergence: str = "ce",
+) -> torch.Tensor:
+    """Knowledge distillation from the mean of k teachers' logits (paper eq. 9).
+
+    With z^T = mean_i z^{T_i} (logits averaged before the softmax), p = softmax(z^T/t),
+    q = softmax(z^S/t), per example:
+
+        "ce": -sum_c p_c log q_c            (soft cross-entropy, the paper's KD term)
+        "kl":  sum_c p_c (log p_c - log q_c) = ce - H(p)   (what nn.KLDivLoss computes)
+
+    Both have the same gradient for the student; "kl" is 0 at the optimum q = p.
+    Scale (see the module table): "sum_t2" = sum over classes, mean over batch, times
+    t^2 (Hinton; HF distiller.py); "sum" = the same without t^2; "mean" = mean over
+    batch and classes, no t^2 (TinyBERT's soft_cross_entropy).
+
+    Shapes: student_logits (B, C); teacher_logits (B, C) already averaged, or
+    (B, k, C) averaged here. Returns a scalar. The teacher side is detached.
+    """
+    _check_kd(temperature, scale, divergence)
+    if teacher_logits.dim() == 3:
+        teacher_logits = mean_teacher_logits(teacher_logits.detach())
+    student, teacher = _student_teacher(student_logits, teacher_logits)
+    log_q = F.log_softmax(student / temperature, dim=-1)
+    log_p = F.log_softmax(teacher / temperature, dim=-1)
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
+
+
+def _soft_target_loss(log_q: torch.Tensor, log_p: torch.Tensor, scale: str, divergence: str,
+                      temperature: float) -> torch.Tensor:
+    p = log_p.exp()
+    per_class = p * (log_p - log_q) if divergence == "kl" else -p * log_q
+    return _reduce_kd(per_class, scale, temperature)
+
+
+def teacher_weights(weights: Sequence[float] | None, k: int) -> torch.Tensor | None:
+    """Weights of k teachers as a (k,) float tensor summing to 1; None stays None (equal weights, 1/k)."""
+    if weights is None:
+        return None
+    w = torch.as_tensor([float(x) for x in weights], dtype=torch.float64)
+    if w.shape != (k,):
+        raise ValueError(f"{len(w)} teacher weights for {k} teachers")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"teacher weights must be finite, >= 0 and not all 0: {list(weights)}")
+    return w / w.sum()
+
+
+def combine_teacher_logits(teacher_logits: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """(B, k, C) -> (B, C): the teachers' logits averaged (equal weights) or weighted by ``weights`` (sum 1)."""
+    if weights is None:
+        return mean_teacher_logits(teacher_logits)
+    z = _compute_dtype(teacher_logits)
+    w = teacher_weights(weights, z.shape[1]).to(z.dtype).to(z.device)
+    return torch.einsum("bkc,k->bc", z, w)
+
+
+def multi_teacher_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    scale: str = "sum_t2",
+    divergence: str = "ce",
+    rule: str = "mean_logits",
+    weights: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KD^k from k teachers by a target ``rule`` (module docstring), teachers weighted by ``weights``.
+
+    Shapes: student_logits (B, C); teacher_logits (B, k, C), or (B, C) already combined for "mean_logits"
+    (what a store's ``mean_logits`` returns). ``weights`` (k,): >= 0, normalised here; None: 1/k each.
+    Returns a scalar; the teacher side is detached.
+    """
+    _check_choice("rule", rule, KD_RULES)
+    if rule == "mean_logits":
+        if teacher_logits.dim() == 3:
+            teacher_logits = combine_teacher_logits(teacher_logits.detach(), weights)
+        return kd_loss(student_logits, teacher_logits, temperature, scale, divergence)
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"rule {rule!r} needs each teacher's logits (B, k, C), got {tuple(teacher_logits.shape)}")
+    k = teacher_logits.shape[1]
+    w = teacher_weights(weights, k) if weights is not None else torch.full((k,), 1.0 / k, dtype=torch.float64)
+    if rule == "mean_losses":
+        terms = [kd_loss(student_logits, teacher_logits[:, i], temperature, scale, divergence) for i in range(k)]
+        return sum(float(w[i]) * terms[i] for i in range(k))
+    _check_kd(temperature, scale, divergence)
+    student = _compute_dtype(student_logits)
+    teacher = teacher_logits.detach().to(student.dtype)
+    if tuple(teacher.shape[::2]) != tuple(student.shape):
+        raise ValueError(f"student shape {tuple(student.shape)} does not match teachers {tuple(teacher.shape)}")
+    # log sum_i w_i softmax(z_i / t), computed in log space
+    log_p = torch.logsumexp(F.log_softmax(teacher / temperature, dim=-1)
+                            + torch.log(w.to(student.dtype).to(student.device))[None, :, None], dim=1)
+    log_q = F.log_softmax(student / temperature, dim=-1)
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
+
+
+def hidden_mse(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TinyBERT hidden-state loss for one layer: MSE(student W_h, teacher).
+
+    The student's states must already be projected to the teacher's width (the
+    reference's one shared learnable ``fit_dense``). mask None: mean over every entry,
+    pad positions included (TinyBERT task_distill.py, ``loss_mse = MSELoss()``).
+    mask (B, L), bool or 0/1: valid tokens only,
+    sum over valid tokens of ||s - t||^2 / (n_valid * H).
+    The caller sums this over the mapped layers (see ``tinybert_layer_map``).
+
+    Shapes: student_hidden, teacher_hidden (B, L, H). Returns a scalar.
+    """
+    student, teacher = _student_teacher(student_hidden, teacher_hidden)
+    if mask is None:
+        return F.mse_loss(student, teacher)
+    valid = _token_mask(mask, student.shape[0], student.shape[1])
+    # Indexing (not multiplying by the mask) keeps NaN/Inf padding out of the gradient.
+    return F.mse_loss(student[valid], teacher[valid])
+
+
+def attention_mse(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    threshold: float = ATTENTION_THRESHOLD,
+) -> torch.Tensor:
+    """TinyBERT attention loss for one layer: MSE of pre-softmax attention scores.
+
+    Entries <= threshold are set to 0 in both tensors first: the reference adds -10000
+    to masked keys, and ``torch.where(att <= -1e2, 0, att)`` (task_distill.py) removes
+    them. mask None: mean over every entry (the reference: padded query rows still
+    count). mask (B, L): only pairs (i, j) with both tokens valid,
+    sum / (h * sum_b n_b^2), n_b = valid tokens of example b.
+    Student and teacher must have the same number of heads, as in the reference.
+
+    Shapes: student_scores, teacher_scores (B, h, L, L). Returns a scalar.
+    """
+    student, teacher = _student_teacher(student_scores, teacher_scores)
+    student = torch.where(student <= threshold, torch.zeros_like(student), student)
+    teacher = torch.where(teacher <= threshold, torch.zeros_like(teacher), teacher)
+    if mask is None:
+        return F.mse_loss(student, teacher)
+    valid = _token_mask(mask, student.shape[0], student.shape[-1])
+    pairs = (valid[:, :, None] & valid[:, None, :])[:, None].expand_as(student)
+    return F.mse_loss(student[pairs], teacher[pairs])
+
+
+def cosine_hidden_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """DistilBERT's cosine loss: mean over non-padding tokens of 1 - cos(s, t).
+
+    Equals HF distiller.py's ``CosineEmbeddingLoss(reduction="mean")`` with target 1 on
+    the ``masked_select``-ed last hidden states (up to its 1e-12 / 1e-8 norm epsilons).
+
+    Shapes: student_hidden, teacher_hidden (B, L, H) (same H); mask (B, L), bool or
+    0/1, true for real tokens. Returns a scalar.
+    """
+    student, teacher = _student_teacher(student_hidden, teacher_hidden)
+    valid = _token_mask(mask, student.shape[0], student.shape[1])
+    return (1.0 - F.cosine_similarity(student[valid], teacher[valid], dim=-1)).mean()
+
+
+def _check_layer_map(layer_map: Sequence[int], teacher_layers: int, student_layers: int) -> None:
+    layers = list(layer_map)
+    ok = (
+        len(layers) == student_layers + 1
+        and all(isinstance(g, numbers.Integral) for g in layers)
+        and layers[0] == 0
+        and all(a < b for a, b in pairwise(layers))
+        and layers[-1] <= teacher_layers
+    )
+    if not ok:
+        raise MtdError(
+            f"bad layer map {layers} for a {teacher_layers}-layer teacher and "
+            f"{student_layers}-layer student: need {student_layers + 1} increasing "
+            f"integers from 0 (embeddings) up to at most {teacher_layers}"
+        )
+
+
+def tinybert_layer_map(
+    teacher_layers: int, student_layers: int, layer_map: Sequence[int] | None = None
+) -> list[int]:
+    """TinyBERT's layer map g: student layer k -> teacher layer g(k), k = 0..L_S.
+
+    Index 0 is the embedding output, k >= 1 the output of transformer layer k, i.e. the
+    index into a hidden-state list of length L + 1 (HF ``hidden_states``, the
+    reference's ``teacher_reps``). Default g(k) = k * L_T / L_S (the reference's
+    ``teacher_reps[i * layers_per_block]``), e.g. 12 -> 4: [0, 3, 6, 9, 12]. Raises
+    MtdError when L_T is not a multiple of L_S and no map is given, or when a given
+    map is not L_S + 1 increasing integers starting at 0 and within 0..L_T.
+    """
+    if teacher_layers < 1 or student_layers < 1:
+        raise ValueError(f"layer counts must be >= 1, got {teacher_layers}, {student_layers}")
+    if layer_map is not None:
+        _check_layer_map(layer_map, teacher_layers, student_layers)
+        return [int(g) for g in layer_map]
+    if teacher_layers % student_layers:
+        example = ",".join(str(int(k * teacher_layers / student_layers + 0.5)) for k in range(student_layers + 1))
+        raise MtdError(
+            f"teacher layers {teacher_layers} is not a multiple of student layers {student_layers}: give a "
+            f"layer map g(0..{student_layers}), e.g. --set layer_map={example} (the dump: --set layer_map=... "
+            f"with --student-layers {student_layers}), or --set student_layers=N with N dividing {teacher_layers}"
+        )
+    ratio = teacher_layers // student_layers
+    return [k * ratio for k in range(student_layers + 1)]
+
+
+def attention_layer_map(
+    teacher_layers: int, student_layers: int, layer_map: Sequence[int] | None = None
+) -> list[int]:
+    """Teacher transformer layer (1-based) whose attention student layer m distils.
+
+    Returns [g(1), ..., g(L_S)]: entry m - 1 is the teacher layer for student layer m.
+    Layers are 1-based, so a 0-based per-layer attention list (HF ``attentions``, the
+    reference's ``teacher_atts``) is indexed ``atts[g - 1]``; the reference's
+    ``teacher_atts[i * ratio + ratio - 1]`` is the same: 12 -> 4 gives layers
+    [3, 6, 9, 12], indices [2, 5, 8, 11].
+    """
+    return tinybert_layer_map(teacher_layers, student_layers, layer_map)[1:]
+
+
+def check_finite(loss: torch.Tensor | float, step: int, name: str = "loss") -> None:
+    """Raise NonFiniteLossError naming the step when ``loss`` is NaN or infinite.
+
+    Reads the value on the host (a device sync), so a loop may call it every N steps.
+    """
+    value = float(loss.detach().float().sum()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"{name} is {value} at step {step}; stopping the run")

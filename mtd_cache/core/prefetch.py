@@ -1,0 +1,52 @@
+"""Work done ahead in a thread: a store's reads overlap the training step that needs them."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 3, fn: Callable[[Any], T] | None = None) -> Iterator[T]:
+    """Iterate ``fn(item)`` computed ``depth`` items ahead in a background thread.
+
+    Used for store reads (``os.preadv`` releases the GIL, so the read overlaps the
+    training step). Exceptions in the thread are re-raised in the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(fn(item) if fn is not None else item)
+        except BaseException as exc:  # handed to the consumer
+            q.put(_Raised(exc))
+        q.put(_DONE)
+
+    thread = threading.Thread(target=work, daemon=True, name="mtd-prefetch")
+    thread.start()
+    try:
+        while (got := q.get()) is not _DONE:
+            if isinstance(got, _Raised):
+                raise got.exc
+            yield got
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc

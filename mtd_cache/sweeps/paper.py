@@ -1,0 +1,117 @@
+"""``make paper``: the paper's whole protocol as a list of command lines, printed (``--dry-run``) or run in order.
+
+Per task (Ilichev et al., their sweep protocol):
+
+* CIFAR-10: six ResNet-110 teachers, their 162-view store, the ResNet-20 sweep (every k-subset x R repeats,
+  plus the CE-only baselines): 189 + 3 runs.
+* each GLUE task (MRPC, CoLA, SST-2): six BERT-base teachers; the plain store with every teacher's last hidden
+  state (DistilBERT's cosine loss) and the DistilBERT sweep (every k-subset, every member primary, x R:
+  576 + 3); R augmentation files (``mtd-cache augment --seed r``, r = 0..R-1: the paper's three repeats use
+  three augmented sets), one TinyBERT store per file with the states of TinyBERT-4L's layer map, and the
+  TinyBERT sweep with store r for repeat r (576 + 3 runs and 6 x R shared stage-1 runs).
+* the report over every run.
+
+Every tool skips what is done already, so the whole list can be run again after an interruption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import MtdError
+from .execute import SweepConfig, describe, make_plan
+
+GLUE = ("mrpc", "cola", "sst-2")
+TASKS = ("cifar10", *GLUE)
+STUDENTS = {"cifar10": ("resnet20",), **{t: ("distilbert", "tinybert") for t in GLUE}}
+TINYBERT_LAYERS = 4  # TinyBERT-4L, the paper's
+
+
+@dataclass
+class Step:
+    """One command of the protocol: what it does, its argument list, and (sweeps) the plan's run counts."""
+
+    what: str
+    argv: list[str]
+    plan: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None = None, repeats: int = 3,
+                workers: int = 1, seeds: str = "0-5", pool: str = "0-5", model: str | None = None,
+                data_dir: str | None = None, epochs: int | None = None, sets: tuple[str, ...] = (),
+                cache: str = "cache", runs: str = "runs", threads: int | None = None) -> list[Step]:
+    """The protocol's commands for ``tasks`` (the paper's, or any other GLUE task: its BERT students) and only
+    ``students``, when given, in the order they run."""
+    steps: list[Step] = []
+    pool_ids = _indices(pool)
+    data = ["--data-dir", data_dir] if data_dir else []
+    sweep_opts = ["--repeats", str(repeats), "--workers", str(workers), "--pool", pool, "--out", runs, *data,
+                  *(["--threads", str(threads)] if threads else []),
+                  *(["--epochs", str(epochs)] if epochs else []), *[a for s in sets for a in ("--set", s)]]
+    for task in tasks:
+        chosen = [s for s in students_of(task) if students is None or s in students]
+        if not chosen:
+            continue
+        base = Path(cache) / task
+        teachers = str(base / "teachers")
+        steps.append(Step(f"{task}: train the teachers (seeds {seeds})",
+                          ["mtd-cache", "teachers", "--task", task, "--seeds", seeds, "--out", teachers, *data,
+                           *(["--model", model] if model else [])], outputs=[teachers]))
+        if task == "cifar10":
+            store = str(base / "store.h5")
+            steps.append(Step(f"{task}: dump the teachers' logits on every view", [
+                "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--out", store, *data],
+                outputs=[store]))
+            steps.append(_sweep(task, "resnet20", [store], pool_ids, repeats, sweep_opts))
+            continue
+        if "distilbert" in chosen:
+            store = str(base / "store.h5")
+            steps.append(Step(f"{task}: dump logits and every teacher's last hidden state (DistilBERT)", [
+                "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--primary", pool, "--out",
+                store, *data], outputs=[store]))
+            steps.append(_sweep(task, "distilbert", [store], pool_ids, repeats, sweep_opts))
+        if "tinybert" in chosen:
+            stores = []
+            for r in range(repeats):
+                augmented = str(base / f"augmented-{r}.tsv")
+                steps.append(Step(f"{task}: TinyBERT augmentation file {r} (seed {r})", [
+                    "mtd-cache", "augment", "--task", task, "--seed", str(r), "--out", augmented, *data],
+                    outputs=[augmented]))
+                store = str(base / f"tinybert-{r}.h5")
+                steps.append(Step(f"{task}: TinyBERT store {r} (augmentation file {r}, TinyBERT-"
+                                  f"{TINYBERT_LAYERS}L's layer map)", [
+                    "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--primary", pool,
+                    "--student-layers", str(TINYBERT_LAYERS), "--augmented", augmented, "--out", store, *data],
+                    outputs=[store]))
+                stores.append(store)
+            steps.append(_sweep(task, "tinybert", stores, pool_ids, repeats, sweep_opts))
+    steps.append(Step("the report over every run", ["mtd-report", runs, "--out", str(Path(runs) / "report")]))
+    return steps
+
+
+def students_of(task: str) -> tuple[str, ...]:
+    """The paper's students of a task: ResNet-20 on CIFAR-10, DistilBERT and TinyBERT on a GLUE task."""
+    from ..tasks.glue import GLUE_TASKS
+
+    if task in STUDENTS:
+        return STUDENTS[task]
+    if task in GLUE_TASKS:
+        return STUDENTS["mrpc"]
+    raise MtdError(f"unknown task {task!r} for the paper's protocol; the paper's: {', '.join(TASKS)}, or another "
+                   f"GLUE task ({', '.join(sorted(GLUE_TASKS))})")
+
+
+def _sweep(task: str, student: str, stores: list[str], pool: tuple[int, ...], repeats: int,
+           opts: list[str]) -> Step:
+    jobs = make_plan(SweepConfig(stores=tuple(stores), student=student, pool=pool, repeats=repeats))
+    argv = ["mtd-sweep", *[a for s in stores for a in ("--store", s)], "--student", student, *opts]
+    where = f"store r for repeat r ({len(stores)} stores)" if len(stores) > 1 else "one store"
+    return Step(f"{task}: the {student} sweep, {where}", argv, plan=describe(jobs))
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    from ..core.indices import parse_index_set
+
+    return tuple(parse_index_set(text, option="--pool"))

@@ -1,0 +1,44 @@
+"""core/progress.py: progress on a terminal and in a log (a line a minute), the training loop's and the sweep's
+lines."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from mtd_cache.core.fit import Fit, fit
+from mtd_cache.core.progress import Progress
+from mtd_cache.sweeps.plan import Job, job_line
+
+
+def test_off_a_terminal_progress_is_a_periodic_log_line(caplog):
+    with caplog.at_level(logging.INFO, logger="mtd_cache.core.progress"):
+        with Progress(10, "teacher seed 0 epoch 1/3", unit="step", interval=1e-9, terminal=False) as p:
+            for _ in range(3):
+                p.update(1, examples=32, loss=0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[-1].startswith("teacher seed 0 epoch 1/3: 3/10 steps (30%), ")
+    assert " ex/s, loss 0.5, ETA " in lines[-1]
+
+
+def test_fit_logs_its_steps_and_every_epoch_off_a_terminal(caplog, monkeypatch):
+    monkeypatch.setenv("MTD_PROGRESS_S", "1e-9")
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    job = Fit(model=torch.nn.ParameterList([w]), optimizer=opt, epochs=2, desc="student k=2",
+              batches=lambda e: [(torch.arange(4), None)] * 3, step=lambda b: {"loss": (w - 1).pow(2).sum()})
+    with caplog.at_level(logging.INFO):
+        fit(job, torch.device("cpu"))
+    text = caplog.text
+    assert "student k=2 epoch 1/2: 2/3 steps (67%)" in text and " ex/s, loss " in text
+    assert "student k=2 epoch 1/2: loss" in text  # every epoch's summary, not the last only
+
+
+def test_a_sweep_prints_one_line_per_finished_job():
+    job = Job(kind="student", teachers=(0, 3), primary=3, repeat=0, seed=1, store_index=0)
+    line = job_line(job, {"status": "done", "metric": 0.83125, "wall_s": 41.2}, 5, 16, 200.0)
+    assert line == "[5/16] k=2 teachers 0,3 primary 3 seed 1: done, metric 0.8313 in 41s; ETA 7m20s"
+    failed = job_line(Job("baseline", (), None, 0, 0, 0), {"status": "failed", "error": "MtdError: x"}, 16, 16, 9)
+    assert failed == "[16/16] CE-only seed 0: failed: MtdError: x; sweep done"

@@ -21,10 +21,10 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from mtd_cache.hf import DistillationTrainer
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, TrainingArguments
 
     from mtd_cache import KDTargets, TeacherStore, TextExamples
+    from mtd_cache.hf import DistillationTrainer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True)

@@ -100,3 +100,28 @@ def test_no_file_outside_the_repository_is_cited():
         cited += [f"{path.relative_to(ROOT)}: {word}" for word in ("DESIGN.md", "STORAGE.md", "CONVENTIONS.md")
                   if word in text]
     assert not cited, cited
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazy imports included, ``if TYPE_CHECKING`` ones too)."""
+    mods = modules()
+    graph = {}
+    for name, path in mods.items():
+        graph[name] = set()
+        for _, target in imports(name, path):
+            while target and target not in mods:  # ``from pkg.mod import name``: the module is pkg.mod
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    """No circles, within a stage either: ``farm-studio look`` found one (families <-> torchvision_models) that the
+    stage rule cannot see."""
+    import graphlib
+
+    try:
+        graphlib.TopologicalSorter(import_graph()).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail("modules that import each other: " + " -> ".join(e.args[1]))

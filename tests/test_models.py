@@ -75,7 +75,9 @@ def test_student_names_choose_their_recipe_by_family():
                                        r"distilbert and tinybert \(the paper's recipes\), the CIFAR ResNets .*"
                                        r"hf:NAME_OR_PATH .*tv:NAME\[@WEIGHTS\]"):
         recipe_name("resnet18")
-    with pytest.raises(MtdError, match="unknown torchvision model 'tv:mobilenet'"):
+    with pytest.raises(MtdError, match=r"unknown torchvision model 'tv:mobilenet' \(did you mean tv:mobilenet_v2, "
+                                       r".*\); tv: takes the \d+ classification models of "
+                                       r"torchvision.models.list_models\(\)$"):
         recipe_name("tv:mobilenet")
 
 

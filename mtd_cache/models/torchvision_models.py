@@ -77,9 +77,8 @@ def check_torchvision(name: ModelName) -> None:
     if name.ref not in torchvision_models():
         close = difflib.get_close_matches(name.ref, torchvision_models(), n=3)
         hint = f" (did you mean {', '.join('tv:' + c for c in close)}?)" if close else ""
-        from .families import known
-
-        raise MtdError(f"unknown torchvision model {name.name!r}{hint}; known: {known()}")
+        raise MtdError(f"unknown torchvision model {name.name!r}{hint}; tv: takes the {len(torchvision_models())} "
+                       "classification models of torchvision.models.list_models()")
     if name.weights is not None:
         import torchvision.models as tvm
 

@@ -18,7 +18,7 @@ from mtd_cache.core.errors import MtdError
 from mtd_cache.core.losses import hidden_mse
 from mtd_cache.core.runtime import seed_everything
 from mtd_cache.models import bert, factory
-from mtd_cache.models.families import FAMILIES
+from mtd_cache.models.families import known
 from mtd_cache.store import TeacherStore
 from mtd_cache.students.context import StudentContext
 from mtd_cache.students.recipes import get_recipe, recipe_name, student_traits, text_kd
@@ -56,8 +56,8 @@ def test_names_parse_into_family_ref_and_weights(name, family, ref, weights):
     ("tv:resnt18", "image", "unknown torchvision model 'tv:resnt18' (did you mean tv:resnet18"),
     ("tv:resnet18@NOPE", "image", "tv:resnet18@NOPE: unknown weights 'NOPE'; resnet18 has IMAGENET1K_V1, DEFAULT"),
     ("tv:", "image", "model 'tv:': nothing after the prefix"),
-    ("hf:bert-base-uncased", "image", "hf:bert-base-uncased is a text model; this is an image task (its models: the "
-                                      "CIFAR ResNets (resnet8 ... resnet1202, He et al.), tv:NAME[@WEIGHTS]"),
+    ("hf:bert-base-uncased", "image", f"hf:bert-base-uncased is a text model; this is an image task (its models: "
+                                      f"{known('image')})"),
     ("tv:resnet18", "text", "tv:resnet18 is an image model; this is a text task"),
     ("resnet20", "text", "resnet20 is an image model; this is a text task"),
 ])
@@ -207,8 +207,8 @@ def test_a_torchvision_student_through_the_cli_and_refused_names(shapes_tv, tmp_
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["student"] == "tv:resnet18"
     for bad, message in (("tv:resnt18", "unknown torchvision model 'tv:resnt18'"),
-                         ("hf:x", "hf:x is a text student; {store} holds an image task (its students: the CIFAR "
-                                  f"ResNets (resnet8 ... resnet1202, He et al.), {FAMILIES['tv'].help})"),
+                         ("hf:x", f"hf:x is a text student; {{store}} holds an image task (its students: "
+                                  f"{known('image')})"),
                          ("distilbert", "distilbert is a text student; {store} holds an image task"),
                          ("resnet18", "unknown student 'resnet18' (the torchvision model is tv:resnet18)")):
         r = subprocess.run([str(BIN / "mtd-train"), "--store", str(store), "--student", bad, "--teachers", "0,1",

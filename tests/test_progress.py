@@ -42,3 +42,32 @@ def test_a_sweep_prints_one_line_per_finished_job():
     assert line == "[5/16] k=2 teachers 0,3 primary 3 seed 1: done, metric 0.8313 in 41s; ETA 7m20s"
     failed = job_line(Job("baseline", (), None, 0, 0, 0), {"status": "failed", "error": "MtdError: x"}, 16, 16, 9)
     assert failed == "[16/16] CE-only seed 0: failed: MtdError: x; sweep done"
+
+
+def test_a_finished_job_says_dead_and_a_stage1_job_names_its_loss():
+    job = Job(kind="student", teachers=(0, 3), primary=None, repeat=0, seed=1, store_index=0)
+    dead = job_line(job, {"status": "done", "metric": 0.495, "metric_name": "accuracy", "wall_s": 3.0,
+                          "dead": True}, 1, 2, 3.0)
+    assert dead == "[1/2] k=2 teachers 0,3 seed 1: dead, accuracy 0.4950 in 3s; ETA 3s"
+    stage1 = job_line(Job("stage1", (0, 1), 1, 0, 0, 0), {"status": "done", "metric": 6.70581,
+                                                          "metric_name": "ild_loss", "wall_s": 61}, 2, 2, 9)
+    assert stage1 == "[2/2] stage 1 primary 1 seed 0: done, stage-1 loss 6.7058 in 1m01s; sweep done"
+
+
+def test_a_sweep_worker_s_lines_carry_its_job_and_it_draws_no_bar(capfd):
+    import mtd_cache.core.progress as progress
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        progress.job_logging("k=2 teachers 0,1 seed 0")
+        progress.job_logging("k=1 teachers 2 seed 0")  # the next job in the same worker: one handler, renamed
+        assert sum(isinstance(f, progress._JobPrefix) for h in root.handlers for f in h.filters) == 1
+        assert Progress(3, "x", terminal=None).bar is None  # never a bar in a worker, even on a terminal
+        logging.getLogger("mtd_cache.core.fit").info("epoch 1/2: loss 0.5")
+        err = capfd.readouterr().err
+        assert err.endswith(" [k=1 teachers 2 seed 0] mtd_cache.core.fit: epoch 1/2: loss 0.5\n")
+    finally:
+        progress._JOB["name"] = ""
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])

@@ -57,3 +57,15 @@ def test_records_without_the_key_still_report(tmp_path):
     assert set(summary["experiment"]) == {exp, "unassigned"}  # reported, apart
     mine = summary[(summary["experiment"] == exp) & (summary["k"] == 1)]
     assert mine["multi_min_mean"].item() == (0.9 + 0.95) / 2
+
+
+def test_a_tinybert_stage1_record_is_passed_over_quietly_and_anything_else_is_named(tmp_path, caplog):
+    write_run(tmp_path, "a" * 64, (0, 1), 0, right(50))
+    stage1 = tmp_path / "mrpc" / "tinybert" / "stage1" / ("b" * 64)
+    stage1.mkdir(parents=True)
+    (stage1 / "stage1.json").write_text(json.dumps({"stage1_id": "b" * 64, "metric_name": "ild_loss",
+                                                    "metric": 6.7}))
+    (tmp_path / "mrpc" / "notes.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        assert load_records(tmp_path)["run_id"].tolist() == ["a" * 64]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [f"skipping {tmp_path / 'mrpc' / 'notes.json'}"]

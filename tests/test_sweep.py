@@ -103,3 +103,23 @@ def test_dry_run_plans_and_estimates(store, tmp_path, local_records):
     assert r.returncode == 0 and r.stdout.strip() == "16 planned"
     assert "16 jobs: 14 students, 2 CE-only, 0 stage-1; 0 done, 16 to run" in r.stderr
     assert not list(tmp_path.glob("*/*/*.json"))
+
+
+@pytest.mark.slow
+def test_a_job_s_lines_show_while_it_runs_and_a_dead_student_reads_dead(store, tmp_path):
+    """The training loop's periodic lines and epochs (MTD_PROGRESS_S), from the worker, each prefixed by its job;
+    a student that learnt nothing (lr 1e-12: the untrained network, one class for every digit) finishes ``dead``."""
+    env = {**os.environ, "MTD_PROGRESS_S": "0.000001"}
+    r = subprocess.run([str(BIN / "mtd-sweep"), "--store", str(store), "--student", "resnet8", "--pool", "0-1",
+                        "--repeats", "1", "--workers", "2", "--threads", "1", "--set", "epochs=2", "--set",
+                        "batch_size=512", "--set", "lr=1e-12", "--out", str(tmp_path)], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    job = "[k=2 teachers 0,1 seed 0] "
+    steps = [line for line in lines if f"{job}mtd_cache.core.progress: resnet8 k=2 epoch 1/2: 1/3 steps (33%)" in line]
+    epochs = [line for line in lines if f"{job}mtd_cache.core.fit: resnet8 k=2 epoch 2/2: loss " in line]
+    assert len(steps) == 1 and len(epochs) == 1, r.stderr
+    assert steps[0].index(job) == 9  # after the time of day, HH:MM:SS
+    finished = [line for line in lines if "] k=2 teachers 0,1 seed 0: " in line]
+    assert len(finished) == 1 and ": dead, accuracy 0." in finished[0], r.stderr

@@ -7,6 +7,10 @@
             p.update(1, examples=len(batch), loss=float(loss))
 
 A line reads ``teacher seed 0 epoch 1/3: 120/344 steps (35%), 2.1 steps/s, 67 ex/s, loss 0.5123, ETA 1m47s``.
+
+In a sweep's worker (``job_logging``) every log line, these included, is prefixed by the job it belongs to
+and goes to the worker's stderr, which is the sweep's: a job's progress shows while it runs, never a bar
+(several workers' bars would overwrite each other and the sweep's own).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("mtd_cache.core.progress")
 DEFAULT_INTERVAL_S = 60.0
+_JOB = {"name": ""}  # the sweep job this process runs now ("" outside a sweep's worker)
 
 
 def interval_s() -> float:
@@ -44,7 +49,7 @@ class Progress:
     def __init__(self, total: int | None, desc: str, unit: str = "it", interval: float | None = None,
                  terminal: bool | None = None, logger: logging.Logger | None = None):
         self.total, self.desc, self.unit = total, desc, unit
-        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.terminal = (sys.stderr.isatty() and not _JOB["name"]) if terminal is None else terminal
         self.interval = interval_s() if interval is None else interval
         self.log = logger or log
         self.done = self.examples = 0
@@ -103,3 +108,22 @@ def human_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}"
     return f"{int(n)} B"
+
+
+class _JobPrefix(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job = _JOB["name"]
+        return True
+
+
+def job_logging(job: str, level: int = logging.INFO) -> None:
+    """Log this process's lines to stderr, each prefixed by ``job`` (a sweep job in its worker process: a local
+    worker, a Ray task, a Slurm job). Set once per process, the job named again for each job it runs."""
+    _JOB["name"] = job
+    root = logging.getLogger()
+    if not any(isinstance(f, _JobPrefix) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_JobPrefix())
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(job)s] %(name)s: %(message)s", "%H:%M:%S"))
+        root.handlers[:] = [handler]
+        root.setLevel(level)

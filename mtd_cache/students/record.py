@@ -11,6 +11,7 @@ from ..core.hashing import canonical_json, sha256_text
 from ..core.safe_files import atomic_write_json, read_text
 
 # Fields of the run record, in order.
+STAGE1_RECORD = "stage1.json"  # a TinyBERT stage-1 run's record, in its own folder under <work_dir>/stage1/
 RECORD_FIELDS = ("run_id", "kind", "experiment", "task", "student", "teachers", "primary", "k", "seed", "metric_name",
                  "metric", "predictions", "wall_s", "energy_j", "device", "store_fingerprint", "teachers_sha256",
                  "config", "started_utc", "finished_utc", "status")

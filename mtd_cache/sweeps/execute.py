@@ -34,6 +34,7 @@ from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
 from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
 from .plan import Job, arrange, plan_sweep
+from .records import is_dead, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,10 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
     if rec.get("reused"):
         return {**base, "status": "skipped"}
     _event(cfg.out, "finish", job, planned.run_id)
-    return {**base, "status": "done", "metric": rec["metric"], "wall_s": rec["wall_s"]}
+    predictions = rec.get("predictions")
+    dead = is_dead(load_predictions(str(planned.record.parent / predictions))) if predictions else None
+    return {**base, "status": "done", "metric": rec["metric"], "metric_name": rec.get("metric_name"),
+            "wall_s": rec["wall_s"], "dead": dead}
 
 
 def _event(out: str, what: str, job: Job, run_id: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -34,8 +35,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..core.errors import MtdError
+from ..core.progress import job_logging
 from ..core.safe_files import make_dirs
-from .plan import Job, job_line
+from .plan import Job, job_line, job_name
 
 log = logging.getLogger(__name__)
 KILLED_TWICE = 2  # a job whose worker was killed this many times is failed, not submitted again
@@ -70,6 +72,14 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
     return results
 
 
+def in_worker(execute: Callable, level: int, job: Job, cfg: Any, wait: bool) -> dict:
+    """``execute(job, cfg, wait)`` where the job runs (a worker process, a Ray task, a Slurm job), its log lines
+    (the training loop's epochs and periodic progress, ``MTD_PROGRESS_S``) to stderr, each prefixed by the job:
+    a local sweep's workers share the sweep's stderr, so a job shows while it runs."""
+    job_logging(job_name(job), level)
+    return execute(job, cfg, wait)
+
+
 def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool, execute: Callable) -> list[dict]:
     """``execute(job, cfg, wait)`` of every job in worker processes (``sweeps.execute.execute``)."""
     import torch
@@ -99,7 +109,8 @@ class _Pool:
 
     def submit(self, ready: list[Job]) -> list[Job]:
         for job in ready:
-            self.future[job] = self.ex.submit(self.execute, job, self.cfg, self.wait)
+            self.future[job] = self.ex.submit(in_worker, self.execute, logging.getLogger().getEffectiveLevel(), job,
+                                              self.cfg, self.wait)
         return ready
 
     def next_done(self, running: list[Job]) -> tuple[Job, dict]:
@@ -219,10 +230,11 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: 
         import ray
     except ImportError:
         raise MtdError("the ray executor needs Ray: pip install 'mtd-cache[ray]'") from None
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
-             **({} if address else {"num_cpus": workers}))
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+             **({} if address else {"num_cpus": workers}))  # the jobs' lines (in_worker) reach the sweep's stderr
     gpus = 1 if ray.cluster_resources().get("GPU") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus)(execute)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(in_worker)
+    level = logging.getLogger().getEffectiveLevel()
 
     def next_done(refs: list) -> tuple[Any, dict]:
         ready, _ = ray.wait(refs, num_returns=1)
@@ -231,7 +243,8 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: 
         except Exception as exc:  # noqa: BLE001 - a worker that died (out of memory): a failed job, named at the end
             return ready[0], died(exc)
 
-    return run_scheduled(jobs, lambda ready: [remote.remote(job, cfg, wait) for job in ready], next_done)
+    return run_scheduled(jobs, lambda ready: [remote.remote(execute, level, job, cfg, wait) for job in ready],
+                         next_done)
 
 
 def check_slurm(cluster: str | None) -> None:
@@ -266,6 +279,7 @@ def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], c
         except Exception as exc:  # noqa: BLE001 - a job Slurm killed (time, memory): a failed job, named at the end
             return finished[0], died(exc)
 
-    # the jobs ready together go in one job array
-    return run_scheduled(jobs, lambda ready: executor.map_array(execute, ready, [cfg] * len(ready),
+    # the jobs ready together go in one job array; each job's lines go to its own log (<folder>/<id>_log.err)
+    job = functools.partial(in_worker, execute, logging.getLogger().getEffectiveLevel())
+    return run_scheduled(jobs, lambda ready: executor.map_array(job, ready, [cfg] * len(ready),
                                                                 [wait] * len(ready)), next_done)

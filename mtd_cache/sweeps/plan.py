@@ -136,16 +136,29 @@ def _check_plan_args(pool: list[int], repeats: int, bert_student: bool, two_stag
     return tuple(sorted(pool))
 
 
-def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
-    """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA."""
+def job_name(job: Job) -> str:
+    """What a job is, in words: ``k=2 teachers 0,3 primary 0 seed 1``, ``CE-only seed 0``, ``stage 1 primary 2``."""
     what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}") + \
         (" online twin" if job.online else "")
     teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
     primary = f" primary {job.primary}" if job.primary is not None else ""
-    outcome = result["status"]
+    return f"{what}{teachers}{primary} seed {job.seed}"
+
+
+SCORE_NAMES = {"ild_loss": "stage-1 loss"}  # a score that is not the task's metric, as a finished line names it
+
+
+def job_line(job: Job, result: dict, finished: int, total: int, elapsed: float) -> str:
+    """One line per finished job: done/total, what it was, its score and time, and the sweep's ETA.
+
+    A student that finished dead (``records.is_dead``: one class for every example, or no better than the
+    majority class) reads ``dead`` where a good one reads ``done``; a TinyBERT stage-1 job names its loss."""
+    outcome = "dead" if result.get("dead") else result["status"]
     if result.get("metric") is not None:
-        outcome = f"{outcome}, metric {result['metric']:.4f} in {duration(result.get('wall_s') or 0)}"
+        name = result.get("metric_name") or "metric"
+        outcome = (f"{outcome}, {SCORE_NAMES.get(name, name)} {result['metric']:.4f} in "
+                   f"{duration(result.get('wall_s') or 0)}")
     elif result.get("error"):
         outcome = f"{outcome}: {result['error']}"
     eta = f"; ETA {duration(elapsed / finished * (total - finished))}" if finished < total else "; sweep done"
-    return f"[{finished}/{total}] {what}{teachers}{primary} seed {job.seed}: {outcome}{eta}"
+    return f"[{finished}/{total}] {job_name(job)}: {outcome}{eta}"

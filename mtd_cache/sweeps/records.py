@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..core.errors import MtdError
 from ..core.safe_files import open_regular, read_text
-from ..students.record import experiment_of, make_experiment_id, make_run_id
+from ..students.record import STAGE1_RECORD, experiment_of, make_experiment_id, make_run_id
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         log.warning("skipping %s: not readable JSON (%s)", path, exc)
         return None
     missing = [key for key in REQUIRED if key not in rec] if isinstance(rec, dict) else list(REQUIRED)
+    if missing and path.name == STAGE1_RECORD:  # TinyBERT's stage 1: a step of its students, not a student
+        log.debug("%s: a TinyBERT stage-1 record, not a student's", path)
+        return None
     if missing:
         log.warning("skipping %s: not a run record (missing %s)", path, ", ".join(missing))
         return None

@@ -39,13 +39,14 @@ from ...tasks.registry import task_of_store
 from ...tasks.text_data import TaskInputs, epoch_batches, to_device
 from .. import objective
 from ..context import StudentContext
+from ..record import STAGE1_RECORD
 from ..targets import TEACHER_DROPOUT_VERSION, TeacherOutputs, make_targets, teacher_path
 from .text import check_vocabulary, text_inputs
 
 log = logging.getLogger(__name__)
 
 STAGE1_VERSION = 1  # bump when stage-1 training changes: old stage-1 models are then not reused
-RECORD = "stage1.json"
+RECORD = STAGE1_RECORD
 STAGE1_KEYS = ("init", "init_from_teacher", "init_teacher", "student_layers", "layer_map", "ild_epochs", "ild_lr",
                "ild_schedule", "ild_mask", "task_epochs", "batch_size", "weight_decay", "grad_clip", "precision")
 # settings added later: in the identity only when set (``since``), so earlier stage-1 ids stay valid

@@ -17,7 +17,6 @@ from mtd_cache.tasks.glue import (
     chance_level_check,
     compute_metrics,
     get_glue_task,
-    majority_baseline,
     read_split,
     split_from_hf_columns,
 )
@@ -228,12 +227,6 @@ def test_metrics_refuse_mismatched_or_out_of_range_predictions():
         compute_metrics("mrpc", PRED[:9], GOLD)
     with pytest.raises(MtdError, match="0..1"):
         compute_metrics("mrpc", PRED * 2, GOLD)
-
-
-def test_majority_baseline():
-    assert majority_baseline(np.array([0, 1, 1, 1])) == 0.75
-    with pytest.raises(MtdError):
-        majority_baseline(np.array([], dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- chance level

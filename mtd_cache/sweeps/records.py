@@ -36,6 +36,7 @@ import pandas as pd
 from ..core.errors import MtdError
 from ..core.safe_files import open_regular, read_text
 from ..students.record import STAGE1_RECORD, experiment_of, make_experiment_id, make_run_id
+from ..tasks.chance import chance_reason
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ REQUIRED = ("run_id", "task", "student", "teachers", "primary", "k", "seed", "me
             "wall_s", "energy_j", "status")
 DONE_STATUSES = frozenset({"done", "ok"})
 UNASSIGNED = "unassigned"
-DEAD_MARGIN = 0.01  # at most this far above the majority class's accuracy is dead (the teachers' chance rule)
 
 
 def load_records(runs_dir: str | os.PathLike) -> pd.DataFrame:
@@ -181,11 +181,8 @@ def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def is_dead(pred_label: tuple[np.ndarray, np.ndarray] | None) -> bool | None:
-    """A diverged student: one class for every example, or no better than the majority class (+1 point)."""
-    if pred_label is None:
+    """A diverged student: at chance by the teachers' rule (``tasks.chance``: one class for every example, or no
+    better than the majority class + 1 point)."""
+    if pred_label is None or len(pred_label[0]) == 0:
         return None
-    pred, label = pred_label
-    if len(pred) == 0:
-        return None
-    majority = np.bincount(label).max() / len(label)
-    return bool(len(np.unique(pred)) == 1 or (pred == label).mean() <= majority + DEAD_MARGIN)
+    return chance_reason(*pred_label) is not None

@@ -1,4 +1,4 @@
-"""GLUE tasks: one table of task facts, the TSV readers, the metrics, the chance-level rule.
+"""GLUE tasks: one table of task facts, the TSV readers, the metrics, the text teachers' chance-level check.
 
 In the spirit of Hugging Face's ``task_to_keys``: a task is a row in ``GLUE_TASKS``,
 not a class. The row says where each split's file is, which columns hold the
@@ -31,13 +31,13 @@ import numpy as np
 
 from ..core.errors import MtdError
 from ..core.safe_files import not_utf8
+from .chance import chance_reason
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev")
 HF_DATASET = "nyu-mll/glue"  # the Hub id of the GLUE loader ("glue" redirects to it)
-CHANCE_ACCURACY_MARGIN = 0.01  # a teacher within 1 point of the majority class is at chance
-CHANCE_MAX_MCC = 0.05  # ... and so is one whose Matthews correlation is at most this
+CHANCE_MAX_MCC = 0.05  # besides the chance rule (chance.py): a text teacher with a Matthews correlation at most this
 
 
 @dataclass(frozen=True)
@@ -362,20 +362,12 @@ def compute_metrics(task: str | GlueTask, predictions: np.ndarray, labels: np.nd
     return {name: _metric(name, pred, gold) for name in names}
 
 
-def majority_baseline(labels: np.ndarray) -> float:
-    """Accuracy of always predicting the most frequent label."""
-    gold = np.asarray(labels, dtype=np.int64)
-    if gold.size == 0:
-        raise MtdError("majority baseline of an empty label set")
-    return float(np.bincount(gold).max() / gold.size)
-
-
 def chance_level_check(task: str | GlueTask, predictions: np.ndarray, labels: np.ndarray,
                        dev_metric: float | None = None) -> str | None:
     """Why a teacher is at chance level on dev, or None if it is not.
 
-    At chance: a single predicted class; dev accuracy at most 1 point
-    (CHANCE_ACCURACY_MARGIN) above the majority class; or Matthews correlation
+    At chance: the chance rule (``chance.chance_reason``: a single predicted class, or dev accuracy at most
+    1 point above the majority class); or Matthews correlation
     at most CHANCE_MAX_MCC. ``dev_metric``, the teacher's recorded primary
     metric, must agree with the predictions (a stale or percent-scaled value is
     refused rather than silently trusted).
@@ -387,13 +379,9 @@ def chance_level_check(task: str | GlueTask, predictions: np.ndarray, labels: np
     if dev_metric is not None and abs(dev_metric - scores[task.metric]) > 1e-4:
         raise MtdError(f"recorded dev {task.metric} {dev_metric!r} does not match "
                        f"{scores[task.metric]:.6f} computed from the predictions")
-    classes = np.unique(pred)
-    if classes.size == 1:
-        return f"predicts a single class ({task.label_names[classes[0]]!r}) for all {pred.size} dev examples"
-    majority = majority_baseline(gold)
-    if scores["accuracy"] <= majority + CHANCE_ACCURACY_MARGIN + 1e-12:
-        return (f"dev accuracy {scores['accuracy']:.4f} is not more than "
-                f"{CHANCE_ACCURACY_MARGIN:.2f} above the majority-class baseline {majority:.4f}")
+    reason = chance_reason(pred, gold, task.label_names, "dev")
+    if reason is not None:
+        return reason
     mcc = scores["mcc"] if "mcc" in scores else _metric("mcc", pred, gold)
     if mcc <= CHANCE_MAX_MCC:
         return f"dev Matthews correlation {mcc:.4f} <= {CHANCE_MAX_MCC}"

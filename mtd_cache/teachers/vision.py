@@ -29,9 +29,10 @@ from ..core.optim import SgdRecipeSettings, sgd_recipe
 from ..core.runtime import resolve_device, seed_everything
 from ..core.settings import Settings, setting
 from ..models import factory
-from ..models.inference import accuracy, predict, view_logits
+from ..models.inference import image_metrics, predict, view_logits
 from ..store import StoreSpec
 from ..store.format import DEV_LABEL, LABEL, VIEWS
+from ..tasks.chance import chance_reason
 from ..tasks.image_data import ImageData, image_fingerprint, view_batches
 from ..tasks.images import view_table
 from .adapter import DumpPlan, Forward, TeacherJob, task_file_extra
@@ -99,9 +100,15 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
         ce = F.cross_entropy(logits, train.labels[idx.to(dev)])
         return {"loss": ce, "ce": ce}
 
+    last: dict[str, Any] = {}  # the last evaluation: its predictions judge the teacher (``tasks.chance``)
+
+    def evaluate() -> dict[str, Any]:
+        last.update(image_metrics(net, test, s.eval_batch_size))
+        return dict(last)
+
     fit = Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
               batches=lambda e: view_batches(len(train), len(views), s.batch_size, seed, e),
-              evaluate=lambda: {"metric": accuracy(net, test, s.eval_batch_size)},
+              evaluate=evaluate, eval_every=1,  # test accuracy every epoch, as He et al.'s trainer prints it
               checkpoint=out / "checkpoint.safetensors", identity={"task": task.name, "seed": seed, "config": cfg},
               metrics_csv=out / "metrics.csv", desc=f"teacher seed {seed}")
 
@@ -112,7 +119,8 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
         return {"model": s.model, "in_channels": train.task.channels, "num_classes": train.task.num_classes,
                 "image_size": train.task.size,
                 "metric_name": "accuracy", "metric": history[-1]["metric"],
-                "metrics": {"accuracy": history[-1]["metric"]}, "config": cfg}
+                "metrics": {"accuracy": history[-1]["metric"]}, "config": cfg,
+                "chance_reason": chance_reason(last["predictions"], last["labels"], train.task.label_names, "test")}
 
     return TeacherJob(fit=fit, device=dev, save=save, result=result)
 

@@ -203,3 +203,25 @@ def test_a_teacher_record_that_is_not_one_is_one_line(tmp_path, content):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
         f"mtd-cache: error: {seed / 'teacher.json'} is not a teacher's record (")
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()
+
+
+@pytest.mark.parametrize("prog, args, message", [
+    ("mtd-train", ["--store", "{tmp}/none.h5", "--student", "resnet8", "--teachers", "0"],
+     "mtd-train: error: no store at {tmp}/none.h5 (write one with mtd-cache dump, or mtd-cache import)"),
+    ("mtd-sweep", ["--store", "{tmp}/none.h5", "--student", "resnet8", "--pool", "0-1", "--out", "{tmp}/runs"],
+     "mtd-sweep: error: no store at {tmp}/none.h5 (write one with mtd-cache dump, or mtd-cache import)"),
+    ("mtd-report", ["{tmp}/none"], "mtd-report: error: Invalid value for 'RUNS_DIR': '{tmp}/none': is not a folder "
+                                   "of run records (mtd-train and mtd-sweep write them with --out FOLDER)"),
+    ("mtd-report", ["{tmp}/empty"], "mtd-report: error: no finished run records under {tmp}/empty (train students "
+                                    "into it: mtd-train or mtd-sweep --out {tmp}/empty)"),
+    ("mtd-cache", ["dump", "--task", "digits", "--teachers-dir", "{tmp}/none", "--out", "{tmp}/s.h5"],
+     "mtd-cache: error: no teachers folder at {tmp}/none (train them with `mtd-cache teachers`)"),
+    ("mtd-cache", ["dump", "--task", "digits", "--teachers-dir", "{tmp}/empty", "--out", "{tmp}/s.h5"],
+     "mtd-cache: error: no finished teacher in {tmp}/empty (each needs model.safetensors and teacher.json: train "
+     "them with mtd-cache teachers --out {tmp}/empty; --force accepts a rejected one)"),
+])
+def test_what_is_not_found_names_the_command_that_makes_it(prog, args, message, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_cli(prog, *(a.format(tmp=tmp_path) for a in args))
+    assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (2, message.format(tmp=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written

@@ -85,7 +85,8 @@ def test_cli_usage_errors_are_one_line(tmp_path, arrays):
     r = _import(arrays, tmp_path / "s.h5", "--teacher-seeds", "1,x")
     assert r.returncode == 2 and "'1,x': expected comma-separated integers" in r.stderr
     r = cli("inspect", tmp_path / "missing.h5")
-    assert (r.returncode, r.stderr.strip()) == (2, f"mtd-cache: error: no store at {tmp_path / 'missing.h5'}")
+    missing = f"no store at {tmp_path / 'missing.h5'} (write one with mtd-cache dump, or mtd-cache import)"
+    assert (r.returncode, r.stderr.strip()) == (2, f"mtd-cache: error: {missing}")
     r = cli("inspect")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Missing argument 'STORE'" in r.stderr
 

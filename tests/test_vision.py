@@ -204,4 +204,5 @@ def test_train_cli_errors_are_one_line_exit_2(digits, tmp_path, args, message):
 
 def test_train_cli_missing_store(tmp_path):
     r = _train_cli("--store", tmp_path / "none.h5", "--student", "resnet20", "--teachers", "0")
-    assert (r.returncode, r.stderr.strip()) == (2, f"mtd-train: error: no store at {tmp_path / 'none.h5'}")
+    missing = f"no store at {tmp_path / 'none.h5'} (write one with mtd-cache dump, or mtd-cache import)"
+    assert (r.returncode, r.stderr.strip()) == (2, f"mtd-train: error: {missing}")

@@ -25,7 +25,8 @@ def cli(runs_dir: Path, out: Path | None, repeats: int | None, experiment: str |
     setup_logging(verbose)
     check_out_folder("--out", out)
     if not runs_dir.is_dir():
-        raise bad("RUNS_DIR", str(runs_dir), "is not a folder of run records")
+        raise bad("RUNS_DIR", str(runs_dir), "is not a folder of run records (mtd-train and mtd-sweep write them "
+                                             "with --out FOLDER)")
     files = make_report(runs_dir, out or runs_dir / "report", repeats, experiment=experiment, n_resamples=bootstrap)
     for f in files:
         click.echo(str(f))

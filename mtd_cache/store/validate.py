@@ -47,7 +47,7 @@ def refuse_unfinished(path: Path) -> None:
         raise StoreError(f"{target} is an unfinished dump (its progress is in {partial_dir(target)}): "
                          "run the dump again to resume and finish it")
     if not path.exists():
-        raise StoreError(f"no store at {path}")
+        raise StoreError(f"no store at {path} (write one with mtd-cache dump, or mtd-cache import)")
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a store file")
     if not path.is_file():  # a FIFO or a device: HDF5 would wait on it

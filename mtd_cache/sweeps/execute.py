@@ -29,6 +29,7 @@ from typing import Any
 from ..core.errors import EXIT_INCOMPLETE, MtdError
 from ..core.safe_files import append_line, check_target
 from ..store import TeacherStore
+from ..store.validate import refuse_unfinished
 from ..students.recipes import get_recipe, student_traits
 from ..students.run import RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
@@ -166,6 +167,9 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
         raise MtdError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor == "slurm" and not dry_run:  # before any work: never local jobs by surprise
         check_slurm((slurm or {}).get("cluster"))
+    if not dry_run:  # a dry run may plan for stores still to be dumped (make paper DRY_RUN=1)
+        for path in cfg.stores:
+            refuse_unfinished(Path(path))
     check_config(cfg)
     jobs = make_plan(cfg)
     records = survey(jobs, cfg)

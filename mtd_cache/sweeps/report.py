@@ -177,7 +177,8 @@ def make_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, repeats
     (``resources.from_stores``). ``experiment``: only the experiment whose id starts with it."""
     df = load_records(runs_dir)
     if df.empty:
-        raise MtdError(f"no finished run records under {runs_dir}")
+        raise MtdError(f"no finished run records under {runs_dir} (train students into it: mtd-train or mtd-sweep "
+                       f"--out {runs_dir})")
     lines, shared = from_stores(df)
     if experiment:
         chosen = sorted({e for e in df["experiment"] if e.startswith(experiment)})

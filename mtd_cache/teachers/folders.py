@@ -82,7 +82,8 @@ def find_teachers(teachers_dir: Path, task: str | None = None) -> list[Teacher]:
         if other:
             raise MtdError(f"{other[0].path} is a {other[0].info.get('task')} teacher, not {task}")
     if not found:
-        raise MtdError(f"no finished teacher in {teachers_dir} (each needs {WEIGHTS} and {RECORD})")
+        raise MtdError(f"no finished teacher in {teachers_dir} (each needs {WEIGHTS} and {RECORD}: train them with "
+                       f"mtd-cache teachers --out {teachers_dir}; --force accepts a rejected one)")
     return sorted(found, key=lambda t: t.seed)
 
 

@@ -92,7 +92,8 @@ def shapes(tmp_path_factory):
     """Three ResNet-8 teachers (one epoch) on a 3-class image folder task and their 9-view store."""
     root = tmp_path_factory.mktemp("api_shapes")
     path = write_image_folders(root / "data")
-    train_teachers(str(path), [0, 1, 2], root / "teachers", "resnet8", None, {"epochs": 1}, device="cpu")
+    train_teachers(str(path), [0, 1, 2], root / "teachers", "resnet8", None, {"epochs": 1}, device="cpu",
+                   force=True)  # one epoch: at chance, and enough for the API's shapes (the gate: test_chance)
     return root, run_dump(str(path), root / "teachers", root / "s.h5", [], {})
 
 

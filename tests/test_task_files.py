@@ -106,7 +106,8 @@ def test_an_imported_text_store_fingerprints_as_a_dump_and_trains(tmp_path):
         logits, labels, dev_logits, dev_labels = s.logits[...], s.labels, s.dev_logits, s.dev_labels
         fingerprint = s.fingerprint
     out = import_arrays(tmp_path / "i.h5", str(path), np.array(logits), labels, dev_logits, dev_labels,
-                        tokenizer=str(teachers[0].path), max_length=64, teacher_model="numpy")
+                        tokenizer=str(teachers[0].path), max_length=64, teacher_model="numpy",
+                        force=True)  # untrained BERTs: one class for every dev example (the gate: test_importer)
     with TeacherStore.open(out) as s:
         assert s.fingerprint == fingerprint and s.imported and s.tokenizer["sha256"]
     rec = run_student(RunRequest(store=str(out), student="distilbert", teachers=(0, 1), primary=0,
@@ -219,7 +220,8 @@ def test_bad_image_folders_are_one_line_exit_2_nothing_written(tmp_path, damage,
 def test_the_task_is_read_from_the_store_alone(tmp_path):
     """A student needs the store only: the task file may be gone, its data must stay (or --data-dir)."""
     path = write_image_folders(tmp_path / "data", per_class=(6, 3))
-    train_teachers(str(path), [0], tmp_path / "t", "resnet8", None, {"epochs": 1}, device="cpu")
+    train_teachers(str(path), [0], tmp_path / "t", "resnet8", None, {"epochs": 1}, device="cpu",
+                   force=True)  # one epoch on 18 images: at chance, and enough here (the gate: test_chance)
     store = dump.run_dump(str(path), tmp_path / "t", tmp_path / "s.h5", [], {})
     path.unlink()  # nothing but the store knows the task (no process-wide table of loaded task files)
     rec = run_student(RunRequest(store=str(store), student="resnet8", teachers=(0,), out=str(tmp_path / "runs"),

@@ -153,10 +153,12 @@ def _rate_line(info: dict) -> str:
               help="Text tasks: tokens per example.")
 @click.option("--data-dir", type=DATA_DIR, help="Where the task's data lives (a task file's folder by default).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store file to write.")
+@click.option("--force", is_flag=True, help="Import teachers the quality gate rejects (one class for every dev "
+                                            "example).")
 def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path | None, dev_labels: Path | None,
                views_path: Path | None, inputs_path: Path | None, label_names: str | None, metric: str | None,
                teacher_model: str, teacher_seeds: str | None, float16: bool, tokenizer: str | None,
-               max_length: int, data_dir: str | None, out: Path) -> None:
+               max_length: int, data_dir: str | None, out: Path, force: bool) -> None:
     from ..teachers.importer import import_arrays
 
     arrays = {name: _load_npy(flag, path) for name, flag, path in [
@@ -172,7 +174,7 @@ def import_cmd(task: str, logits_path: Path, labels_path: Path, dev_logits: Path
     path = import_arrays(out, task=task, label_names=label_names.split(",") if label_names else None,
                          metric=metric, teacher_model=teacher_model, teacher_seeds=seeds,
                          dtype="float16" if float16 else "float32", tokenizer=tokenizer, max_length=max_length,
-                         data_dir=data_dir, **arrays)
+                         data_dir=data_dir, force=force, **arrays)
     click.echo(f"wrote {path}")
 
 

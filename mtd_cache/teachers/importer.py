@@ -12,6 +12,7 @@ inspect, not to train on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,13 @@ from ..store.format import (
     EXTRA_TOKENIZER,
     EXTRA_TRAIN_SUBSET,
 )
+from ..tasks.chance import SINGLE_CLASS, chance_reason
 from ..tasks.image_data import ImageData, image_fingerprint
 from ..tasks.registry import find_task, get_task, is_task_file
 from .adapter import task_file_extra
+from .seeds import TeachersRejected
+
+log = logging.getLogger(__name__)
 
 
 def import_fingerprint(task: str, labels: np.ndarray, inputs: np.ndarray | None,
@@ -50,8 +55,9 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                   label_names: Sequence[str] | None = None, metric: str | None = None,
                   teacher_model: str = "", teacher_seeds: Sequence[int] | None = None,
                   dtype: str = "float32", tokenizer: str | None = None, max_length: int = 128,
-                  data_dir: str | None = None) -> Path:
-    """Validate the arrays (against the task's data when the task is known), then write the store."""
+                  data_dir: str | None = None, force: bool = False) -> Path:
+    """Validate the arrays (against the task's data when the task is known), gate the teachers on the dev
+    logits when given (``gate``; ``force`` imports rejected ones), then write the store."""
     _check_arrays(logits, labels, dev_logits, dev_labels, views)
     spec_task = get_task(task) if is_task_file(task) else find_task(task)
     num_classes, num_teachers = logits.shape[-1], logits.shape[-2]
@@ -76,6 +82,7 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                                  data_dir)
         task_name, metric = spec_task.name, metric or spec_task.metric
         extra.update(task_file_extra(spec_task))
+    gate(dev_logits, dev_labels, names, seeds, force)
     dev_metric = None
     if dev_logits is not None and dev_labels is not None and metric == "accuracy":
         dev_metric = (dev_logits.argmax(-1) == dev_labels[:, None]).mean(0)
@@ -87,6 +94,29 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                      extra={EXTRA_IMPORTED: True, **extra})
     return write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
                        dev_metric=dev_metric, views=views)
+
+
+def gate(dev_logits: np.ndarray | None, dev_labels: np.ndarray | None, names: Sequence[str], seeds: Sequence[int],
+         force: bool) -> None:
+    """The teachers' quality gate on imported logits (``tasks.chance``), as for teachers trained here: a teacher
+    that predicts one class for every dev example refuses the import (exit status 4) unless ``force``; one near
+    chance is imported with a warning. Without dev logits there is nothing to judge."""
+    if dev_logits is None or dev_labels is None or len(dev_labels) == 0:
+        return
+    rejected = []
+    for t, seed in enumerate(seeds):
+        reason = chance_reason(dev_logits[:, t].argmax(-1), dev_labels, names, "dev")
+        if reason is None:
+            continue
+        if reason.startswith(SINGLE_CLASS) and not force:
+            rejected.append(f"teacher {t} (seed {seed}): {reason}")
+        else:
+            log.warning("teacher %d (seed %d) is %s: %s (imported%s)", t, seed, "at chance" if
+                        reason.startswith(SINGLE_CLASS) else "near chance level", reason,
+                        ", --force" if reason.startswith(SINGLE_CLASS) else "")
+    if rejected:
+        raise TeachersRejected(f"{rejected[0]}{f' (and {len(rejected) - 1} more)' if len(rejected) > 1 else ''}; "
+                               "nothing written: leave it out of the arrays, or --force imports it")
 
 
 def _tie_images(task: Any, logits: np.ndarray, labels: np.ndarray, dev_labels: np.ndarray | None,

@@ -24,6 +24,7 @@ AUGMENTED ?=
 GLOVE ?=
 TASKS ?=
 DRY_RUN ?=
+TFLOPS ?=
 TRAIN_SUBSET ?=
 MAX_LENGTH ?=
 LR ?=
@@ -34,7 +35,8 @@ opt = $(if $(2),$(1) $(2))
 sets = $(foreach s,$(SET),--set $(s))
 paper_opts = --repeats $(REPEATS) --workers $(WORKERS) --seeds $(SEEDS) --pool $(POOL) $(call opt,--model,$(MODEL)) \
 	$(call opt,--threads,$(THREADS)) \
-	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--epochs,$(EPOCHS)) $(sets) $(if $(DRY_RUN),--dry-run)
+	$(call opt,--data-dir,$(DATA_DIR)) $(call opt,--epochs,$(EPOCHS)) $(call opt,--tflops,$(TFLOPS)) $(sets) \
+	$(if $(DRY_RUN),--dry-run)
 
 .PHONY: demo test test-fast bench venv teachers augment cache sweep report paper clean help
 
@@ -47,7 +49,7 @@ help:
 	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS THREADS EPOCHS DATA_DIR SET DRY_RUN STORE RUNS"
 	@echo "            (STUDENT=tinybert: R augmentation files and R stores first, store r for repeat r)"
 	@echo "  report    RUNS: the report of RUNS into RUNS/report"
-	@echo "  paper     TASKS REPEATS WORKERS MODEL SEEDS POOL EPOCHS DATA_DIR SET DRY_RUN: the paper's protocol"
+	@echo "  paper     TASKS REPEATS WORKERS MODEL SEEDS POOL EPOCHS DATA_DIR SET DRY_RUN TFLOPS: the paper's protocol"
 	@echo "Knobs now: TASK=$(TASK) STUDENT=$(STUDENT) MODEL=$(MODEL) SEEDS=$(SEEDS) POOL=$(POOL) EPOCHS=$(EPOCHS)"
 	@echo "  TEACHERS=$(TEACHERS) STORE=$(STORE) RUNS=$(RUNS) TRAIN_SUBSET=$(TRAIN_SUBSET) MAX_LENGTH=$(MAX_LENGTH) LR=$(LR)"
 	@echo "  REPEATS=$(REPEATS) WORKERS=$(WORKERS) THREADS=$(THREADS) DATA_DIR=$(DATA_DIR) SET='$(SET)' DRY_RUN=$(DRY_RUN)"
@@ -104,7 +106,7 @@ report: $(STAMP)
 	$(BIN)/mtd-report $(RUNS) --out $(RUNS)/report
 
 # Every task and student of the paper (GPU work): bin/paper.py lists each step; DRY_RUN=1 prints them all with
-# their run counts and runs nothing. TASKS=mrpc,cola limits the tasks.
+# their run counts and counted work (TFLOPS= for the time) and runs nothing. TASKS=mrpc,cola limits the tasks.
 paper: $(STAMP)
 	$(BIN)/python bin/paper.py $(call opt,--tasks,$(TASKS)) $(paper_opts)
 

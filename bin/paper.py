@@ -17,6 +17,7 @@ BIN = Path(sys.executable).parent
 
 def main(argv: list[str] | None = None) -> int:
     from mtd_cache.core.errors import MtdError
+    from mtd_cache.sweeps import work
     from mtd_cache.sweeps.paper import TASKS, paper_steps
 
     p = argparse.ArgumentParser(description="The paper's protocol: teachers, stores, sweeps, report.")
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="student epochs (default: each recipe's)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of each student run (mtd-sweep)")
     p.add_argument("--set", dest="sets", action="append", default=[], help="student setting KEY=VALUE")
+    p.add_argument("--tflops", type=float, default=None,
+                   help="sustained training TFLOP/s of the machine that will run it, for the time estimates "
+                        "(default: this machine's measured matmul rate x 0.4)")
     args = p.parse_args(argv)
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     students = tuple(args.students.split(",")) if args.students else None
@@ -45,8 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     except MtdError as exc:
         print(f"paper: error: {exc}", file=sys.stderr)
         return 2
+    rate, rate_text = work.rate_of(args.tflops)
+    counted = [st.flops for st in steps if st.flops is not None]
+    unknown = len(steps) - len(counted) - 1  # the report: seconds, not counted
+    about = "<=" if any(st.bound for st in steps) else "~"
+    print(f"estimate: {about}{work.flops_text(sum(counted))} in all, {about}{work.span(sum(counted) / rate)} at "
+          f"{rate_text}" + (f"; {unknown} steps not counted" if unknown > 0 else "") +
+          ("; <=: text counted at 128 tokens per example" if about == "<=" else ""), flush=True)
     for i, step in enumerate(steps, 1):
-        print(f"[{i}/{len(steps)}] {step.what}" + (f": {step.plan}" if step.plan else ""), flush=True)
+        print(f"[{i}/{len(steps)}] {step.what}" + (f": {step.plan}" if step.plan else "") +
+              f" [{work.step_line(step.flops, rate, step.bound)}]", flush=True)
         print("    $ " + " ".join(step.argv), flush=True)
         if not args.dry_run:
             rc = subprocess.run([str(BIN / step.argv[0]), *step.argv[1:]]).returncode

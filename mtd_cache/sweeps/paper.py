@@ -11,7 +11,8 @@ Per task (Ilichev et al., their sweep protocol):
   TinyBERT sweep with store r for repeat r (576 + 3 runs and 6 x R shared stage-1 runs).
 * the report over every run.
 
-Every tool skips what is done already, so the whole list can be run again after an interruption.
+Every tool skips what is done already, so the whole list can be run again after an interruption. Each step
+carries its floating-point work, counted before anything runs (``work.py``), for the time it will take.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import MtdError
+from . import work
 from .execute import SweepConfig, describe, make_plan
 
 GLUE = ("mrpc", "cola", "sst-2")
@@ -36,6 +38,8 @@ class Step:
     argv: list[str]
     plan: str | None = None
     outputs: list[str] = field(default_factory=list)
+    flops: float | None = None  # its floating-point work, counted before it runs (``work.py``); None: unknown
+    bound: bool = False  # flops is an upper bound (text counted at 128 tokens per example)
 
 
 def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None = None, repeats: int = 3,
@@ -56,37 +60,45 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
             continue
         base = Path(cache) / task
         teachers = str(base / "teachers")
+        cost = _Costs(task, model, len(_indices(seeds, "--seeds")), epochs)
         steps.append(Step(f"{task}: train the teachers (seeds {seeds})",
                           ["mtd-cache", "teachers", "--task", task, "--seeds", seeds, "--out", teachers, *data,
-                           *(["--model", model] if model else [])], outputs=[teachers]))
+                           *(["--model", model] if model else [])], outputs=[teachers], flops=cost.teachers()))
         if task == "cifar10":
             store = str(base / "store.h5")
             steps.append(Step(f"{task}: dump the teachers' logits on every view", [
                 "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--out", store, *data],
-                outputs=[store]))
-            steps.append(_sweep(task, "resnet20", [store], pool_ids, repeats, sweep_opts))
+                outputs=[store], flops=cost.dump()))
+            steps.append(_sweep(task, "resnet20", [store], pool_ids, repeats, sweep_opts, cost))
             continue
         if "distilbert" in chosen:
             store = str(base / "store.h5")
             steps.append(Step(f"{task}: dump logits and every teacher's last hidden state (DistilBERT)", [
                 "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--primary", pool, "--out",
-                store, *data], outputs=[store]))
-            steps.append(_sweep(task, "distilbert", [store], pool_ids, repeats, sweep_opts))
+                store, *data], outputs=[store], flops=cost.dump()))
+            steps.append(_sweep(task, "distilbert", [store], pool_ids, repeats, sweep_opts, cost))
         if "tinybert" in chosen:
             stores = []
             for r in range(repeats):
                 augmented = str(base / f"augmented-{r}.tsv")
                 steps.append(Step(f"{task}: TinyBERT augmentation file {r} (seed {r})", [
                     "mtd-cache", "augment", "--task", task, "--seed", str(r), "--out", augmented, *data],
-                    outputs=[augmented]))
+                    outputs=[augmented], flops=cost.augment()))
                 store = str(base / f"tinybert-{r}.h5")
                 steps.append(Step(f"{task}: TinyBERT store {r} (augmentation file {r}, TinyBERT-"
                                   f"{TINYBERT_LAYERS}L's layer map)", [
                     "mtd-cache", "dump", "--task", task, "--teachers-dir", teachers, "--primary", pool,
                     "--student-layers", str(TINYBERT_LAYERS), "--augmented", augmented, "--out", store, *data],
-                    outputs=[store]))
+                    outputs=[store], flops=cost.dump(augmented=True)))
                 stores.append(store)
-            steps.append(_sweep(task, "tinybert", stores, pool_ids, repeats, sweep_opts))
+            steps.append(_sweep(task, "tinybert", stores, pool_ids, repeats, sweep_opts, cost))
+    for step in steps:  # text is counted at its full 128 tokens: upper bounds
+        step.bound = step.flops is not None and "--task" in step.argv and \
+            step.argv[step.argv.index("--task") + 1] != "cifar10"
+    for step in steps:
+        if step.argv[0] == "mtd-sweep":
+            step.bound = any(s.bound for s in steps if s.argv[0] == "mtd-cache" and s.what.split(":")[0] ==
+                             step.what.split(":")[0])
     steps.append(Step("the report over every run", ["mtd-report", runs, "--out", str(Path(runs) / "report")]))
     return steps
 
@@ -104,14 +116,67 @@ def students_of(task: str) -> tuple[str, ...]:
 
 
 def _sweep(task: str, student: str, stores: list[str], pool: tuple[int, ...], repeats: int,
-           opts: list[str]) -> Step:
+           opts: list[str], cost: _Costs) -> Step:
     jobs = make_plan(SweepConfig(stores=tuple(stores), student=student, pool=pool, repeats=repeats))
     argv = ["mtd-sweep", *[a for s in stores for a in ("--store", s)], "--student", student, *opts]
     where = f"store r for repeat r ({len(stores)} stores)" if len(stores) > 1 else "one store"
-    return Step(f"{task}: the {student} sweep, {where}", argv, plan=describe(jobs))
+    runs = sum(j.kind != "stage1" for j in jobs)
+    return Step(f"{task}: the {student} sweep, {where}", argv, plan=describe(jobs),
+                flops=cost.sweep(student, runs, len(jobs) - runs))
 
 
-def _indices(text: str) -> tuple[int, ...]:
+def _indices(text: str, option: str = "--pool") -> tuple[int, ...]:
     from ..core.indices import parse_index_set
 
-    return tuple(parse_index_set(text, option="--pool"))
+    return tuple(parse_index_set(text, option=option))
+
+
+class _Costs:
+    """The floating-point work of one task's steps (``work.py``: counted FLOPs x passes x examples x epochs)."""
+
+    def __init__(self, task: str, model: str | None, seeds: int, student_epochs: int | None):
+        from ..tasks.registry import get_task
+
+        self.spec = get_task(task)
+        self.image = self.spec.kind == "image"
+        self.teacher = (model or "resnet110") if self.image else ("bert-base" if model is None else None)
+        if self.image and not self.teacher.startswith("resnet"):
+            self.teacher = None  # a torchvision teacher: not counted
+        self.seeds, self.student_epochs = seeds, student_epochs
+        self.train, self.dev = self.spec.sizes
+
+    def teachers(self) -> float | None:
+        from ..teachers.text import TextTeacherSettings
+        from ..teachers.vision import ImageTeacherSettings
+
+        if self.teacher is None:
+            return None
+        epochs = work.settings_of(ImageTeacherSettings if self.image else TextTeacherSettings).epochs
+        return self.seeds * work.training(self.teacher, self.train, epochs, self.dev)
+
+    def dump(self, augmented: bool = False) -> float | None:
+        from ..tasks.images import view_table
+
+        if self.teacher is None:
+            return None
+        rows = self.train * len(view_table(self.spec)) if self.image else self._rows(augmented)
+        return self.seeds * work.forwards(self.teacher, rows + self.dev)
+
+    def augment(self) -> float:
+        return work.forwards("bert-base-mlm", self.train * work.TOKENS)  # a masked-LM pass per token: a bound
+
+    def sweep(self, student: str, runs: int, stage1: int) -> float:
+        from ..students.recipes import get_recipe
+
+        s = work.settings_of(get_recipe(student).Settings)
+        epochs = self.student_epochs or s.epochs
+        model = {"resnet20": "resnet20", "distilbert": "distilbert", "tinybert": "tinybert"}[student]
+        rows = self.train if self.image else self._rows(student == "tinybert")
+        total = runs * work.training(model, rows, epochs, self.dev)
+        if stage1:
+            total += stage1 * work.training(model, rows, s.ild_epochs)
+        return total
+
+    def _rows(self, augmented: bool) -> int:
+        """Training rows: with TinyBERT's augmentation, at most N + 1 per example (N: the task's rounds)."""
+        return self.train * (self.spec.augment_rounds + 1) if augmented else self.train

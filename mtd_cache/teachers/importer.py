@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core.errors import MtdError
-from ..store import Fingerprint, StoreSpec, write_store
+from ..store import Fingerprint, StoreSpec, check_finite_logits, write_store
 from ..store.format import (
     EXTRA_AUGMENTED,
     EXTRA_DATA_DIR,
@@ -82,7 +82,7 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                                  data_dir)
         task_name, metric = spec_task.name, metric or spec_task.metric
         extra.update(task_file_extra(spec_task))
-    gate(dev_logits, dev_labels, names, seeds, force)
+    warnings = gate(dev_logits, dev_labels, names, seeds, force)
     dev_metric = None
     if dev_logits is not None and dev_labels is not None and metric == "accuracy":
         dev_metric = (dev_logits.argmax(-1) == dev_labels[:, None]).mean(0)
@@ -92,18 +92,23 @@ def import_arrays(out: str | Path, task: str, logits: np.ndarray, labels: np.nda
                      fingerprint=fingerprint, teacher_model=teacher_model,
                      teacher_seeds=tuple(int(s) for s in seeds), precision="imported",
                      extra={EXTRA_IMPORTED: True, **extra})
-    return write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
+    path = write_store(out, spec, logits, labels, dev_logits=dev_logits, dev_labels=dev_labels,
                        dev_metric=dev_metric, views=views)
+    for line in warnings:  # once the store is written: a refused import says only why it was refused
+        log.warning("%s", line)
+    return path
 
 
 def gate(dev_logits: np.ndarray | None, dev_labels: np.ndarray | None, names: Sequence[str], seeds: Sequence[int],
-         force: bool) -> None:
+         force: bool) -> list[str]:
     """The teachers' quality gate on imported logits (``tasks.chance``), as for teachers trained here: a teacher
     that predicts one class for every dev example refuses the import (exit status 4) unless ``force``; one near
-    chance is imported with a warning. Without dev logits there is nothing to judge."""
+    chance is imported with a warning (returned, for the caller to log once the store is written). Without dev
+    logits there is nothing to judge."""
     if dev_logits is None or dev_labels is None or len(dev_labels) == 0:
-        return
-    rejected = []
+        return []
+    check_finite_logits(dev_logits, "dev logits")
+    rejected, warnings = [], []
     for t, seed in enumerate(seeds):
         reason = chance_reason(dev_logits[:, t].argmax(-1), dev_labels, names, "dev")
         if reason is None:
@@ -111,12 +116,13 @@ def gate(dev_logits: np.ndarray | None, dev_labels: np.ndarray | None, names: Se
         if reason.startswith(SINGLE_CLASS) and not force:
             rejected.append(f"teacher {t} (seed {seed}): {reason}")
         else:
-            log.warning("teacher %d (seed %d) is %s: %s (imported%s)", t, seed, "at chance" if
-                        reason.startswith(SINGLE_CLASS) else "near chance level", reason,
-                        ", --force" if reason.startswith(SINGLE_CLASS) else "")
+            constant = reason.startswith(SINGLE_CLASS)
+            warnings.append(f"teacher {t} (seed {seed}) is {'at chance' if constant else 'near chance level'}: "
+                            f"{reason} (imported{', --force' if constant else ''})")
     if rejected:
         raise TeachersRejected(f"{rejected[0]}{f' (and {len(rejected) - 1} more)' if len(rejected) > 1 else ''}; "
                                "nothing written: leave it out of the arrays, or --force imports it")
+    return warnings
 
 
 def _tie_images(task: Any, logits: np.ndarray, labels: np.ndarray, dev_labels: np.ndarray | None,

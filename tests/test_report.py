@@ -313,3 +313,19 @@ def test_a_folder_of_one_run_says_there_is_nothing_to_compare_and_draws_nothing(
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "## cifar10 / hf:mini-3l, experiment" in md  # a local folder named by its last part
     assert "- nothing to compare yet: no k-combination has both a multi-teacher run and a k = 1 run" in md
+
+
+def test_differences_md_shows_one_equal_effort_row_when_worst_and_best_are_one_number():
+    from mtd_cache.sweeps.tables import differences_markdown
+
+    def row(k, name, est):
+        return {"experiment": "e" * 64, "variant": "all runs", "k": k, "difference": name, "estimate": est,
+                "ci_low": est - 0.01, "ci_high": est + 0.01, "p_positive": 0.9, "covers": "examples"}
+
+    one = pd.DataFrame([row(2, "worst", 0.004), row(2, "eq_worst", 0.003), row(2, "eq_best", 0.003)])
+    text = differences_markdown(one, {})
+    assert "| all runs | 2 | eq (worst = best: one repeat) | 0.3 | -0.7 | 1.3 | 0.9 | examples |" in text
+    assert "eq_best" not in text and "eq_worst" not in text and "| P(>0) |" in text
+    three = pd.DataFrame([row(2, "eq_worst", 0.003), row(2, "eq_best", 0.005)])  # R >= 2: two numbers
+    assert "| eq_worst | 0.3 |" in differences_markdown(three, {}) and "| eq_best | 0.5 |" in \
+        differences_markdown(three, {})

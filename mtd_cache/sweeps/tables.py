@@ -111,12 +111,26 @@ def differences_markdown(diffs: pd.DataFrame, titles: dict[str, str]) -> str:
     table = diffs.copy()
     for col in ("estimate", "ci_low", "ci_high"):
         table[col] = 100 * table[col]
-    table = table.rename(columns={"estimate": "points", "ci_low": "95% low", "ci_high": "95% high"})
+    table = table.rename(columns={"estimate": "points", "ci_low": "95% low", "ci_high": "95% high",
+                                  "p_positive": "P(>0)"})
     parts = []
     for exp, rows in table.groupby("experiment", sort=True):
         parts.append(f"## experiment {exp[:8]}" + (f": {titles[exp]}" if exp in titles else "") + "\n")
-        parts.append(markdown(rows.drop(columns=["experiment"]), digits=3))
+        parts.append(markdown(_equal_effort_once(rows.drop(columns=["experiment"])), digits=3))
     return "\n".join(parts)
+
+
+def _equal_effort_once(rows: pd.DataFrame) -> pd.DataFrame:
+    """With one repeat the equal-effort worst and best are one number (the mean run): one row, ``eq``."""
+    keys = [c for c in ("variant", "k") if c in rows]
+    worst, best = rows[rows["difference"] == "eq_worst"], rows[rows["difference"] == "eq_best"]
+    values = [c for c in rows.columns if c not in (*keys, "difference")]
+    if not len(worst) or len(worst) != len(best) or not worst[values].reset_index(drop=True).equals(
+            best[values].reset_index(drop=True)):
+        return rows
+    out = rows[rows["difference"] != "eq_best"].copy()
+    out.loc[out["difference"] == "eq_worst", "difference"] = "eq (worst = best: one repeat)"
+    return out
 
 
 # ----------------------------------------------------------------------------- cells

@@ -10,6 +10,7 @@ import random
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,21 @@ def pool_of_two(root: Path, temperature: float = 4.0, shift: int = 0) -> None:
     write_run(root, f"t{temperature}-0", (0,), 0, right(90 + shift), temperature)
     write_run(root, f"t{temperature}-1", (1,), 0, right(95 + shift), temperature)
     write_run(root, f"t{temperature}-01", (0, 1), 0, right(90 + shift, (96 + shift,)), temperature)
+
+
+# ----------------------------------------------------------------------------- small disks
+
+
+@contextmanager
+def mounted(path: Path, *options: str, source: str = "tmpfs", kind: str | None = "tmpfs"):
+    """``path`` as a mount point (a tmpfs of ``-o size=...`` by default: a disk that fills), unmounted after; the
+    test is skipped where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", *(["-t", kind] if kind else []), *options, source, str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount here ({' '.join(cmd)}: {r.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import Result, run_cli
+from factories import mounted
 
 from mtd_cache.core.checkpoints import NotACheckpoint, load_state, save_state
 from mtd_cache.students.run import RunRequest, plan_run
@@ -147,12 +148,7 @@ def test_the_state_round_trips_without_pickle(tmp_path):
 
 
 def test_a_full_disk_while_checkpointing_is_exit_3_and_the_run_resumes(tiny, tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1000k", "tmpfs", str(runs)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted(tmp_path / "runs", "-o", "size=1000k") as runs:
         args = [BIN / "mtd-train", "--store", tiny["image"], "--student", "resnet8", "--teachers", "0,1", "--epochs",
                 "3", "--device", "cpu", "--out", runs, "--no-save-model"]
         r = _run(*args)
@@ -165,8 +161,6 @@ def test_a_full_disk_while_checkpointing_is_exit_3_and_the_run_resumes(tiny, tmp
         again = _run(*args)
         assert again.returncode == 0, again.stderr
         assert "resumed from" in again.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(runs)], capture_output=True)
 
 
 def test_weights_that_are_not_safetensors_are_one_line(tiny, tmp_path):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from factories import mounted
 
 from mtd_cache.cli.common import run_command
 from mtd_cache.core.errors import MtdError
@@ -77,12 +77,7 @@ def test_a_force_dump_that_cannot_finish_leaves_the_good_store_byte_for_byte(tin
 
 
 def test_a_dump_stopped_by_a_full_disk_at_the_merge_resumes_once_its_merge_fits(tiny, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with mounted(tmp_path / "disk", "-o", "size=2m") as disk:
         out = disk / "s.h5"
         full = OSError(errno.ENOSPC, "No space left on device")
         assert _dump(tiny, out, "--train-subset", "400", stop=full) == 3  # every piece written, then the disk filled
@@ -92,8 +87,6 @@ def test_a_dump_stopped_by_a_full_disk_at_the_merge_resumes_once_its_merge_fits(
         assert _dump(tiny, out, "--train-subset", "400") == 0  # was exit 3: "... and its pieces as much again"
         assert _dump(tiny, tmp_path / "ref.h5", "--train-subset", "400") == 0
         assert diff_stores(out, tmp_path / "ref.h5") == []
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def test_a_dump_finding_its_store_unsealed_seals_it(tiny, tmp_path, caplog):

@@ -64,10 +64,20 @@ def test_a_sweep_worker_s_lines_carry_its_job_and_it_draws_no_bar(capfd):
         progress.job_logging("k=1 teachers 2 seed 0")  # the next job in the same worker: one handler, renamed
         assert sum(isinstance(f, progress._JobPrefix) for h in root.handlers for f in h.filters) == 1
         assert Progress(3, "x", terminal=None).bar is None  # never a bar in a worker, even on a terminal
-        logging.getLogger("mtd_cache.core.fit").info("epoch 1/2: loss 0.5")
-        err = capfd.readouterr().err
-        assert err.endswith(" [k=1 teachers 2 seed 0] mtd_cache.core.fit: epoch 1/2: loss 0.5\n")
+        with Progress(3, "resnet8 k=1 epoch 1/2", unit="step", interval=1e-9) as p:
+            p.update(1, loss=0.5)
+        logging.getLogger("mtd_cache.core.fit").info("resnet8 k=1 epoch 1/2: loss 0.5")  # the sweep line's twin
+        logging.getLogger("mtd_cache.students.run").warning("something to know")
+        lines = capfd.readouterr().err.splitlines()
+        assert [line[9:] for line in lines] == [
+            "[k=1 teachers 2 seed 0] mtd_cache.core.progress: " + lines[0].split("progress: ")[1],
+            "[k=1 teachers 2 seed 0] mtd_cache.students.run: something to know"]
+        assert lines[0].split("progress: ")[1].startswith("resnet8 k=1 epoch 1/2: 1/3 steps (33%)")
+        progress.job_logging("k=1 teachers 2 seed 0", logging.DEBUG)  # -v: every line
+        logging.getLogger("mtd_cache.core.fit").info("epoch 2/2: loss 0.4")
+        assert capfd.readouterr().err.endswith(" [k=1 teachers 2 seed 0] mtd_cache.core.fit: epoch 2/2: loss 0.4\n")
     finally:
         progress._JOB["name"] = ""
+        progress.log.setLevel(logging.NOTSET)
         root.handlers[:], _ = saved
         root.setLevel(saved[1])

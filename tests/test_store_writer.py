@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import BIN, cli, one_line_error
+from factories import BIN, cli, mounted, one_line_error
 
 from mtd_cache.core.locks import file_lock
 from mtd_cache.store import TeacherStore, diff_stores
@@ -20,19 +20,6 @@ from mtd_cache.teachers import find_teachers
 
 def dump_args(root: Path, out: Path, teachers: str = "t") -> list:
     return ["dump", "--task", "digits", "--teachers-dir", root / teachers, "--out", out]
-
-
-@contextmanager
-def mounted(path: Path, *options: str, source: str = "tmpfs", kind: str | None = "tmpfs"):
-    path.mkdir(parents=True, exist_ok=True)
-    cmd = ["mount", *(["-t", kind] if kind else []), *options, source, str(path)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount here ({' '.join(cmd)}: {r.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @contextmanager

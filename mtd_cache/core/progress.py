@@ -118,7 +118,11 @@ class _JobPrefix(logging.Filter):
 
 def job_logging(job: str, level: int = logging.INFO) -> None:
     """Log this process's lines to stderr, each prefixed by ``job`` (a sweep job in its worker process: a local
-    worker, a Ray task, a Slurm job). Set once per process, the job named again for each job it runs."""
+    worker, a Ray task, a Slurm job). Set once per process, the job named again for each job it runs.
+
+    At ``level`` INFO a job says what the sweep's own lines do not: its periodic progress lines (every
+    ``MTD_PROGRESS_S``, with its epoch, loss and ETA) and its warnings; its per-epoch and end-of-run lines,
+    which a short job prints many of and the sweep's line per finished job repeats, show with ``-v``."""
     _JOB["name"] = job
     root = logging.getLogger()
     if not any(isinstance(f, _JobPrefix) for h in root.handlers for f in h.filters):
@@ -126,4 +130,5 @@ def job_logging(job: str, level: int = logging.INFO) -> None:
         handler.addFilter(_JobPrefix())
         handler.setFormatter(logging.Formatter("%(asctime)s [%(job)s] %(name)s: %(message)s", "%H:%M:%S"))
         root.handlers[:] = [handler]
-        root.setLevel(level)
+    root.setLevel(level if level < logging.INFO else max(level, logging.WARNING))
+    log.setLevel(level)

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="sustained training TFLOP/s of the machine that will run it, for the time estimates "
                         "(default: this machine's measured matmul rate x 0.4)")
     args = p.parse_args(argv)
+    if args.tflops is not None and not 0 < args.tflops < float("inf"):
+        print(f"paper: error: --tflops {args.tflops}: expected a rate above 0 (TFLOP/s)", file=sys.stderr)
+        return 2
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     students = tuple(args.students.split(",")) if args.students else None
     if args.model and "cifar10" in tasks and len(tasks) > 1:

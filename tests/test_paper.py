@@ -57,6 +57,11 @@ def test_make_paper_dry_run_prints_every_step_and_runs_nothing(tmp_path):
     rte = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "rte", "--students",
                           "tinybert", "--threads", "2"], capture_output=True, text=True)
     assert rte.returncode == 0 and "rte: the tinybert sweep" in rte.stdout and "--threads 2" in rte.stdout
+    for rate in ("0", "-5", "nan"):
+        r = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tflops", rate],
+                           capture_output=True, text=True)
+        assert (r.returncode, r.stderr.strip()) == (2, f"paper: error: --tflops {float(rate)}: expected a rate "
+                                                       "above 0 (TFLOP/s)")
     bad = subprocess.run([sys.executable, str(ROOT / "bin" / "paper.py"), "--dry-run", "--tasks", "imagenet"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown task 'imagenet' for the paper's protocol; the paper's: cifar10, mrpc, " \

@@ -83,7 +83,7 @@ def measured_rate(seconds: float = 1.0) -> tuple[float, str]:
             torch.cuda.synchronize()
     rate = done * 2 * n**3 / (time.perf_counter() - start)
     what = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    return rate, f"{dtype} matmul on this machine ({what})"
+    return rate, f"{str(dtype).removeprefix('torch.')} matmul on this machine ({what})"
 
 
 def flops_text(flops: float) -> str:

@@ -225,3 +225,13 @@ def test_what_is_not_found_names_the_command_that_makes_it(prog, args, message, 
     r = run_cli(prog, *(a.format(tmp=tmp_path) for a in args))
     assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (2, message.format(tmp=tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # nothing written
+
+
+def test_a_task_file_that_is_not_a_regular_file_says_so(tmp_path):
+    (tmp_path / "folder.json").mkdir()
+    os.mkfifo(tmp_path / "fifo.json")  # reading it would block: refused without opening it
+    for name, what in (("folder.json", "is not a regular file"), ("fifo.json", "is not a regular file"),
+                       ("missing.json", "not found")):
+        r = run_cli("mtd-cache", "teachers", "--task", tmp_path / name, "--out", tmp_path / "t")
+        assert (r.returncode, r.stderr.strip()) == (2, f"mtd-cache: error: task file {tmp_path / name} {what}")
+    assert not (tmp_path / "t").exists()

@@ -27,7 +27,7 @@ def test_a_killed_worker_is_a_failed_job_retried_once_and_named(tiny, tmp_path, 
     assert r.stderr.strip().splitlines()[-1] == (
         f"mtd-sweep: error: 1 of 4 runs are not done (3 done, 1 failed); the first is {ALWAYS}: its worker process "
         "was killed (SIGKILL: out of memory?) 2 times; run the sweep again to retry them")
-    assert f"{ONCE}: its worker process was killed (SIGKILL); running it again" in r.stderr
+    assert f"{ONCE}: its worker process was killed (SIGKILL: out of memory?); running it again" in r.stderr
     done = [json.loads(p.read_text()) for p in out.rglob("*.json")]
     assert sorted(rec["teachers"] for rec in done) == [[], [0], [1]] and all(rec["status"] == "done" for rec in done)
 
@@ -56,3 +56,23 @@ def test_a_ray_or_slurm_job_whose_process_died_is_a_failed_job_named_by_its_key(
     assert [r["key"] for r in results] == [j.key for j in jobs]
     assert {r["status"] for r in results} == {"failed"} and results[0]["error"] == (
         "its process died (RuntimeError: The actor died unexpectedly before finishing this task (SIGKILL))")
+
+
+def test_a_lost_job_s_line_says_how_its_worker_ended():
+    """From the dead workers' exit codes when the event log cannot say whose job it was: a worker that exits as
+    it starts is not reported as killed (out of memory), as it was."""
+    import signal
+    from types import SimpleNamespace
+
+    from mtd_cache.sweeps.executors import _killed_jobs, death
+    from mtd_cache.sweeps.plan import Job
+
+    lost = [Job("student", (0, 1), None, 0, 0, 0), Job("student", (1,), None, 0, 0, 0)]
+    procs = {11: SimpleNamespace(exitcode=1), 12: SimpleNamespace(exitcode=1)}
+    causes = _killed_jobs(lost, procs, "/nonexistent")
+    assert [death(causes[j.key]) for j in lost] == ["exited (exit status 1)"] * 2
+    procs = {11: SimpleNamespace(exitcode=-signal.SIGKILL), 12: SimpleNamespace(exitcode=-signal.SIGTERM)}
+    assert death(_killed_jobs(lost, procs, "/nonexistent")[lost[0].key]) == "was killed (SIGKILL: out of memory?)"
+    procs = {11: SimpleNamespace(exitcode=-signal.SIGSEGV), 12: SimpleNamespace(exitcode=1)}  # disagree
+    assert death(_killed_jobs(lost, procs, "/nonexistent")[lost[0].key]) == "died"
+    assert death("SIGSEGV") == "was killed (SIGSEGV)"

@@ -138,14 +138,14 @@ class _Pool:
         for job in lost:
             if job.key in culprits:
                 self.killed[job.key] = self.killed.get(job.key, 0) + 1
-            signal_name = culprits.get(job.key, "")
+            how = death(culprits.get(job.key, ""))
             if self.killed.get(job.key, 0) >= KILLED_TWICE:
-                error = f"its worker process was killed ({signal_name}: out of memory?) {KILLED_TWICE} times"
+                error = f"its worker process {how} {KILLED_TWICE} times"
                 log.error("%s failed: %s", job.key, error)
                 self.failed[job] = {"key": job.key, "run_id": None, "status": "failed", "error": error}
             else:
                 if job.key in culprits:
-                    log.warning("%s: its worker process was killed (%s); running it again", job.key, signal_name)
+                    log.warning("%s: its worker process %s; running it again", job.key, how)
                 self.submit([job])
 
 
@@ -170,7 +170,22 @@ def _killed_jobs(lost: list[Job], procs: dict[int, Any], out: str) -> dict[str, 
     except (OSError, ValueError, KeyError, TypeError):
         pass
     named = {j.key: _signal_name(dead[started[j.key]]) for j in lost if started.get(j.key) in dead}
-    return named or {j.key: "by a signal" for j in lost}
+    if named:
+        return named
+    causes = {_signal_name(code) for code in dead.values()}  # no start to tell whose: what the dead workers say
+    cause = next(iter(causes)) if len(causes) == 1 else ""
+    return {j.key: cause for j in lost}
+
+
+def death(cause: str) -> str:
+    """How a worker ended, for a job's line: ``was killed (SIGKILL: out of memory?)``, ``was killed (SIGSEGV)``,
+    ``exited (exit status 1)`` (a worker that fails as it starts, e.g. a job function it cannot import), or
+    ``died`` when nothing says how."""
+    if cause == "SIGKILL":
+        return "was killed (SIGKILL: out of memory?)"
+    if cause.startswith(("SIG", "signal")):
+        return f"was killed ({cause})"
+    return f"exited ({cause})" if cause else "died"
 
 
 def _signal_name(code: int | None) -> str:

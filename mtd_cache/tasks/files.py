@@ -48,8 +48,10 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 def load_task_file(path: str | Path) -> Any:
     """The task a file describes, resolved and its files checked (one line on any problem)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MtdError(f"task file {path} not found")
+    if not path.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise MtdError(f"task file {path} is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -74,8 +74,9 @@ def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
 
 def in_worker(execute: Callable, level: int, job: Job, cfg: Any, wait: bool) -> dict:
     """``execute(job, cfg, wait)`` where the job runs (a worker process, a Ray task, a Slurm job), its log lines
-    (the training loop's epochs and periodic progress, ``MTD_PROGRESS_S``) to stderr, each prefixed by the job:
-    a local sweep's workers share the sweep's stderr, so a job shows while it runs."""
+    (``core.progress.job_logging``: its periodic progress, ``MTD_PROGRESS_S``, and warnings; every line at
+    ``level`` DEBUG) to stderr, each prefixed by the job: a local sweep's workers share the sweep's stderr, so a
+    job shows while it runs."""
     job_logging(job_name(job), level)
     return execute(job, cfg, wait)
 

@@ -49,6 +49,7 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
     """The protocol's commands for ``tasks`` (the paper's, or any other GLUE task: its BERT students) and only
     ``students``, when given, in the order they run."""
     steps: list[Step] = []
+    starts: list[tuple[int, bool]] = []  # each task's first step, and whether it is an image task
     pool_ids = _indices(pool)
     data = ["--data-dir", data_dir] if data_dir else []
     sweep_opts = ["--repeats", str(repeats), "--workers", str(workers), "--pool", pool, "--out", runs, *data,
@@ -61,6 +62,7 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
         base = Path(cache) / task
         teachers = str(base / "teachers")
         cost = _Costs(task, model, len(_indices(seeds, "--seeds")), epochs)
+        starts.append((len(steps), cost.image))  # where this task's steps begin
         steps.append(Step(f"{task}: train the teachers (seeds {seeds})",
                           ["mtd-cache", "teachers", "--task", task, "--seeds", seeds, "--out", teachers, *data,
                            *(["--model", model] if model else [])], outputs=[teachers], flops=cost.teachers()))
@@ -92,13 +94,9 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
                     outputs=[store], flops=cost.dump(augmented=True)))
                 stores.append(store)
             steps.append(_sweep(task, "tinybert", stores, pool_ids, repeats, sweep_opts, cost))
-    for step in steps:  # text is counted at its full 128 tokens: upper bounds
-        step.bound = step.flops is not None and "--task" in step.argv and \
-            step.argv[step.argv.index("--task") + 1] != "cifar10"
-    for step in steps:
-        if step.argv[0] == "mtd-sweep":
-            step.bound = any(s.bound for s in steps if s.argv[0] == "mtd-cache" and s.what.split(":")[0] ==
-                             step.what.split(":")[0])
+    for (start, image), (end, _) in zip(starts, [*starts[1:], (len(steps), False)], strict=True):
+        for step in steps[start:end]:  # text is counted at its full 128 tokens: upper bounds
+            step.bound = step.flops is not None and not image
     steps.append(Step("the report over every run", ["mtd-report", runs, "--out", str(Path(runs) / "report")]))
     return steps
 

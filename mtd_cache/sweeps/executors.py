@@ -246,7 +246,9 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: 
         import ray
     except ImportError:
         raise MtdError("the ray executor needs Ray: pip install 'mtd-cache[ray]'") from None
+    mine = {k: v for k, v in os.environ.items() if k.startswith("MTD_")}  # a cluster's workers do not inherit them
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": mine} if mine else None,
              **({} if address else {"num_cpus": workers}))  # the jobs' lines (in_worker) reach the sweep's stderr
     gpus = 1 if ray.cluster_resources().get("GPU") else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(in_worker)

@@ -98,4 +98,9 @@ def test_each_step_s_work_is_counted_from_the_models_the_tasks_and_the_recipes()
     assert mrpc.flops == 6 * (3668 * 31 + 408) * bert and mrpc.bound  # at most N + 1 = 31 rows per example
     assert steps["mrpc: train the teachers (seeds 0-5)"].flops == 6 * 3 * (3 * 3668 + 408) * bert
     assert paper_steps(("cifar10",), model="tv:resnet18")[0].flops is None  # not counted, and said so
+    with pytest.raises(MtdError, match=r"^--pool: index 9 out of range: --seeds 0-5 trains 6 teachers \(--pool 0-5 "
+                                       r"takes them all\)$"):
+        paper_steps(("cifar10",), pool="0-9")
+    with pytest.raises(MtdError, match="^--epochs: must be at least 1, got 0$"):
+        paper_steps(("cifar10",), epochs=0)
     assert work.step_line(None, 1.0) == "no estimate" and work.span(3 * 86400) == "3 days"

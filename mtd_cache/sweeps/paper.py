@@ -51,6 +51,12 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
     steps: list[Step] = []
     starts: list[tuple[int, bool]] = []  # each task's first step, and whether it is an image task
     pool_ids = _indices(pool)
+    teachers_made = len(_indices(seeds, "--seeds"))
+    if max(pool_ids) >= teachers_made:  # the store's teachers are the seeds', in order: 0 .. len(seeds) - 1
+        raise MtdError(f"--pool: index {max(pool_ids)} out of range: --seeds {seeds} trains {teachers_made} "
+                       f"teachers (--pool 0-{teachers_made - 1} takes them all)")
+    if epochs is not None and epochs < 1:
+        raise MtdError(f"--epochs: must be at least 1, got {epochs}")
     data = ["--data-dir", data_dir] if data_dir else []
     sweep_opts = ["--repeats", str(repeats), "--workers", str(workers), "--pool", pool, "--out", runs, *data,
                   *(["--threads", str(threads)] if threads else []),

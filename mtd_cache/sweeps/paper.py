@@ -67,7 +67,7 @@ def paper_steps(tasks: tuple[str, ...] = TASKS, students: tuple[str, ...] | None
             continue
         base = Path(cache) / task
         teachers = str(base / "teachers")
-        cost = _Costs(task, model, len(_indices(seeds, "--seeds")), epochs)
+        cost = _Costs(task, model, teachers_made, epochs)
         starts.append((len(steps), cost.image))  # where this task's steps begin
         steps.append(Step(f"{task}: train the teachers (seeds {seeds})",
                           ["mtd-cache", "teachers", "--task", task, "--seeds", seeds, "--out", teachers, *data,
@@ -155,7 +155,7 @@ class _Costs:
 
         if self.teacher is None:
             return None
-        epochs = work.settings_of(ImageTeacherSettings if self.image else TextTeacherSettings).epochs
+        epochs = (ImageTeacherSettings if self.image else TextTeacherSettings).resolve({}).settings.epochs
         return self.seeds * work.training(self.teacher, self.train, epochs, self.dev)
 
     def dump(self, augmented: bool = False) -> float | None:
@@ -172,13 +172,12 @@ class _Costs:
     def sweep(self, student: str, runs: int, stage1: int) -> float:
         from ..students.recipes import get_recipe
 
-        s = work.settings_of(get_recipe(student).Settings)
+        s = get_recipe(student).Settings.resolve({}).settings
         epochs = self.student_epochs or s.epochs
-        model = {"resnet20": "resnet20", "distilbert": "distilbert", "tinybert": "tinybert"}[student]
         rows = self.train if self.image else self._rows(student == "tinybert")
-        total = runs * work.training(model, rows, epochs, self.dev)
+        total = runs * work.training(student, rows, epochs, self.dev)
         if stage1:
-            total += stage1 * work.training(model, rows, s.ild_epochs)
+            total += stage1 * work.training(student, rows, s.ild_epochs)
         return total
 
     def _rows(self, augmented: bool) -> int:

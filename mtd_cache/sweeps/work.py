@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
 
 from ..core.progress import duration
 
@@ -33,7 +32,9 @@ TRAIN_PASSES = 3  # a training step: forward, and a backward of about twice its 
 
 @functools.cache
 def forward_flops(model: str) -> float:
-    """FLOPs of one forward pass of ``model`` on one example (an image, or a sequence of ``TOKENS`` tokens)."""
+    """FLOPs of one forward pass of ``model`` on one example (an image, or a sequence of ``TOKENS`` tokens):
+    a CIFAR ResNet by name, the paper's students by theirs (``distilbert``, ``tinybert``), ``bert-base`` and
+    ``bert-base-mlm`` (its masked-LM head, for TinyBERT's augmentation)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,7 +123,3 @@ def training(model: str, examples: float, epochs: int, eval_examples: float = 0)
 
 def forwards(model: str, examples: float) -> float:
     return forward_flops(model) * examples
-
-
-def settings_of(cls: Any, overrides: dict[str, Any] | None = None) -> Any:
-    return cls.resolve(dict(overrides or {})).settings

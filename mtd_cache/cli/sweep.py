@@ -18,6 +18,16 @@ from .common import (
 )
 
 
+def _students(ctx, param, value: str) -> int | str:
+    from ..students.pack import MAX_STUDENTS
+
+    if value == "auto":
+        return value
+    if value.isdigit() and 1 <= int(value) <= MAX_STUDENTS:
+        return int(value)
+    raise click.BadParameter(f"{value!r}: a number of students from 1 to {MAX_STUDENTS}, or auto")
+
+
 @click.command(help="Run every k-subset of the teacher pool (every primary for BERT students) x repeats, "
                     "plus the CE-only baselines; skips runs already done.")
 @click.option("--store", "stores", required=True, multiple=True, type=click.Path(path_type=Path),
@@ -28,7 +38,14 @@ from .common import (
               help="Seeds per (subset, primary).")
 @click.option("--base-seed", type=SEED, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel runs (one GPU each).")
+              help="Parallel worker processes; more than the GPUs puts several on each (as many as fit its "
+                   "memory).")
+@click.option("--students-per-process", "students", default="1", show_default=True, callback=_students,
+              help="Image students trained as one model per process (a pack: one batch, one gather of the store, "
+                   "S stacked models; same run ids and records). A number up to 64, or auto: as many as fit the "
+                   "GPU (1 on the CPU, where a pack trains no faster).")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="With --executor ray: the fraction of a GPU each run (or pack) asks for (default 1).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of each run (default: OMP_NUM_THREADS when set, else the cores split over the "
                    "workers). Recorded in every run: a resume on another count is refused (other numbers).")
@@ -60,9 +77,9 @@ from .common import (
               help="Train on stores without a seal (their bytes cannot be verified); every record says so.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and its estimated cost; run nothing.")
 @click.option("-v", "--verbose", is_flag=True)
-def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, address, slurm_partition, slurm_time,
-        slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir, online_twins, twin_repeats,
-        order, allow_unverified, dry_run, verbose) -> None:
+def cli(stores, student, pool, repeats, base_seed, workers, students, gpus_per_run, threads, executor, address,
+        slurm_partition, slurm_time, slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir,
+        online_twins, twin_repeats, order, allow_unverified, dry_run, verbose) -> None:
     from ..core.indices import parse_index_set
     from ..core.settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
@@ -85,7 +102,7 @@ def cli(stores, student, pool, repeats, base_seed, workers, threads, executor, a
                           threads=threads, allow_unverified=allow_unverified,
                           teachers_dir=str(online_teachers_dir) if online_teachers_dir else None,
                           twins_dir=str(online_twins) if online_twins else None, twin_repeats=twin_repeats,
-                          order=order)
+                          order=order, students_per_process=students, gpus_per_run=gpus_per_run)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
                  **({"slurm_partition": slurm_partition} if slurm_partition else {}),
                  **({"cluster": "local"} if slurm_local else {})}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import random
 import sys
@@ -171,8 +172,7 @@ def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history
         "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
         "scaler": scaler.state_dict(), "threads": torch.get_num_threads(),
         "cost": total_cost(job, meter.peek()) if meter is not None else None,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": _rng_state(),
     }
     save_state(job.checkpoint, state)  # safetensors + JSON: no pickle (checkpoints.py)
 
@@ -185,14 +185,11 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tup
     except NotACheckpoint as exc:  # only a resume point: never loaded, the run starts over (and replaces it)
         log.warning("%s: ignored, %s starts from the beginning", exc, job.desc)
         return 0, []
+    check_engine(job.checkpoint, state, None)
     if state.get("identity") != _identity_key(job):
         log.warning("ignoring checkpoint %s: it belongs to another configuration", job.checkpoint)
         return 0, []
-    threads, now = state.get("threads"), torch.get_num_threads()
-    if device.type == "cpu" and threads is not None and threads != now:
-        raise MtdError(f"{job.checkpoint} was written by a run on {threads} CPU threads, this process has {now}: "
-                       f"resumed, it would compute other numbers than it began with; run it with {threads} threads "
-                       f"(OMP_NUM_THREADS={threads}, or mtd-sweep --threads {threads}), or remove the checkpoint")
+    check_threads(job.checkpoint, state, device)
     try:
         _restore(job, scaler, state)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # ours in form, not in content
@@ -203,6 +200,40 @@ def _resume(job: Fit, scaler: torch.amp.GradScaler, device: torch.device) -> tup
     return state["epoch"], list(state["history"])
 
 
+def check_threads(path: Path, state: dict[str, Any], device: torch.device) -> None:
+    """A CPU checkpoint resumed on another thread count is refused: it would compute other numbers."""
+    threads, now = state.get("threads"), torch.get_num_threads()
+    if device.type == "cpu" and threads is not None and threads != now:
+        raise MtdError(f"{path} was written by a run on {threads} CPU threads, this process has {now}: "
+                       f"resumed, it would compute other numbers than it began with; run it with {threads} threads "
+                       f"(OMP_NUM_THREADS={threads}, or mtd-sweep --threads {threads}), or remove the checkpoint")
+
+
+def engine_of(state: dict[str, Any]) -> dict[str, Any]:
+    """What trained a checkpoint: ``{"name": "single"}`` (one student per process; every checkpoint written
+    before packs) or ``{"name": "pack", "students": S, "members": [run ids]}`` (``fit_pack``)."""
+    return state.get("engine") or {"name": "single"}
+
+
+def check_engine(path: Path, state: dict[str, Any], members: list[str] | None) -> None:
+    """A checkpoint resumed by another engine is refused, as across thread counts: a pack's students and a run
+    alone sum their convolutions in other orders. ``members``: the pack resuming it (None: a run alone)."""
+    engine = engine_of(state)
+    if engine["name"] == "pack" and members is None:
+        n = engine.get("students")
+        raise MtdError(f"{path} was written by a pack of {n} students trained as one (mtd-sweep "
+                       f"--students-per-process {n}); resumed alone, this run would compute other numbers than it "
+                       f"began with: run the sweep again with --students-per-process {n}, or remove the checkpoint")
+    if members is not None and engine["name"] != "pack":
+        raise MtdError(f"{path} was written by this run alone (one student per process); resumed in a pack of "
+                       f"{len(members)} it would compute other numbers than it began with: run it with "
+                       "--students-per-process 1, or remove the checkpoint")
+    if members is not None and list(engine.get("members") or []) != list(members):
+        n = engine.get("students")
+        raise MtdError(f"{path} was written by another pack ({n} students, another membership): rerun the sweep "
+                       f"with the --students-per-process it ran with ({n}), or remove the checkpoint")
+
+
 def _restore(job: Fit, scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
     """Every part of a checkpoint's state into the job, the process's RNGs included."""
     job.model.load_state_dict(state["model"])
@@ -210,7 +241,15 @@ def _restore(job: Fit, scaler: torch.amp.GradScaler, state: dict[str, Any]) -> N
     if job.scheduler is not None and state["scheduler"] is not None:
         job.scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
+    _set_rng(state["rng"])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
@@ -233,3 +272,183 @@ def remove_checkpoint(job: Fit) -> None:
     """Drop the resume checkpoint once the run's result is safely written."""
     if job.checkpoint is not None and job.checkpoint.exists():
         os.remove(job.checkpoint)
+
+
+# ----------------------------------------------------------------------------- a pack: S students as one model
+
+
+@dataclass
+class PackFit:
+    """What ``fit_pack`` needs: S students trained as one model (``models.stacked.Stacked``), one per run.
+
+    ``step(batch, alive)`` returns each student's loss terms (None for a student that is not alive); the
+    students' losses are summed for one backward pass, so each student's gradient is its own loss's. One
+    optimizer and scheduler over the stacked parameters act row by row (per student: ``Stacked``).
+    ``evaluate(s)`` scores student s. ``kill(s)`` zeroes a student that died (a NaN or Inf loss): its run
+    fails, naming the step as a run alone does, and the others train on."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    epochs: int
+    batches: Callable[[int], Iterable[Any]]
+    step: Callable[[Any, list[bool]], list[dict[str, torch.Tensor] | None]]
+    members: list[str]  # the students' run ids, in the stack's order
+    kill: Callable[[int], None]
+    scheduler: Any = None
+    evaluate: Callable[[int], dict[str, float]] | None = None
+    checkpoint: Path | None = None  # the pack's resume point (its first student's checkpoint path)
+    others: list[Path] = field(default_factory=list)  # the other students' checkpoint paths: another engine's
+    metrics_csv: list[Path | None] = field(default_factory=list)
+    desc: str = "pack"
+    on_step: Callable[[int], None] | None = None
+    prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
+    dead: dict[int, str] = field(default_factory=dict)  # student -> why its run failed
+    predictions: dict[int, np.ndarray] = field(default_factory=dict)
+    prediction_labels: dict[int, np.ndarray | None] = field(default_factory=dict)
+
+    def alive(self) -> list[bool]:
+        return [s not in self.dead for s in range(len(self.members))]
+
+
+def fit_pack(job: PackFit, device: torch.device, meter: EnergyMeter | None = None) -> list[list[dict[str, float]]]:
+    """Train a pack; returns each student's rows of metrics per epoch (a dead student's stop at its death).
+
+    Checkpoints the whole pack every epoch in one file (every student's rows, the optimizer's and scheduler's
+    state, the dead, the RNGs), so a killed pack resumes exactly, and only as the same pack."""
+    start, histories = _resume_pack(job, device)
+    for epoch in range(start, job.epochs):
+        if all(s in job.dead for s in range(len(job.members))):
+            break
+        t0 = time.perf_counter()
+        rows = _train_pack_epoch(job, epoch, device)
+        last = epoch == job.epochs - 1
+        for s, row in enumerate(rows):
+            if s in job.dead:
+                continue
+            if job.evaluate is not None and last:
+                t_eval = time.perf_counter()
+                row.update(_evaluate_member(job, s))
+                row["eval_s"] = time.perf_counter() - t_eval
+            row.update(epoch=epoch + 1, epoch_s=time.perf_counter() - t0, lr=job.optimizer.param_groups[0]["lr"])
+            histories[s].append(row)
+        level = logging.INFO if last or not sys.stderr.isatty() else logging.DEBUG
+        live = [s for s in range(len(job.members)) if s not in job.dead]
+        log.log(level, "%s epoch %d/%d: %d students, loss %s", job.desc, epoch + 1, job.epochs, len(live),
+                " ".join(f"{histories[s][-1]['loss']:.4g}" for s in live))
+        _save_pack(job, epoch + 1, histories, meter)
+        for s in live:
+            _write_csv(job.metrics_csv[s] if s < len(job.metrics_csv) else None, histories[s])
+    if start == job.epochs and job.evaluate is not None:  # resumed after the last epoch: nothing evaluated yet
+        for s in range(len(job.members)):
+            if s not in job.dead:
+                _evaluate_member(job, s)
+    return histories
+
+
+def _evaluate_member(job: PackFit, s: int) -> dict[str, float]:
+    metrics = dict(job.evaluate(s))
+    predictions, labels = metrics.pop("predictions", None), metrics.pop("labels", None)
+    if predictions is not None:
+        job.predictions[s] = np.asarray(predictions)
+        job.prediction_labels[s] = None if labels is None else np.asarray(labels)
+    return metrics
+
+
+def _train_pack_epoch(job: PackFit, epoch: int, device: torch.device) -> list[dict[str, float]]:
+    job.model.train()
+    n = len(job.members)
+    sums: list[dict[str, float]] = [{} for _ in range(n)]
+    count = 0
+    batches = job.batches(epoch)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    bar = Progress(total, f"{job.desc} epoch {epoch + 1}/{job.epochs}", unit="step")
+    for batch in batches:
+        alive = job.alive()
+        if not any(alive):
+            break
+        terms = job.step(batch, alive)
+        step_no = epoch * (total or 0) + count
+        live = [s for s in range(n) if alive[s]]
+        values = torch.stack([terms[s]["loss"].detach().float() for s in live]).tolist()  # one sync per step
+        for s, v in zip(live, values, strict=True):
+            if not math.isfinite(v):
+                job.dead[s] = f"loss is {v} at step {step_no}; stopping the run"
+                log.error("%s: student %d (%s) died: %s; the others train on", job.desc, s, job.members[s][:12],
+                          job.dead[s])
+        keep = [s for s in live if s not in job.dead]
+        job.optimizer.zero_grad(set_to_none=True)
+        if keep:
+            loss = terms[keep[0]]["loss"]
+            for s in keep[1:]:
+                loss = loss + terms[s]["loss"]
+            loss.backward()
+        for s in live:
+            if s in job.dead:
+                job.kill(s)  # after the backward: its rows of the gradient (0 x NaN) zeroed with it
+        if not keep:
+            break
+        job.optimizer.step()
+        if job.scheduler is not None:
+            job.scheduler.step()
+        for s in keep:
+            for k, v in terms[s].items():
+                sums[s][k] = sums[s].get(k, 0.0) + float(v.detach())
+        count += 1
+        if job.on_step is not None:
+            job.on_step(step_no + 1)
+        bar.update(1, examples=_batch_size(batch), loss=sum(sums[s]["loss"] for s in keep) / count / len(keep))
+    bar.close()
+    return [{k: v / max(count, 1) for k, v in row.items()} for row in sums]
+
+
+def _pack_identity(job: PackFit) -> str:
+    return canonical_json({"pack": list(job.members)})
+
+
+def _save_pack(job: PackFit, epoch: int, histories: list[list[dict]], meter: EnergyMeter | None) -> None:
+    if job.checkpoint is None:
+        return
+    state = {
+        "identity": _pack_identity(job), "epoch": epoch, "histories": histories,
+        "engine": {"name": "pack", "students": len(job.members), "members": list(job.members)},
+        "dead": {str(s): why for s, why in job.dead.items()},
+        "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+        "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
+        "threads": torch.get_num_threads(),
+        "cost": total_cost(job, meter.peek()) if meter is not None else None, "rng": _rng_state(),
+    }
+    save_state(job.checkpoint, state)
+
+
+def _resume_pack(job: PackFit, device: torch.device) -> tuple[int, list[list[dict]]]:
+    fresh = [[] for _ in job.members]
+    for other in job.others:  # a student's checkpoint of its own: a run alone began it
+        if other.exists() or other.is_symlink():
+            try:
+                check_engine(other, load_state(other), job.members)
+            except NotACheckpoint:
+                pass
+    if job.checkpoint is None or not (job.checkpoint.exists() or job.checkpoint.is_symlink()):
+        return 0, fresh
+    try:
+        state = load_state(job.checkpoint)
+    except NotACheckpoint as exc:
+        log.warning("%s: ignored, %s starts from the beginning", exc, job.desc)
+        return 0, fresh
+    check_engine(job.checkpoint, state, job.members)
+    check_threads(job.checkpoint, state, device)
+    try:
+        job.model.load_state_dict(state["model"])
+        job.optimizer.load_state_dict(state["optimizer"])
+        if job.scheduler is not None and state["scheduler"] is not None:
+            job.scheduler.load_state_dict(state["scheduler"])
+        _set_rng(state["rng"])
+        histories = [list(h) for h in state["histories"]]
+        job.dead = {int(s): str(why) for s, why in (state.get("dead") or {}).items()}
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise NotACheckpoint(f"{job.checkpoint} names this pack but does not fit it "
+                             f"({' '.join(str(exc).split())[:120]}): remove it, and the pack starts from the "
+                             "beginning") from None
+    job.prior_cost = state.get("cost") or {"wall_s": 0.0, "energy_j": None}
+    log.info("%s: resumed from %s after epoch %d", job.desc, job.checkpoint, state["epoch"])
+    return int(state["epoch"]), histories

@@ -50,3 +50,16 @@ def prefetch(items: Iterable[T], depth: int = 3, fn: Callable[[Any], T] | None =
 class _Raised:
     def __init__(self, exc: BaseException):
         self.exc = exc
+
+
+class Ahead:
+    """``prefetch(items, depth, fn)`` over a list, with the list's length (a progress bar's total, step numbers)."""
+
+    def __init__(self, items: list, depth: int = 3, fn: Callable[[Any], Any] | None = None):
+        self.items, self.depth, self.fn = items, depth, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator:
+        return prefetch(self.items, self.depth, self.fn)

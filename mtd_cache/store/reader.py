@@ -211,6 +211,36 @@ class TeacherStore:
         out *= 1.0 / k
         return out
 
+    def mean_logits_many(self, subsets: Sequence[Sequence[int]], index: Any, view: Any = None,
+                         weights: Sequence[Sequence[float] | None] | None = None) -> np.ndarray:
+        """``mean_logits`` of S teacher subsets for one batch in one read and one matmul: (S, B, C) float32.
+
+        ``subsets[s]``: the chosen teachers of student s; ``weights[s]``: their weights (ascending teacher
+        order) or None (the plain mean). Row s holds what ``mean_logits(subsets[s], index, view, weights[s])``
+        returns, up to the summation order of the matmul: (B, T*C) @ (T*C, S*C), the S selection matrices side by
+        side (a multi-student pack's gather, ``students.pack``)."""
+        weights = list(weights) if weights is not None else [None] * len(subsets)
+        if len(weights) != len(subsets) or not subsets:
+            raise ValueError(f"{len(subsets)} subsets and {len(weights)} weights: one weight list (or None) each")
+        rows = self._batch_rows(index, view)
+        key = ("many", tuple(tuple(sorted(set(s))) for s in subsets),
+               tuple(None if w is None else tuple(map(float, w)) for w in weights))
+        hit = self._selections.get(key)
+        if hit is None:
+            blocks, scale = [], []
+            for chosen, w in zip(subsets, weights, strict=True):
+                if w is None:
+                    m, k = self._selection(chosen)
+                    blocks.append(m), scale.append(1.0 / k)
+                else:
+                    blocks.append(self._weighted(chosen, w)), scale.append(1.0)
+            hit = self._selections[key] = (np.ascontiguousarray(np.concatenate(blocks, axis=1)),
+                                           np.asarray(scale, dtype=np.float32)[:, None, None])
+        matrix, scale = hit
+        out = (rows @ matrix).reshape(len(rows), len(subsets), self.num_classes).transpose(1, 0, 2)
+        out *= scale  # 1/k after the sum, as mean_logits does
+        return np.ascontiguousarray(out)
+
     def teacher_logits(self, teachers: Sequence[int], index: Any, view: Any = None) -> np.ndarray:
         """Each chosen teacher's raw logits for a batch, (B, k, C) float32, teachers in ascending order."""
         rows = self._batch_rows(index, view)

@@ -215,6 +215,15 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
     with EnergyMeter() as meter:
         history = fit(job, ctx.device, meter)
     cost = total_cost(job, meter.reading)  # every part of a resumed run
+    part = {"wall_s_this_part": meter.reading.wall_s, "energy_sources": meter.reading.sources}
+    return finish(planned, ctx, job, history, {**cost, **part, "engine": {"name": "single", "students": 1}},
+                  started)
+
+
+def finish(planned: PlannedRun, ctx: StudentContext, job: Fit, history: list[dict[str, float]],
+           cost: dict[str, Any], started: str) -> dict[str, Any]:
+    """A trained run's predictions, record (``cost``: its wall time, energy and engine) and weights, committed."""
+    req = planned.request
     predictions = _write_predictions(planned, job)
     record = {
         "run_id": planned.run_id, "kind": planned.kind, "experiment": make_experiment_id(planned.experiment),
@@ -224,9 +233,7 @@ def _train(planned: PlannedRun) -> dict[str, Any]:
         **(ctx.selection.record() if planned.impl is _STUDENT else {}), **_work(planned, job),
         "metric_name": planned.store.metric,
         "metric": float(history[-1]["metric"]) if "metric" in history[-1] else None,
-        "wall_s": cost["wall_s"], "energy_j": cost["energy_j"], "wall_s_this_part": meter.reading.wall_s,
-        "energy_sources": meter.reading.sources, "device": device_description(ctx.device),
-        "threads": torch.get_num_threads(),
+        **cost, "device": device_description(ctx.device), "threads": torch.get_num_threads(),
         "store_fingerprint": planned.store.fingerprint, "teachers_sha256": planned.store.teachers_sha256,
         "store_integrity": "verified" if planned.store.sealed else "unverified (--allow-unverified)",
         "config": planned.identity, "store": str(Path(req.store).resolve()), "history": history, **ctx.extra,

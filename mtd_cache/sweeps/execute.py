@@ -30,11 +30,12 @@ from ..core.errors import EXIT_INCOMPLETE, MtdError
 from ..core.safe_files import append_line, check_target
 from ..store import TeacherStore
 from ..store.validate import refuse_unfinished
+from ..students.pack import MAX_STUDENTS, auto_size, execute_pack, packable, packs, peak_memory
 from ..students.recipes import get_recipe, student_traits
-from ..students.run import RunRequest, execute_run, plan_run
+from ..students.run import PlannedRun, RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
 from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
-from .plan import Job, arrange, plan_sweep
+from .plan import Job, Pack, Unit, arrange, members, plan_sweep
 from .records import is_dead, load_predictions
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class SweepConfig:
     twins_dir: str | None = None  # set: each student job of the first twin_repeats repeats gets an online twin
     twin_repeats: int | None = None
     allow_unverified: bool = False  # train on stores without a seal (--allow-unverified); recorded, not in run ids
+    # students trained as one model per process (``students.pack``): 1, a number, or "auto" (as many as fit)
+    students_per_process: int | str = 1
+    gpus_per_run: float | None = None  # Ray: the fraction of a GPU each run (or pack) asks for; None: 1
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
@@ -94,8 +98,9 @@ def _fingerprints(stores: tuple[str, ...]) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------ one job
 
 
-def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
-    """Run one job where this function is called (worker process, Ray task, Slurm job).
+def execute(job: Unit, cfg: SweepConfig, wait: bool = False) -> dict[str, Any] | list[dict[str, Any]]:
+    """Run one job (or a pack of jobs: one result each) where this function is called (worker process, Ray
+    task, Slurm job).
 
     A run another process holds is "locked" (``wait`` off) or waited for; a run that fails is reported
     as "failed" with its one-line reason, and the sweep goes on with the others.
@@ -104,6 +109,8 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    if isinstance(job, Pack):
+        return _execute_pack(job, cfg, wait)
     base: dict[str, Any] = {"key": job.key, "run_id": None}
     try:
         planned = plan_run(request_for(job, cfg))
@@ -116,6 +123,17 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
         log.error("%s failed: %s", job.key, " ".join(str(exc).split()), exc_info=not isinstance(exc, MtdError))
         _event(cfg.out, "failed", job, base["run_id"] or "")
         return {**base, "status": "failed", "error": " ".join(str(exc).split()) or type(exc).__name__}
+    return _outcome(job, cfg, planned, rec)
+
+
+def _outcome(job: Job, cfg: SweepConfig, planned: PlannedRun, rec: dict[str, Any] | Exception | None
+             ) -> dict[str, Any]:
+    """A job's result from what its run gave: its record, None (locked), or the exception it failed with."""
+    base = {"key": job.key, "run_id": planned.run_id}
+    if isinstance(rec, Exception):
+        log.error("%s failed: %s", job.key, " ".join(str(rec).split()))
+        _event(cfg.out, "failed", job, planned.run_id)
+        return {**base, "status": "failed", "error": " ".join(str(rec).split()) or type(rec).__name__}
     if rec is None:
         return {**base, "status": "locked"}  # another sweep runs it now
     if rec.get("reused"):
@@ -127,7 +145,37 @@ def execute(job: Job, cfg: SweepConfig, wait: bool = False) -> dict[str, Any]:
             "wall_s": rec["wall_s"], "dead": dead}
 
 
-def _event(out: str, what: str, job: Job, run_id: str) -> None:
+def _execute_pack(pack: Pack, cfg: SweepConfig, wait: bool) -> list[dict[str, Any]]:
+    """A pack's jobs trained as one model (``students.pack.execute_pack``); one result per job, in order. A job
+    that cannot be planned fails alone, the others train as a smaller pack."""
+    planned: list[PlannedRun | None] = []
+    results: list[dict[str, Any] | None] = []
+    for job in pack.jobs:
+        try:
+            planned.append(plan_run(request_for(job, cfg)))
+            results.append(None)
+        except Exception as exc:  # noqa: BLE001 - named at the end, as a job alone's
+            log.error("%s failed: %s", job.key, " ".join(str(exc).split()), exc_info=not isinstance(exc, MtdError))
+            planned.append(None)
+            results.append({"key": job.key, "run_id": None, "status": "failed",
+                            "error": " ".join(str(exc).split()) or type(exc).__name__})
+    todo = [i for i, p in enumerate(planned) if p is not None]
+    if todo:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        _event(cfg.out, "start", pack, "")  # the pack's process, for a worker killed under it
+        for i in todo:
+            _event(cfg.out, "start", pack.jobs[i], planned[i].run_id)
+        try:
+            recs: list[Any] = execute_pack([planned[i] for i in todo], wait=wait)
+        except Exception as exc:  # noqa: BLE001 - the whole pack failed: every job of it, named at the end
+            log.error("%s failed: %s", pack.key, " ".join(str(exc).split()), exc_info=not isinstance(exc, MtdError))
+            recs = [exc] * len(todo)
+        for i, rec in zip(todo, recs, strict=True):
+            results[i] = _outcome(pack.jobs[i], cfg, planned[i], rec)
+    return results
+
+
+def _event(out: str, what: str, job: Unit, run_id: str) -> None:
     line = json.dumps({"event": what, "key": job.key, "run_id": run_id, "pid": os.getpid(), "time": time.time()})
     append_line(Path(out) / "sweep-events.jsonl", line)  # O_APPEND: whole lines; never through a planted link
 
@@ -187,11 +235,13 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
         check_threads(records, cfg, threads_per_run(cfg, workers))
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     check_target(Path(cfg.out) / "sweep-events.jsonl")  # refused before the first job, not in every worker
-    results = _run(todo, cfg, workers, executor, address, slurm, wait=False)
+    size = students_per_process(todo, cfg, workers)
+    results = _run(units(todo, cfg, size), cfg, workers, executor, address, slurm, wait=False)
     locked = {r["key"] for r in results if r["status"] == "locked"}
     if locked:  # held by another sweep: wait for it, and run what it did not finish (its owner died)
         log.info("%d runs were held by another process: waiting for them", len(locked))
-        again = _run([j for j in todo if j.key in locked], cfg, workers, executor, address, slurm, wait=True)
+        again = _run(units([j for j in todo if j.key in locked], cfg, size), cfg, workers, executor, address,
+                     slurm, wait=True)
         results = [r for r in results if r["key"] not in locked] + again
     missing, _ = pending_jobs(jobs, cfg)
     if missing:
@@ -203,15 +253,59 @@ def run_sweep(cfg: SweepConfig, workers: int = 1, executor: str = "local", addre
     return results
 
 
-def _run(jobs: list[Job], cfg: SweepConfig, workers: int, executor: str, address: str | None,
+def units(jobs: list[Job], cfg: SweepConfig, size: int) -> list[Unit]:
+    """The jobs as the scheduler runs them: packs of up to ``size`` compatible students (``students.pack.packs``:
+    one seed, one recipe setting, one store), every other job alone."""
+    if size <= 1:
+        return list(jobs)
+    groups = packs([request_for(j, cfg) for j in jobs], size)
+    out: list[Unit] = [Pack(tuple(jobs[i] for i in g)) if len(g) > 1 else jobs[g[0]] for g in groups]
+    n = sum(isinstance(u, Pack) for u in out)
+    if n:
+        log.info("%d packs of up to %d students, %d runs alone", n, size, len(out) - n)
+    elif jobs:
+        log.info("--students-per-process %d: %s", size, packable(request_for(jobs[-1], cfg)) or "no two runs share "
+                 "a pack (each seed and setting has one run to go)")
+    return out
+
+
+def students_per_process(todo: list[Job], cfg: SweepConfig, workers: int) -> int:
+    """``cfg.students_per_process`` as a number: "auto" measured (``students.pack.auto_size``) on the largest
+    group of compatible runs."""
+    size = cfg.students_per_process
+    if size != "auto":
+        return int(size)
+    reqs = [request_for(j, cfg) for j in todo]
+    groups = [g for g in packs(reqs, MAX_STUDENTS) if len(g) > 1]
+    if not groups:
+        return 1
+    group = max(groups, key=len)
+    import torch
+
+    gpus = torch.cuda.device_count() or 1
+    size, why = auto_size([plan_run(reqs[i]) for i in group], share=-(-workers // gpus))
+    log.info("--students-per-process auto: %s", why)
+    return size
+
+
+def _run(jobs: list[Unit], cfg: SweepConfig, workers: int, executor: str, address: str | None,
          slurm: dict[str, Any] | None, wait: bool) -> list[dict]:
     if executor == "local":
-        return run_local(jobs, cfg, workers, wait, execute)
+        return run_local(jobs, cfg, workers, wait, execute, peak=lambda: _peak(jobs[0], cfg))
     if executor == "ray":
         return run_ray(jobs, cfg, address, workers, wait, execute)
     slurm = dict(slurm or {})
     cluster = slurm.pop("cluster", None)
     return run_slurm(jobs, cfg, Path(cfg.out) / "slurm", slurm, cluster, wait, execute)
+
+
+def _peak(unit: Unit, cfg: SweepConfig) -> int | None:
+    """The peak GPU bytes of a unit's calibration steps (``students.pack.peak_memory``), None when unknown."""
+    try:
+        return peak_memory([plan_run(request_for(j, cfg)) for j in members(unit)])
+    except Exception as exc:  # noqa: BLE001 - no measurement: the workers are placed without the check
+        log.warning("no memory check of the workers per GPU: %s", " ".join(str(exc).split())[:200])
+        return None
 
 
 def check_config(cfg: SweepConfig) -> None:

@@ -37,42 +37,47 @@ from tqdm.auto import tqdm
 from ..core.errors import MtdError
 from ..core.progress import job_logging
 from ..core.safe_files import make_dirs
-from .plan import Job, job_line, job_name
+from .plan import Unit, job_line, job_name, members
 
 log = logging.getLogger(__name__)
 KILLED_TWICE = 2  # a job whose worker was killed this many times is failed, not submitted again
 
 
-def run_scheduled(jobs: list[Job], submit: Callable[[list[Job]], list[Any]],
-                  next_done: Callable[[list[Any]], tuple[Any, dict]]) -> list[dict]:
-    """Run ``jobs`` in plan order, each once the jobs it ``depends_on`` (among ``jobs``) have finished.
+def run_scheduled(jobs: list[Unit], submit: Callable[[list[Unit]], list[Any]],
+                  next_done: Callable[[list[Any]], tuple[Any, dict | list[dict]]]) -> list[dict]:
+    """Run ``jobs`` (jobs, and packs of jobs) in plan order, each once the jobs it ``depends_on`` (among
+    ``jobs``) have finished; one result per job.
 
-    ``submit`` starts a list of jobs and returns a handle for each; ``next_done`` waits for one of the
-    running handles and returns it with its job's result. A dependency outside ``jobs`` is done already.
+    ``submit`` starts a list of units and returns a handle for each; ``next_done`` waits for one of the
+    running handles and returns it with its result: a job's, or a pack's list of its jobs' results (one dict
+    for all of them: its process died). A dependency outside ``jobs`` is done already.
     """
-    keys = {j.key for j in jobs}
-    blockers = {j.key: set(j.depends_on) & keys for j in jobs}
+    keys = {j.key for unit in jobs for j in members(unit)}
+    blockers = {u.key: set(u.depends_on) & keys for u in jobs}
     queued, running, results = list(jobs), {}, []
+    total = sum(len(members(u)) for u in jobs)
     start = time.perf_counter()
-    with tqdm(total=len(jobs), desc="sweep", unit="run", disable=None if sys.stderr.isatty() else True) as bar:
+    with tqdm(total=total, desc="sweep", unit="run", disable=None if sys.stderr.isatty() else True) as bar:
         while queued or running:
             ready = [j for j in queued if not blockers[j.key]]
             if ready:
                 queued = [j for j in queued if blockers[j.key]]
                 running.update(zip(submit(ready), ready, strict=True))
             handle, result = next_done(list(running))
-            done = running.pop(handle)
-            if result.get("key") is None:  # a job whose process died (a Ray or Slurm job): named by its key
-                result = {**result, "key": done.key, "run_id": None}
-            for waiting in blockers.values():
-                waiting.discard(done.key)
-            results.append(result)
-            bar.update()
-            log.info("%s", job_line(done, result, len(results), len(jobs), time.perf_counter() - start))
+            unit = running.pop(handle)
+            outcomes = result if isinstance(result, list) else [result] * len(members(unit))
+            for done, one in zip(members(unit), outcomes, strict=True):
+                if one.get("key") != done.key:  # a unit whose process died (a Ray or Slurm job): named by its key
+                    one = {**one, "key": done.key, "run_id": None}
+                for waiting in blockers.values():
+                    waiting.discard(done.key)
+                results.append(one)
+                bar.update()
+                log.info("%s", job_line(done, one, len(results), total, time.perf_counter() - start))
     return results
 
 
-def in_worker(execute: Callable, level: int, job: Job, cfg: Any, wait: bool) -> dict:
+def in_worker(execute: Callable, level: int, job: Unit, cfg: Any, wait: bool) -> dict | list[dict]:
     """``execute(job, cfg, wait)`` where the job runs (a worker process, a Ray task, a Slurm job), its log lines
     (``core.progress.job_logging``: its periodic progress, ``MTD_PROGRESS_S``, and warnings; every line at
     ``level`` DEBUG) to stderr, each prefixed by the job: a local sweep's workers share the sweep's stderr, so a
@@ -81,17 +86,43 @@ def in_worker(execute: Callable, level: int, job: Job, cfg: Any, wait: bool) -> 
     return execute(job, cfg, wait)
 
 
-def run_local(jobs: list[Job], cfg: Any, workers: int, wait: bool, execute: Callable) -> list[dict]:
-    """``execute(job, cfg, wait)`` of every job in worker processes (``sweeps.execute.execute``)."""
+def run_local(jobs: list[Unit], cfg: Any, workers: int, wait: bool, execute: Callable,
+              peak: Callable[[], int | None] | None = None) -> list[dict]:
+    """``execute(job, cfg, wait)`` of every job in worker processes (``sweeps.execute.execute``).
+
+    With G GPUs, worker i runs on GPU i mod G: ``workers`` > G puts several on each GPU, as many as fit its
+    memory by ``peak()`` (the peak bytes one job's calibration steps allocate; None: unknown, not checked)."""
     import torch
 
     devices = list(range(torch.cuda.device_count())) if cfg.device in (None, "auto", "cuda") else []
-    workers = min(workers, len(devices)) if devices else workers
+    if devices:
+        workers = workers_on_gpus(workers, len(devices), peak() if peak is not None and workers > len(devices)
+                                  else None, torch.cuda.get_device_properties(0).total_memory)
     pool = _Pool(workers, (threads_per_run(cfg, workers), devices, os.getpid()), execute, cfg, wait)
     try:
         return run_scheduled(jobs, pool.submit, pool.next_done)
     finally:
         pool.shutdown()
+
+
+def workers_on_gpus(workers: int, gpus: int, peak: int | None, memory: int) -> int:
+    """How many of ``workers`` to run on ``gpus`` GPUs of ``memory`` bytes each, when one job's peak is ``peak``
+    bytes (None: unknown): ceil(workers / gpus) on each, fewer when they would not fit (90% of the memory)."""
+    each = -(-workers // gpus)
+    if peak:
+        fit = max(1, int(memory * 0.9) // (peak + CUDA_CONTEXT))
+        if fit < each:
+            log.warning("--workers %d: %d per GPU would not fit its memory (a run peaks at %.2f GiB of %.1f GiB); "
+                        "running %d per GPU", workers, each, peak / 2**30, memory / 2**30, fit)
+            each = fit
+    workers = min(workers, each * gpus)
+    if each > 1:
+        log.info("%d workers on %d GPU(s): %d per GPU%s", workers, gpus, each,
+                 f" (a run peaks at {peak / 2**30:.2f} GiB)" if peak else "")
+    return workers
+
+
+CUDA_CONTEXT = 512 * 2**20  # what each worker process's CUDA context takes on its GPU besides its tensors
 
 
 class _Pool:
@@ -100,21 +131,21 @@ class _Pool:
     def __init__(self, workers: int, initargs: tuple, execute: Callable, cfg: Any, wait: bool):
         self.workers, self.initargs, self.execute, self.cfg, self.wait = workers, initargs, execute, cfg, wait
         self.ex = self._new()
-        self.future: dict[Job, concurrent.futures.Future] = {}
+        self.future: dict[Unit, concurrent.futures.Future] = {}
         self.killed: dict[str, int] = {}  # job key -> times its worker was killed
-        self.failed: dict[Job, dict] = {}
+        self.failed: dict[Unit, dict] = {}
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                    initargs=self.initargs)
 
-    def submit(self, ready: list[Job]) -> list[Job]:
+    def submit(self, ready: list[Unit]) -> list[Unit]:
         for job in ready:
             self.future[job] = self.ex.submit(in_worker, self.execute, logging.getLogger().getEffectiveLevel(), job,
                                               self.cfg, self.wait)
         return ready
 
-    def next_done(self, running: list[Job]) -> tuple[Job, dict]:
+    def next_done(self, running: list[Unit]) -> tuple[Unit, dict | list[dict]]:
         while True:
             if (job := next((j for j in running if j in self.failed), None)) is not None:
                 return job, self.failed.pop(job)
@@ -130,7 +161,7 @@ class _Pool:
     def shutdown(self) -> None:
         self.ex.shutdown(wait=True, cancel_futures=True)
 
-    def _rebuild(self, lost: list[Job], procs: dict[int, Any]) -> None:
+    def _rebuild(self, lost: list[Unit], procs: dict[int, Any]) -> None:
         """A worker died and took the pool with it: a new pool, and the jobs in flight again (but the ones whose
         own worker was killed twice, which fail)."""
         self.ex.shutdown(wait=True, cancel_futures=True)
@@ -157,7 +188,7 @@ def died(exc: BaseException) -> dict:
     return {"key": None, "status": "failed", "error": f"its process died ({type(exc).__name__}: {why})"}
 
 
-def _killed_jobs(lost: list[Job], procs: dict[int, Any], out: str) -> dict[str, str]:
+def _killed_jobs(lost: list[Unit], procs: dict[int, Any], out: str) -> dict[str, str]:
     """Which of the ``lost`` jobs ran in a worker that was killed (the pool stops the others itself, with SIGTERM):
     {job key: signal name}, from the workers' exit codes and the sweep's event log (each start names its
     process); every lost job when that cannot tell."""
@@ -240,7 +271,7 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="mtd-parent-watchdog").start()
 
 
-def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: bool,
+def run_ray(jobs: list[Unit], cfg: Any, address: str | None, workers: int, wait: bool,
             execute: Callable) -> list[dict]:
     try:
         import ray
@@ -250,7 +281,9 @@ def run_ray(jobs: list[Job], cfg: Any, address: str | None, workers: int, wait: 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": mine} if mine else None,
              **({} if address else {"num_cpus": workers}))  # the jobs' lines (in_worker) reach the sweep's stderr
-    gpus = 1 if ray.cluster_resources().get("GPU") else 0
+    gpus = (cfg.gpus_per_run if cfg.gpus_per_run is not None else 1) if ray.cluster_resources().get("GPU") else 0
+    if 0 < gpus < 1:
+        log.info("each run asks Ray for %g of a GPU: up to %d runs share one", gpus, int(1 / gpus))
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(in_worker)
     level = logging.getLogger().getEffectiveLevel()
 
@@ -272,7 +305,7 @@ def check_slurm(cluster: str | None) -> None:
                        "node, or give --slurm-local to run the jobs as local processes through submitit")
 
 
-def run_slurm(jobs: list[Job], cfg: Any, folder: Path, params: dict[str, Any], cluster: str | None,
+def run_slurm(jobs: list[Unit], cfg: Any, folder: Path, params: dict[str, Any], cluster: str | None,
               wait: bool, execute: Callable, poll_s: float = 2.0) -> list[dict]:
     """The jobs as Slurm job arrays through submitit; ``cluster="local"`` (``--slurm-local``): submitit's local
     executor. Without Slurm, and not asked to run locally: one line, before any job."""

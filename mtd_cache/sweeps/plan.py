@@ -57,6 +57,30 @@ class Job:
                 f"/s{self.seed}/store{self.store_index}" + ("/online" if self.online else ""))
 
 
+@dataclass(frozen=True)
+class Pack:
+    """Jobs trained together as one model in one process (``students.pack``): one unit of the scheduler, one
+    result per job."""
+
+    jobs: tuple[Job, ...]
+
+    @property
+    def key(self) -> str:
+        return f"pack{len(self.jobs)}/{self.jobs[0].key}"
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for j in self.jobs for d in j.depends_on))
+
+
+Unit = Job | Pack
+
+
+def members(unit: Unit) -> tuple[Job, ...]:
+    """The jobs of a scheduler's unit: a pack's, or the job itself."""
+    return unit.jobs if isinstance(unit, Pack) else (unit,)
+
+
 def plan_sweep(pool: list[int], student: str, repeats: int, bert_student: bool, two_stage: bool,
                base_seed: int = 0, stores: int = 1) -> list[Job]:
     """Every job of the paper's sweep for ``student`` over the teacher ``pool``.
@@ -136,8 +160,11 @@ def _check_plan_args(pool: list[int], repeats: int, bert_student: bool, two_stag
     return tuple(sorted(pool))
 
 
-def job_name(job: Job) -> str:
-    """What a job is, in words: ``k=2 teachers 0,3 primary 0 seed 1``, ``CE-only seed 0``, ``stage 1 primary 2``."""
+def job_name(job: Unit) -> str:
+    """What a job is, in words: ``k=2 teachers 0,3 primary 0 seed 1``, ``CE-only seed 0``, ``stage 1 primary 2``;
+    a pack: ``pack of 4 seed 1 (k=1 teachers 0, ...)``."""
+    if isinstance(job, Pack):
+        return f"pack of {len(job.jobs)} seed {job.jobs[0].seed}"
     what = {"stage1": "stage 1", "baseline": "CE-only"}.get(job.kind, f"k={len(job.teachers)}") + \
         (" online twin" if job.online else "")
     teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""

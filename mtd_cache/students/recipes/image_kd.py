@@ -20,17 +20,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.fit import Fit
+from ...core.fit import Fit, PackFit
 from ...core.losses import KD_DIVERGENCES, KD_SCALES
 from ...core.optim import SgdRecipeSettings, sgd_recipe
+from ...core.prefetch import Ahead
 from ...core.settings import setting
 from ...models import factory
 from ...models.inference import image_metrics
+from ...models.stacked import Stacked
 from ...tasks.image_data import view_batches
 from .. import objective
 from ..context import StudentContext
 from ..data import store_test_images, store_train_images
-from ..targets import make_targets
+from ..targets import TeacherOutputs, make_targets
 from .settings import StudentSettings
 
 MODALITY = "image"
@@ -55,13 +57,11 @@ class Settings(WEIGHTS, StudentSettings, SgdRecipeSettings):
 
 
 def build(ctx: StudentContext) -> Fit:
-    s, store, dev = ctx.settings, ctx.store, ctx.device
-    train = store_train_images(store, ctx.data_dir, dev)
-    test = store_test_images(store, ctx.data_dir, dev)
+    s, dev = ctx.settings, ctx.device
+    train, test, views = _data(ctx)
     net = factory.build(ctx.student, train.task).to(dev)
-    views = torch.as_tensor(store.views, device=dev)
     opt, sched = sgd_recipe(net, s, -(-len(train) // s.batch_size))
-    loss = objective.Objective.of(s, objective.KD(s, ctx.selection), teachers=bool(ctx.teachers))
+    loss = _objective(ctx)
     targets = make_targets(ctx, kd=True) if loss.needs("teacher") else None
 
     def step(batch):
@@ -75,3 +75,69 @@ def build(ctx: StudentContext) -> Fit:
                batches=lambda e: view_batches(len(train), len(views), s.batch_size, ctx.seed, e),
                evaluate=lambda: image_metrics(net, test), checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"{ctx.student} k={len(ctx.teachers)}")
+
+
+def build_pack(ctxs: list[StudentContext]) -> PackFit:
+    """S students of one seed and settings as one model (``students.pack``): the same model, optimizer, schedule,
+    batches and loss terms as ``build`` gives each, the S forward passes as one (``models.stacked``), the S
+    students' targets in one gather of the store (``TeacherStore.mean_logits_many``), read a few batches ahead
+    in a thread (pinned on a GPU, copied without a wait)."""
+    ctx = ctxs[0]
+    s, store, dev = ctx.settings, ctx.store, ctx.device
+    train, test, views = _data(ctx)
+    pack = Stacked(factory.build(ctx.student, train.task), len(ctxs)).to(dev)
+    opt, sched = sgd_recipe(pack, s, -(-len(train) // s.batch_size))
+    losses = [_objective(c) for c in ctxs]
+    kd = [i for i, loss in enumerate(losses) if loss.needs("teacher")]
+    for c, loss in zip(ctxs, losses, strict=True):
+        c.extra.update(views=int(len(views)), loss_terms=loss.names)
+    combined = [i for i in kd if ctxs[i].selection.combined]  # one gather: (S', B, C)
+    apart = [i for i in kd if i not in combined]  # rules that combine after the softmax: (B, k, C) each
+    pin = dev.type == "cuda"
+
+    def host(batch):  # in the prefetch thread: the students' targets of the batch
+        idx, v = batch
+        got = {}
+        if combined:
+            sels = [ctxs[i].selection for i in combined]
+            z = torch.from_numpy(store.mean_logits_many([sel.teachers for sel in sels], idx.numpy(), v.numpy(),
+                                                        [sel.weights for sel in sels]))
+            got.update(zip(combined, z.pin_memory() if pin else z, strict=True))
+        for i in apart:
+            z = torch.from_numpy(store.teacher_logits(ctxs[i].selection.teachers, idx.numpy(), v.numpy()))
+            got[i] = z.pin_memory() if pin else z
+        return batch, got
+
+    def step(item, alive):
+        (idx, v), targets = item
+        idx = idx.to(dev, non_blocking=True)
+        x = train.batch(idx, views[v.to(dev, non_blocking=True)])
+        logits, labels = pack(x), train.labels[idx]
+        out = []
+        for i, loss in enumerate(losses):
+            if not alive[i]:
+                out.append(None)
+                continue
+            target = TeacherOutputs(logits=targets[i].to(dev, non_blocking=True)) if i in targets else None
+            out.append(loss(objective.StudentOut(logits=logits[i], labels=labels), target))
+        return out
+
+    def batches(e):
+        return Ahead(view_batches(len(train), len(views), s.batch_size, ctx.seed, e), depth=3, fn=host)
+
+    return PackFit(model=pack, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step, batches=batches,
+                   members=[], kill=lambda i: pack.zero_member(i, opt),
+                   evaluate=lambda i: image_metrics(pack.member(i), test),
+                   desc=f"{ctx.student} pack of {len(ctxs)} seed {ctx.seed}")
+
+
+def _data(ctx: StudentContext):
+    """The store's training and test images (checked against it) and its views, on the run's device."""
+    train = store_train_images(ctx.store, ctx.data_dir, ctx.device)
+    test = store_test_images(ctx.store, ctx.data_dir, ctx.device)
+    return train, test, torch.as_tensor(ctx.store.views, device=ctx.device)
+
+
+def _objective(ctx: StudentContext) -> objective.Objective:
+    s = ctx.settings
+    return objective.Objective.of(s, objective.KD(s, ctx.selection), teachers=bool(ctx.teachers))

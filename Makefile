@@ -15,6 +15,7 @@ POOL ?= 0-5
 EPOCHS ?=
 REPEATS ?= 3
 WORKERS ?= 1
+STUDENTS_PER_PROCESS ?=
 THREADS ?=
 DATA_DIR ?=
 SET ?=
@@ -46,7 +47,7 @@ help:
 	@echo "  teachers  TASK MODEL SEEDS EPOCHS LR TRAIN_SUBSET MAX_LENGTH DATA_DIR SET TEACHERS   train seeded teachers"
 	@echo "  augment   TASK GLOVE DATA_DIR                          TinyBERT's augmented training set"
 	@echo "  cache     TASK PRIMARY STUDENT_LAYERS AUGMENTED TRAIN_SUBSET MAX_LENGTH DATA_DIR TEACHERS STORE   dump"
-	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS THREADS EPOCHS DATA_DIR SET DRY_RUN STORE RUNS"
+	@echo "  sweep     TASK STUDENT POOL REPEATS WORKERS STUDENTS_PER_PROCESS THREADS EPOCHS DATA_DIR SET DRY_RUN STORE RUNS"
 	@echo "            (STUDENT=tinybert: R augmentation files and R stores first, store r for repeat r)"
 	@echo "  report    RUNS: the report of RUNS into RUNS/report"
 	@echo "  paper     TASKS REPEATS WORKERS MODEL SEEDS POOL EPOCHS DATA_DIR SET DRY_RUN TFLOPS: the paper's protocol"
@@ -99,6 +100,7 @@ ifeq ($(STUDENT),tinybert)
 else
 	$(BIN)/mtd-sweep --store $(STORE) --student $(STUDENT) --pool $(POOL) --repeats $(REPEATS) --out $(RUNS) \
 		--workers $(WORKERS) $(call opt,--threads,$(THREADS)) $(call opt,--epochs,$(EPOCHS)) \
+		$(call opt,--students-per-process,$(STUDENTS_PER_PROCESS)) \
 		$(call opt,--data-dir,$(DATA_DIR)) $(sets) $(if $(DRY_RUN),--dry-run)
 endif
 

@@ -7,8 +7,11 @@
    six teachers online (``bench/kd_step_bert.py --device cuda``).
 3. The store gather (batch 128, k = 6, CIFAR-like 162-view store, float16) into pinned memory and onto
    the GPU, beside a pageable copy.
-4. A digits sweep on one GPU: three ResNet-20 teachers, their store, the ResNet-8 sweep of the 3-teacher
-   pool (8 runs), timed end to end.
+4. Students x steps per second of the sweep's engines: packs of S = 1..32 students per process, N processes
+   per GPU, one student per process; ResNet-20 at batch 128 and a DistilBERT-shaped student
+   (``bench/sweep_gpu.py --device cuda``; the goal: a pack >= 5x one student per process for ResNet-20).
+5. A digits sweep on one GPU: three ResNet-20 teachers, their store, the ResNet-8 sweep of the 3-teacher
+   pool (8 runs), timed end to end, then again with ``--students-per-process auto``.
 
 Without a CUDA GPU it prints one line saying so and exits 0 (``make bench`` runs it everywhere).
 Usage: python bench/gpu_check.py [--quick]
@@ -99,8 +102,13 @@ def digits_sweep() -> None:
         t_sweep = run([str(BIN / "mtd-sweep"), "--store", str(root / "s.h5"), "--student", "resnet8", "--pool",
                        "0-2", "--repeats", "1", "--epochs", "10", "--out", str(root / "runs"), "--device", "cuda"],
                       "digits: the ResNet-8 sweep of a 3-teacher pool (7 students + 1 CE-only)")
+        t_auto = run([str(BIN / "mtd-sweep"), "--store", str(root / "s.h5"), "--student", "resnet8", "--pool",
+                      "0-2", "--repeats", "1", "--epochs", "10", "--out", str(root / "runs-auto"), "--device", "cuda",
+                      "--students-per-process", "auto"],
+                     "digits: the same sweep, --students-per-process auto (its 8 runs in one pack)")
         print(f"\n== digits on one GPU: teachers {t_teachers:.0f} s, dump {t_dump:.0f} s, sweep {t_sweep:.0f} s "
-              f"({t_sweep / 8:.1f} s per run, process start included)")
+              f"({t_sweep / 8:.1f} s per run, process start included); --students-per-process auto {t_auto:.0f} s "
+              f"(S = 1 / auto = {t_sweep / t_auto:.2f})")
 
 
 def main() -> int:
@@ -119,6 +127,8 @@ def main() -> int:
     run([sys.executable, str(HERE / "kd_step_bert.py"), "--device", "cuda", "--steps", steps],
         "DistilBERT-size student step from the store, bf16")
     gather(args.quick)
+    run([sys.executable, str(HERE / "sweep_gpu.py"), "--device", "cuda", "--steps", "5" if args.quick else "20"],
+        "students x steps per second: a pack of S per process, N processes per GPU, one per process")
     digits_sweep()
     return 0
 

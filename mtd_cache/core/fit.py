@@ -301,6 +301,7 @@ class PackFit:
     metrics_csv: list[Path | None] = field(default_factory=list)
     desc: str = "pack"
     on_step: Callable[[int], None] | None = None
+    size: Callable[[Any], int | None] = lambda batch: None  # examples in a batch, for the progress
     prior_cost: dict[str, float | None] = field(default_factory=lambda: {"wall_s": 0.0, "energy_j": 0.0})
     dead: dict[int, str] = field(default_factory=dict)  # student -> why its run failed
     predictions: dict[int, np.ndarray] = field(default_factory=dict)
@@ -355,10 +356,15 @@ def _evaluate_member(job: PackFit, s: int) -> dict[str, float]:
 
 
 def _train_pack_epoch(job: PackFit, epoch: int, device: torch.device) -> list[dict[str, float]]:
+    """One epoch of a pack. Nothing in a step waits for the device: each step's loss terms are summed on the device
+    and copied to pinned host memory without a wait, and checked (NaN or Inf: the student dies, ``kill``) one step
+    later, once that copy is done, while the device runs the next step. A student's NaN stays in its own rows (its
+    loss enters the sum, whose gradient is 1 for every student) until its rows are zeroed."""
     job.model.train()
     n = len(job.members)
-    sums: list[dict[str, float]] = [{} for _ in range(n)]
-    count = 0
+    keys: list[str] = []
+    acc: torch.Tensor | None = None  # (students, terms) summed on the device
+    count, pending, shown = 0, None, None
     batches = job.batches(epoch)
     total = len(batches) if hasattr(batches, "__len__") else None
     bar = Progress(total, f"{job.desc} epoch {epoch + 1}/{job.epochs}", unit="step")
@@ -369,36 +375,61 @@ def _train_pack_epoch(job: PackFit, epoch: int, device: torch.device) -> list[di
         terms = job.step(batch, alive)
         step_no = epoch * (total or 0) + count
         live = [s for s in range(n) if alive[s]]
-        values = torch.stack([terms[s]["loss"].detach().float() for s in live]).tolist()  # one sync per step
-        for s, v in zip(live, values, strict=True):
-            if not math.isfinite(v):
-                job.dead[s] = f"loss is {v} at step {step_no}; stopping the run"
-                log.error("%s: student %d (%s) died: %s; the others train on", job.desc, s, job.members[s][:12],
-                          job.dead[s])
-        keep = [s for s in live if s not in job.dead]
+        if not keys:
+            keys = list(dict.fromkeys(k for s in live for k in terms[s]))
+            acc = torch.zeros((n, len(keys)), device=device)
+            nothing = torch.zeros((), device=device)
+        values = torch.stack([torch.stack([terms[s][k].detach().float() if k in terms[s] else nothing
+                                           for k in keys]) for s in live])
+        acc[live] += values
+        loss = terms[live[0]]["loss"]
+        for s in live[1:]:
+            loss = loss + terms[s]["loss"]
         job.optimizer.zero_grad(set_to_none=True)
-        if keep:
-            loss = terms[keep[0]]["loss"]
-            for s in keep[1:]:
-                loss = loss + terms[s]["loss"]
-            loss.backward()
-        for s in live:
-            if s in job.dead:
-                job.kill(s)  # after the backward: its rows of the gradient (0 x NaN) zeroed with it
-        if not keep:
-            break
+        loss.backward()
+        shown = _check_pack(job, pending) or shown  # the step before: done on the device by now
+        pending = (step_no, live, _to_host(values[:, 0], device))
         job.optimizer.step()
         if job.scheduler is not None:
             job.scheduler.step()
-        for s in keep:
-            for k, v in terms[s].items():
-                sums[s][k] = sums[s].get(k, 0.0) + float(v.detach())
         count += 1
         if job.on_step is not None:
             job.on_step(step_no + 1)
-        bar.update(1, examples=_batch_size(batch), loss=sum(sums[s]["loss"] for s in keep) / count / len(keep))
+        bar.update(1, examples=job.size(batch), **({"loss": shown} if shown is not None else {}))
+    _check_pack(job, pending)
     bar.close()
-    return [{k: v / max(count, 1) for k, v in row.items()} for row in sums]
+    sums = acc.tolist() if acc is not None else [[] for _ in range(n)]
+    return [{k: v / max(count, 1) for k, v in zip(keys, sums[s], strict=True)} for s in range(n)]
+
+
+def _to_host(values: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, Any]:
+    """``values`` on their way to the host: a pinned copy and the event that says it is done (CPU: at once)."""
+    if device.type != "cuda":
+        return values, None
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _check_pack(job: PackFit, pending: tuple | None) -> float | None:
+    """The losses of a step gone by: a student whose loss is NaN or Inf dies (its rows zeroed by ``kill``, its run
+    failed naming the step, as a run alone's would); returns the living students' mean loss, for the progress."""
+    if pending is None:
+        return None
+    step_no, live, (host, event) = pending
+    if event is not None:
+        event.synchronize()
+    values = host.tolist()
+    for s, v in zip(live, values, strict=True):
+        if not math.isfinite(v) and s not in job.dead:
+            job.dead[s] = f"loss is {v} at step {step_no}; stopping the run"
+            log.error("%s: student %d (%s) died: %s; the others train on", job.desc, s, job.members[s][:12],
+                      job.dead[s])
+            job.kill(s)
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def _pack_identity(job: PackFit) -> str:

@@ -106,7 +106,7 @@ def build_pack(ctxs: list[StudentContext]) -> PackFit:
         for i in apart:
             z = torch.from_numpy(store.teacher_logits(ctxs[i].selection.teachers, idx.numpy(), v.numpy()))
             got[i] = z.pin_memory() if pin else z
-        return batch, got
+        return ((idx.pin_memory(), v.pin_memory()) if pin else batch), got
 
     def step(item, alive):
         (idx, v), targets = item
@@ -126,7 +126,7 @@ def build_pack(ctxs: list[StudentContext]) -> PackFit:
         return Ahead(view_batches(len(train), len(views), s.batch_size, ctx.seed, e), depth=3, fn=host)
 
     return PackFit(model=pack, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step, batches=batches,
-                   members=[], kill=lambda i: pack.zero_member(i, opt),
+                   members=[], kill=lambda i: pack.zero_member(i, opt), size=lambda item: len(item[0][0]),
                    evaluate=lambda i: image_metrics(pack.member(i), test),
                    desc=f"{ctx.student} pack of {len(ctxs)} seed {ctx.seed}")
 

@@ -65,6 +65,9 @@ class Fit:
     # returns them under "predictions" and "labels"
     predictions: np.ndarray | None = None
     prediction_labels: np.ndarray | None = None
+    # the objective's own state across steps (TAID's schedule: ``state_dict``, ``load_state_dict``, ``total``), kept
+    # in every checkpoint; ``total`` is set to the run's steps before the first
+    state: Any = None
 
 
 def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> list[dict[str, float]]:
@@ -74,6 +77,9 @@ def fit(job: Fit, device: torch.device, meter: EnergyMeter | None = None) -> lis
     resumed run's cost is the sum of its parts (``job.prior_cost`` holds what came before the resume).
     """
     scaler = torch.amp.GradScaler(device.type, enabled=job.autocast_dtype == torch.float16)
+    if job.state is not None:
+        first = job.batches(0)
+        job.state.total = job.epochs * (len(first) if hasattr(first, "__len__") else 0)
     start, history = _resume(job, scaler, device)
     for epoch in range(start, job.epochs):
         t0 = time.perf_counter()
@@ -171,6 +177,7 @@ def _save_checkpoint(job: Fit, scaler: torch.amp.GradScaler, epoch: int, history
         "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
         "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
         "scaler": scaler.state_dict(), "threads": torch.get_num_threads(),
+        "objective": job.state.state_dict() if job.state is not None else None,
         "cost": total_cost(job, meter.peek()) if meter is not None else None,
         "rng": _rng_state(),
     }
@@ -241,6 +248,8 @@ def _restore(job: Fit, scaler: torch.amp.GradScaler, state: dict[str, Any]) -> N
     if job.scheduler is not None and state["scheduler"] is not None:
         job.scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
+    if job.state is not None:
+        job.state.load_state_dict(state["objective"])
     _set_rng(state["rng"])
 
 

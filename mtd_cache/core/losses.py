@@ -59,8 +59,14 @@ import torch.nn.functional as F
 from .errors import MtdError
 
 KD_SCALES: tuple[str, ...] = ("sum_t2", "sum", "mean")
-KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl")
-KD_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses")
+KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "taid")
+# how k teachers make one target (``multi_teacher_kd``); "random_subset" draws j of them per step first (the KD term)
+BASE_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses", "ca_mkd", "entropy", "ae_kd", "min_ce",
+                               "avg_ce")
+KD_RULES: tuple[str, ...] = (*BASE_RULES, "random_subset")
+LABEL_RULES: tuple[str, ...] = ("ca_mkd", "min_ce", "avg_ce")  # weights from each teacher's CE to the label
+# rules a static prior (``teacher_weights``) has no meaning in: one teacher chosen per example, a min-norm point
+NO_PRIOR_RULES: tuple[str, ...] = ("min_ce", "ae_kd")
 # TinyBERT adds -10000 to masked attention scores; anything at or below this is "masked".
 ATTENTION_THRESHOLD: float = -100.0
 
@@ -166,10 +172,51 @@ def kd_loss(
 
 
 def _soft_target_loss(log_q: torch.Tensor, log_p: torch.Tensor, scale: str, divergence: str,
-                      temperature: float) -> torch.Tensor:
+                      temperature: float, beta: float = 0.5, alpha: float = 0.1,
+                      interpolation: float | torch.Tensor | None = None) -> torch.Tensor:
+    """The divergence of the student's softened distribution q from the target p, per class, then reduced by
+    ``scale`` (t^2 under "sum_t2" for every divergence, as Hinton's gradient argument asks)."""
+    return _reduce_kd(_per_class(log_q, log_p, divergence, beta, alpha, interpolation), scale, temperature)
+
+
+def _per_class(log_q: torch.Tensor, log_p: torch.Tensor, divergence: str, beta: float = 0.5, alpha: float = 0.1,
+               interpolation: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Each divergence as a sum over classes of these terms (p the target, q the student, both softened by t):
+
+    * "ce":  -p log q;  "kl": p (log p - log q)  (the same gradients: they differ by H(p));
+    * "reverse_kl": q (log q - log p), mode-seeking;
+    * "jsd": generalised Jensen-Shannon with beta (GKD, Agarwal et al. 2024), m = beta p + (1 - beta) q:
+      beta p (log p - log m) + (1 - beta) q (log q - log m); beta = 0 is forward KL(p || q) and beta = 1
+      reverse KL(q || p) exactly (the mixture formula would vanish there: the limits GKD's gradients approach);
+    * "skew_kl": KL(p || alpha p + (1 - alpha) q); "skew_rkl": KL(q || (1 - alpha) p + alpha q) (DistiLLM, Ko et
+      al. 2024; the student's q inside the mixture carries its gradient);
+    * "taid": -p_t log q with p_t = softmax((1 - i) log q' + i log p), q' the student detached and i the
+      interpolation (TAID, Shing et al. 2025: the target moves from the student to the teachers as i grows).
+    """
     p = log_p.exp()
-    per_class = p * (log_p - log_q) if divergence == "kl" else -p * log_q
-    return _reduce_kd(per_class, scale, temperature)
+    if divergence == "ce":
+        return -p * log_q
+    if divergence == "kl":
+        return p * (log_p - log_q)
+    q = log_q.exp()
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return q * (log_q - log_p)
+    if divergence == "jsd":
+        if beta == 0.0:
+            return p * (log_p - log_q)
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1.0 - beta))
+        return beta * p * (log_p - log_m) + (1.0 - beta) * q * (log_q - log_m)
+    if divergence == "skew_kl":
+        log_m = torch.logaddexp(log_p + math.log(alpha), log_q + math.log(1.0 - alpha)) if alpha < 1 else log_p
+        return p * (log_p - log_m)
+    if divergence == "skew_rkl":
+        log_m = torch.logaddexp(log_p + math.log(1.0 - alpha), log_q + math.log(alpha)) if alpha > 0 else log_p
+        return q * (log_q - log_m)
+    if divergence == "taid":
+        i = 1.0 if interpolation is None else interpolation
+        target = F.softmax((1 - i) * log_q.detach() + i * log_p, dim=-1)
+        return -target * log_q
+    raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(KD_DIVERGENCES)}")
 
 
 def teacher_weights(weights: Sequence[float] | None, k: int) -> torch.Tensor | None:
@@ -202,35 +249,170 @@ def multi_teacher_kd(
     divergence: str = "ce",
     rule: str = "mean_logits",
     weights: Sequence[float] | torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    interpolation: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KD^k from k teachers by a target ``rule`` (module docstring), teachers weighted by ``weights``.
+    """KD^k from k teachers by a target ``rule`` (module docstring; ``BASE_RULES``), teachers weighted by
+    ``weights`` (a static prior), under ``divergence`` (``_per_class``; ``beta`` for "jsd", ``alpha`` for the skew
+    divergences, ``interpolation`` for "taid").
+
+    The rules that weigh each example's teachers by what they output mix the teachers' softened distributions,
+    p = sum_i w_i p_i, with weights detached from the graph (for "ce" and "kl" the same gradients as weighing
+    their losses, the papers' form): ``example_weights`` ("ca_mkd", "entropy", "min_ce", "avg_ce"; the label rules
+    read ``labels``) and ``min_norm_weights`` ("ae_kd", one weight per teacher per batch). At k = 1 every rule is
+    plain KD.
 
     Shapes: student_logits (B, C); teacher_logits (B, k, C), or (B, C) already combined for "mean_logits"
     (what a store's ``mean_logits`` returns). ``weights`` (k,): >= 0, normalised here; None: 1/k each.
     Returns a scalar; the teacher side is detached.
     """
-    _check_choice("rule", rule, KD_RULES)
+    _check_choice("rule", rule, BASE_RULES)
+    extra = {"beta": beta, "alpha": alpha, "interpolation": interpolation}
     if rule == "mean_logits":
         if teacher_logits.dim() == 3:
             teacher_logits = combine_teacher_logits(teacher_logits.detach(), weights)
-        return kd_loss(student_logits, teacher_logits, temperature, scale, divergence)
+        _check_kd(temperature, scale, divergence)
+        student, teacher = _student_teacher(student_logits, teacher_logits)
+        log_q = F.log_softmax(student / temperature, dim=-1)
+        log_p = F.log_softmax(teacher / temperature, dim=-1)
+        return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature), **extra)
     if teacher_logits.dim() != 3:
         raise ValueError(f"rule {rule!r} needs each teacher's logits (B, k, C), got {tuple(teacher_logits.shape)}")
     k = teacher_logits.shape[1]
+    if rule in NO_PRIOR_RULES and weights is not None and k > 1:
+        raise ValueError(f"rule {rule!r} takes no teacher weights (a static prior has no meaning in it)")
     w = teacher_weights(weights, k) if weights is not None else torch.full((k,), 1.0 / k, dtype=torch.float64)
-    if rule == "mean_losses":
-        terms = [kd_loss(student_logits, teacher_logits[:, i], temperature, scale, divergence) for i in range(k)]
-        return sum(float(w[i]) * terms[i] for i in range(k))
     _check_kd(temperature, scale, divergence)
     student = _compute_dtype(student_logits)
     teacher = teacher_logits.detach().to(student.dtype)
     if tuple(teacher.shape[::2]) != tuple(student.shape):
         raise ValueError(f"student shape {tuple(student.shape)} does not match teachers {tuple(teacher.shape)}")
-    # log sum_i w_i softmax(z_i / t), computed in log space
-    log_p = torch.logsumexp(F.log_softmax(teacher / temperature, dim=-1)
-                            + torch.log(w.to(student.dtype).to(student.device))[None, :, None], dim=1)
     log_q = F.log_softmax(student / temperature, dim=-1)
-    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
+    log_pi = F.log_softmax(teacher / temperature, dim=-1)  # (B, k, C): each teacher's softened distribution
+    if rule == "mean_losses":
+        terms = [_soft_target_loss(log_q, log_pi[:, i], scale, divergence, float(temperature), **extra)
+                 for i in range(k)]
+        return sum(float(w[i]) * terms[i] for i in range(k))
+    if rule == "mean_probs" or k == 1:
+        mix = w.to(student.dtype).to(student.device)[None, :].expand(len(student), k)
+    elif rule == "ae_kd":
+        mix = min_norm_weights(_teacher_gradients(student, log_pi, temperature, scale, divergence, extra))
+        mix = mix.to(student.dtype)[None, :].expand(len(student), k)
+    else:
+        mix = example_weights(rule, teacher, labels, temperature, None if weights is None else w)
+    # log sum_i w_i softmax(z_i / t), computed in log space (a weight of 0 is log 0 = -inf: that teacher is out)
+    log_p = torch.logsumexp(log_pi + torch.log(mix.to(student.dtype).to(student.device))[:, :, None], dim=1)
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature), **extra)
+
+
+def _teacher_gradients(student: torch.Tensor, log_pi: torch.Tensor, temperature: float, scale: str, divergence: str,
+                       extra: dict) -> torch.Tensor:
+    """(k, B*C): the gradient of each teacher's own KD loss with respect to the student's logits (detached)."""
+    with torch.enable_grad():
+        z = student.detach().requires_grad_()
+        log_q = F.log_softmax(z / temperature, dim=-1)
+        grads = [torch.autograd.grad(_soft_target_loss(log_q, log_pi[:, i].detach(), scale, divergence,
+                                                       float(temperature), **extra), z, retain_graph=True)[0]
+                 for i in range(log_pi.shape[1])]
+    return torch.stack([g.reshape(-1) for g in grads])
+
+
+def example_weights(rule: str, teacher_logits: torch.Tensor, labels: torch.Tensor | None, temperature: float,
+                    prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Each example's weights over its k teachers, (B, k), rows summing to 1, detached:
+
+    * "ca_mkd" (confidence-aware MKD, Zhang, Chen and Wang, ICASSP 2022): w_i = (1 - softmax_i(CE_i)) / (k - 1),
+      CE_i the cross-entropy of teacher i's raw logits to the label, the softmax taken over the teachers
+      (the authors' CAMKD.py; its KD term also divides by k, a constant we leave to ``alpha_kd``);
+    * "entropy" (Kwon et al., ICASSP 2020): softmax over the teachers of -H(p_i), p_i = softmax(z_i / t): the
+      surer a teacher on an example, the more it weighs;
+    * "min_ce": the teacher with the lowest CE to the label, alone (FuseLLM's MinCE, Wan et al. 2024; ties: the
+      first); "avg_ce": softmax over the teachers of -CE_i (FuseLLM's AvgCE).
+
+    ``prior`` (k,), a static weight per teacher (``teacher_weights``), multiplies them, renormalised ("min_ce"
+    takes none). At k = 1 the weight is 1 (CA-MKD's 1/(k - 1) undefined there: plain KD)."""
+    z = _compute_dtype(teacher_logits.detach())
+    b, k, _ = z.shape
+    if k == 1:
+        return torch.ones((b, 1), dtype=z.dtype, device=z.device)
+    if rule in LABEL_RULES:
+        if labels is None:
+            raise ValueError(f"rule {rule!r} weighs teachers by their cross-entropy to the label: it needs labels")
+        ce = -F.log_softmax(z, dim=-1).gather(-1, labels.view(b, 1, 1).expand(b, k, 1).long()).squeeze(-1)
+        if rule == "ca_mkd":
+            w = (1.0 - F.softmax(ce, dim=1)) / (k - 1)
+        elif rule == "avg_ce":
+            w = F.softmax(-ce, dim=1)
+        else:
+            w = F.one_hot(ce.argmin(dim=1), k).to(z.dtype)
+    elif rule == "entropy":
+        log_p = F.log_softmax(z / temperature, dim=-1)
+        w = F.softmax((log_p.exp() * log_p).sum(-1), dim=1)  # softmax of -H
+    else:
+        raise ValueError(f"rule {rule!r} has no per-example weights")
+    if prior is not None and rule != "min_ce":
+        w = w * prior.to(w.dtype).to(w.device)[None, :]
+        w = w / w.sum(dim=1, keepdim=True)
+    return w.detach()
+
+
+def min_norm_weights(grads: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """The point of the simplex whose combination of the rows of ``grads`` (k, D) has the least norm, (k,) float64:
+    AE-KD's teacher weights (Du et al., NeurIPS 2020: the teachers' KD gradients, here with respect to the
+    student's logits, combined into the minimum-norm point of their convex hull), found by Frank-Wolfe on the
+    Gram matrix as MGDA solves it (Sener and Koltun 2018), each step's length exact. Detached."""
+    g = grads.detach().to(torch.float64)
+    gram = g @ g.T
+    k = len(gram)
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64, device=g.device)
+    for _ in range(iterations):
+        gw = gram @ w
+        j = int(gw.argmin())
+        vv, vu, uu = float(w @ gw), float(gw[j]), float(gram[j, j])
+        denom = vv - 2 * vu + uu
+        if denom <= 1e-30:
+            break
+        step = min(max((vv - vu) / denom, 0.0), 1.0)
+        if step < 1e-12:
+            break
+        w = (1 - step) * w
+        w[j] += step
+    return w
+
+
+class TaidSchedule:
+    """TAID's interpolation i, from ``start`` to ``end`` over a run's steps (Shing et al., ICLR 2025): after each
+    step, with the relative change of the KD loss d = (L_prev - L) / (L_prev + 1e-15), the momentum
+    m <- beta m + (1 - beta) d and i <- min(end, max(i_linear, i + alpha sigmoid(m) (1 - i))), i_linear the straight
+    line from ``start`` to ``end`` at this step's fraction of the run. Its state (i, m, L_prev, step) is a run's
+    state: saved in every checkpoint, restored on resume."""
+
+    def __init__(self, start: float = 0.4, end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99):
+        self.start, self.end, self.alpha, self.beta = float(start), float(end), float(alpha), float(beta)
+        self.total = 0
+        self.value, self.momentum, self.previous, self.step = float(start), 0.0, math.inf, 0
+
+    def update(self, loss: float) -> None:
+        self.step += 1
+        if math.isinf(self.previous):
+            self.previous = float(loss)
+            return
+        change = (self.previous - loss) / (self.previous + 1e-15)
+        self.momentum = self.beta * self.momentum + (1 - self.beta) * change
+        line = self.start + (self.end - self.start) * (self.step / self.total if self.total else 0.0)
+        grown = self.value + self.alpha * (1.0 / (1.0 + math.exp(-self.momentum))) * (1.0 - self.value)
+        self.value = min(self.end, max(line, grown))
+        self.previous = float(loss)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value, "momentum": self.momentum, "previous": self.previous, "step": self.step,
+                "total": self.total}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value, self.momentum = float(state["value"]), float(state["momentum"])
+        self.previous, self.step, self.total = float(state["previous"]), int(state["step"]), int(state["total"])
 
 
 def hidden_mse(

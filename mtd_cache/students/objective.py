@@ -85,11 +85,27 @@ def _ce(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 
 def _kd(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """L_KD^k: the student against the chosen teachers' combined target by the run's rule and weights, at
-    temperature t (``losses.multi_teacher_kd``; the paper's eq. 9 for "mean_logits"). The teachers' logits arrive
-    combined for "mean_logits" (the store's weighted gather), per teacher for the other rules."""
+    temperature t, under the run's divergence (``losses.multi_teacher_kd``; the paper's eq. 9 for "mean_logits").
+    The teachers' logits arrive combined for "mean_logits" (the store's weighted gather), per teacher for the
+    other rules. "random_subset" first keeps this step's j teachers (``TeacherSelection.draw`` of the batch's
+    key) and combines them by ``subset_rule``; "taid" reads its schedule's interpolation and, in training, moves
+    it after the step (``losses.TaidSchedule``)."""
     sel = cfg.selection
-    return losses.multi_teacher_kd(s.logits, t.logits, cfg.temperature, cfg.kd_scale, cfg.divergence, sel.rule,
-                                   None if sel.combined else sel.weights)
+    z, rule, weights = t.logits, sel.rule, None if sel.combined else sel.weights
+    if rule == "random_subset":
+        if getattr(t, "key", None) is None:
+            raise ValueError("kd_rule random_subset draws its teachers from the batch's key: these targets have none")
+        keep = sel.draw(t.key)
+        z, rule = z[:, keep], sel.subset_rule
+        weights = None if weights is None else [weights[i] for i in keep]
+    taid = getattr(cfg, "taid", None)
+    loss = losses.multi_teacher_kd(s.logits, z, cfg.temperature, cfg.kd_scale, cfg.divergence, rule, weights,
+                                   labels=s.labels, beta=getattr(cfg, "jsd_beta", 0.5),
+                                   alpha=getattr(cfg, "skew_alpha", 0.1),
+                                   interpolation=None if taid is None else taid.value)
+    if taid is not None and torch.is_grad_enabled():  # a training step: the schedule moves (one read of the loss)
+        taid.update(float(loss.detach()))
+    return loss
 
 
 def _hidden(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
@@ -171,6 +187,8 @@ class KD:
 
     def __init__(self, settings: Any, selection: Any):
         self._settings, self.selection = settings, selection
+        self.taid = losses.TaidSchedule(settings.taid_start, settings.taid_end, settings.taid_alpha,
+                                        settings.taid_beta) if getattr(settings, "divergence", None) == "taid" else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._settings, name)
@@ -198,6 +216,11 @@ class Objective:
         if not teachers and baseline is not None:
             w = {**{n: 0.0 for n in w}, **baseline}
         return cls(w, config, teachers)
+
+    @property
+    def state(self) -> Any:
+        """The objective's own state across steps (TAID's schedule), for the run's checkpoints; None: it has none."""
+        return getattr(self.config, "taid", None) if any(t.name == "kd" for t, _ in self.terms) else None
 
     @property
     def names(self) -> list[str]:

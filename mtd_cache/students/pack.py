@@ -44,6 +44,8 @@ def packable(req: RunRequest) -> str | None:
         return "runs with their teachers online train one per process"
     if req.kind != "student":
         return f"{req.kind} runs train one per process"
+    if recipe.Settings.resolve(req.overrides).settings.divergence == "taid":
+        return "runs with divergence=taid train one per process (each student's schedule is its own state)"
     return None
 
 

@@ -9,10 +9,12 @@ per teacher, (B, k, C), for the rules that combine after the softmax.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..core.errors import MtdError
@@ -28,6 +30,8 @@ class TeacherSelection:
     primary: int | None = None
     rule: str = "mean_logits"
     weights: tuple[float, ...] | None = None
+    subset_size: int | None = None  # "random_subset": the j teachers drawn per step
+    subset_rule: str = "mean_logits"  # "random_subset": how the drawn ones combine
 
     @property
     def k(self) -> int:
@@ -37,6 +41,15 @@ class TeacherSelection:
     def combined(self) -> bool:
         """Whether the teachers' logits arrive combined, (B, C) ("mean_logits"), rather than per teacher (B, k, C)."""
         return self.rule == "mean_logits"
+
+    def draw(self, key: int) -> list[int]:
+        """"random_subset": the positions (ascending, into the chosen teachers) of this step's j teachers, drawn from
+        ``key`` (``step_key``: the batch's examples and the run's seed), so a resumed or repeated run draws the same
+        ones at the same step, from the store or online. All k when j >= k."""
+        j = min(int(self.subset_size or self.k), self.k)
+        if j >= self.k:
+            return list(range(self.k))
+        return sorted(int(i) for i in np.random.default_rng(key).choice(self.k, j, replace=False))
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         """The teachers' logits (B, k, C), ascending order, as the KD term takes them: their weighted mean for
@@ -49,7 +62,16 @@ class TeacherSelection:
         if not self.teachers:
             return {"kd_rule": None, "teacher_weights": None}
         w = self.weights
-        return {"kd_rule": self.rule, "teacher_weights": None if w is None else [round(x / sum(w), 12) for x in w]}
+        out = {"kd_rule": self.rule, "teacher_weights": None if w is None else [round(x / sum(w), 12) for x in w]}
+        if self.rule == "random_subset":
+            out.update(subset_size=self.subset_size, subset_rule=self.subset_rule)
+        return out
+
+
+def step_key(index: Any, seed: int) -> int:
+    """A step's key for ``TeacherSelection.draw``: the batch's example indices (in order) and the run's seed."""
+    data = np.ascontiguousarray(np.asarray(index, dtype=np.int64)).tobytes()
+    return zlib.crc32(data, zlib.crc32(int(seed).to_bytes(8, "little", signed=False)))
 
 
 def select(teachers: Iterable[int], primary: int | None, num_teachers: int, settings: Any = None,
@@ -65,7 +87,8 @@ def select(teachers: Iterable[int], primary: int | None, num_teachers: int, sett
     if teachers and primary_required is not None:
         _check_primary(teachers, primary, primary_required)
     rule = getattr(settings, "kd_rule", "mean_logits")
-    return TeacherSelection(tuple(sorted(teachers)), primary, rule, chosen_weights(settings, teachers, num_teachers))
+    return TeacherSelection(tuple(sorted(teachers)), primary, rule, chosen_weights(settings, teachers, num_teachers),
+                            getattr(settings, "subset_size", None), getattr(settings, "subset_rule", "mean_logits"))
 
 
 def chosen_weights(settings: Any, teachers: Sequence[int], num_teachers: int) -> tuple[float, ...] | None:

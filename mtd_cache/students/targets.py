@@ -33,7 +33,7 @@ from ..store import TeacherStore
 from ..teachers import Teacher, find_teachers
 from .context import StudentContext
 from .objective import Objective, StudentOut
-from .selection import TeacherSelection
+from .selection import TeacherSelection, step_key
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TeacherOutputs:
     """What the teachers give one batch, on the training device (None: not asked for)."""
 
     logits: torch.Tensor | None = None  # (B, C) the chosen teachers' logits, averaged
+    key: int | None = None  # the batch's key (``selection.step_key``): what "random_subset" draws its teachers from
     hidden: torch.Tensor | None = None  # (B, layers, L, H) float32: the primary's hidden states
     scores: torch.Tensor | None = None  # (B, layers, heads, L, L) float32: its pre-softmax attention scores
 
@@ -51,10 +52,26 @@ class _Targets:
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    selection: TeacherSelection
+    kd: bool
+    seed: int = 0  # the run's: with the batch's examples, the key "random_subset" draws from
+
     def fetch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` (a collated text batch) with what ``read`` gives for its ``index``: the recipes' prefetch."""
         batch.update(self.read(batch["index"].numpy()))
         return batch
+
+    def _key(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch's key for "random_subset" (``selection.step_key``), as a host entry; nothing for other rules."""
+        if self.kd and self.selection.rule == "random_subset":
+            return {"subset_key": torch.tensor(step_key(index, self.seed), dtype=torch.int64)}
+        return {}
+
+    @staticmethod
+    def _keyed(out: TeacherOutputs, host: dict[str, Any]) -> TeacherOutputs:
+        if "subset_key" in host:
+            out.key = int(host["subset_key"])
+        return out
 
 
 class StoreTargets(_Targets):
@@ -75,7 +92,7 @@ class StoreTargets(_Targets):
             self.apos = [self.states.attn_layers.index(g) for g in attn_layers]
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        host: dict[str, torch.Tensor] = {}
+        host: dict[str, torch.Tensor] = self._key(index)
         if self.kd and self.selection.combined:  # combined by the store's weighted gather: (B, C)
             host["teacher_logits"] = torch.from_numpy(self.store.mean_logits(self.teachers, index, view, self.weights))
         elif self.kd:  # the other rules combine per teacher: (B, k, C)
@@ -88,7 +105,7 @@ class StoreTargets(_Targets):
         return host
 
     def __call__(self, host: dict[str, Any], inputs: Any = None, width: int | None = None) -> TeacherOutputs:
-        out = TeacherOutputs()
+        out = self._keyed(TeacherOutputs(), host)
         if self.kd:
             out.logits = host["teacher_logits"].to(self.device, non_blocking=True)
         if self.states is not None:
@@ -113,11 +130,11 @@ class OnlineTargets(_Targets):
         self.hidden_layers, self.attn_layers = list(hidden_layers), list(attn_layers)
 
     def read(self, index: np.ndarray, view: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        return {}
+        return self._key(index)
 
     @torch.no_grad()
     def __call__(self, host: dict[str, Any], inputs: Any = None, width: int | None = None) -> TeacherOutputs:
-        out = TeacherOutputs()
+        out = self._keyed(TeacherOutputs(), host)
         logits = []
         for t in sorted(self.models):
             primary = t == self.primary and bool(self.hidden_layers or self.attn_layers)
@@ -158,15 +175,16 @@ class KDTargets:
         loss = ce + targets.loss(student_logits, batch_index)   # KD^k of these examples
         z = targets.logits(batch_index)                         # (B, C); (B, k, C) for the per-teacher rules
 
-    ``rule``: "mean_logits" (the paper's), "mean_probs" or "mean_losses" (``losses.multi_teacher_kd``);
-    ``weights``: one per teacher of ``teachers``, in that order (None: equal); ``scale`` and ``divergence``
-    as ``losses.kd_loss`` (defaults: Hinton's sum over classes times t^2, soft cross-entropy).
+    ``rule``: "mean_logits" (the paper's) or any of ``losses.BASE_RULES`` (``losses.multi_teacher_kd``; the ones
+    that weigh teachers by their cross-entropy to the label take ``labels=`` in ``loss``); ``weights``: one per
+    teacher of ``teachers``, in that order (None: equal); ``scale`` and ``divergence`` as ``losses.kd_loss``
+    (defaults: Hinton's sum over classes times t^2, soft cross-entropy; "taid" needs a run's schedule: not here).
     """
 
     def __init__(self, store: TeacherStore | str | Path, teachers: Sequence[int], rule: str = "mean_logits",
                  weights: Sequence[float] | None = None, temperature: float = 1.0, scale: str = "sum_t2",
                  divergence: str = "ce", device: torch.device | str | None = None):
-        from ..core.losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
+        from ..core.losses import BASE_RULES, KD_DIVERGENCES, KD_SCALES
 
         self.store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
         pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
@@ -175,8 +193,8 @@ class KDTargets:
         if not chosen or len(set(chosen)) != len(chosen) or chosen[0] < 0 or chosen[-1] >= self.store.num_teachers:
             raise MtdError(f"teachers {list(teachers)}: distinct indices of the store's teachers "
                            f"0..{self.store.num_teachers - 1}")
-        for name, value, valid in (("rule", rule, KD_RULES), ("scale", scale, KD_SCALES),
-                                   ("divergence", divergence, KD_DIVERGENCES)):
+        for name, value, valid in (("rule", rule, BASE_RULES), ("scale", scale, KD_SCALES),
+                                   ("divergence", divergence, tuple(d for d in KD_DIVERGENCES if d != "taid"))):
             if value not in valid:
                 raise MtdError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         if not temperature > 0:
@@ -193,11 +211,12 @@ class KDTargets:
         (B, k, C), teachers in ascending order."""
         return self._targets(self._targets.read(_numpy(index), None if view is None else _numpy(view))).logits
 
-    def loss(self, student_logits: torch.Tensor, index: Any, view: Any = None) -> torch.Tensor:
+    def loss(self, student_logits: torch.Tensor, index: Any, view: Any = None,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
         """KD^k of the student's logits (B, C) against the teachers' targets of examples ``index``: the objective's
-        ``kd`` term (``students.objective``), as a student run computes it."""
+        ``kd`` term (``students.objective``), as a student run computes it (``labels``: the label rules')."""
         teacher = TeacherOutputs(logits=self.logits(index, view).to(student_logits.device))
-        return self._kd(StudentOut(logits=student_logits), teacher)["kd"]
+        return self._kd(StudentOut(logits=student_logits, labels=labels), teacher)["kd"]
 
     @property
     def kd_scale(self) -> str:  # the objective reads the KD settings by the recipes' names
@@ -219,10 +238,13 @@ def make_targets(ctx: StudentContext, kd: bool, hidden_layers: Sequence[int] = (
     online = bool(ctx.online) if states_online is None else states_online
     sel = ctx.selection
     if not online:
-        return StoreTargets(ctx.store, sel, kd, ctx.device, hidden_layers, attn_layers)
-    wanted = set(sel.teachers if kd else ()) | ({sel.primary} if states else set())
-    models = {t: load_teacher_model(ctx, t) for t in sorted(wanted)}
-    return OnlineTargets(models, sel, kd, ctx.store.tokenizer is not None, hidden_layers, attn_layers)
+        targets: Targets = StoreTargets(ctx.store, sel, kd, ctx.device, hidden_layers, attn_layers)
+    else:
+        wanted = set(sel.teachers if kd else ()) | ({sel.primary} if states else set())
+        models = {t: load_teacher_model(ctx, t) for t in sorted(wanted)}
+        targets = OnlineTargets(models, sel, kd, ctx.store.tokenizer is not None, hidden_layers, attn_layers)
+    targets.seed = ctx.seed
+    return targets
 
 
 # ----------------------------------------------------------------------------- teachers, checked

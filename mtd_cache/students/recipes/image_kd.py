@@ -32,6 +32,7 @@ from ...tasks.image_data import view_batches
 from .. import objective
 from ..context import StudentContext
 from ..data import store_test_images, store_train_images
+from ..selection import step_key
 from ..targets import TeacherOutputs, make_targets
 from .settings import StudentSettings
 
@@ -73,7 +74,7 @@ def build(ctx: StudentContext) -> Fit:
     ctx.extra.update(views=int(len(views)), loss_terms=loss.names)
     return Fit(model=net, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step,
                batches=lambda e: view_batches(len(train), len(views), s.batch_size, ctx.seed, e),
-               evaluate=lambda: image_metrics(net, test), checkpoint=ctx.checkpoint,
+               evaluate=lambda: image_metrics(net, test), checkpoint=ctx.checkpoint, state=loss.state,
                metrics_csv=ctx.metrics_csv, desc=f"{ctx.student} k={len(ctx.teachers)}")
 
 
@@ -106,10 +107,10 @@ def build_pack(ctxs: list[StudentContext]) -> PackFit:
         for i in apart:
             z = torch.from_numpy(store.teacher_logits(ctxs[i].selection.teachers, idx.numpy(), v.numpy()))
             got[i] = z.pin_memory() if pin else z
-        return ((idx.pin_memory(), v.pin_memory()) if pin else batch), got
+        return ((idx.pin_memory(), v.pin_memory()) if pin else batch), got, step_key(idx.numpy(), ctx.seed)
 
     def step(item, alive):
-        (idx, v), targets = item
+        (idx, v), targets, key = item
         idx = idx.to(dev, non_blocking=True)
         x = train.batch(idx, views[v.to(dev, non_blocking=True)])
         logits, labels = pack(x), train.labels[idx]
@@ -118,7 +119,7 @@ def build_pack(ctxs: list[StudentContext]) -> PackFit:
             if not alive[i]:
                 out.append(None)
                 continue
-            target = TeacherOutputs(logits=targets[i].to(dev, non_blocking=True)) if i in targets else None
+            target = TeacherOutputs(logits=targets[i].to(dev, non_blocking=True), key=key) if i in targets else None
             out.append(loss(objective.StudentOut(logits=logits[i], labels=labels), target))
         return out
 

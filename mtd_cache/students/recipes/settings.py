@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.errors import MtdError
-from ...core.losses import KD_DIVERGENCES, KD_RULES, KD_SCALES
+from ...core.losses import BASE_RULES, KD_DIVERGENCES, KD_RULES, KD_SCALES, NO_PRIOR_RULES
 from ...core.runtime import PRECISIONS
 from ...core.settings import Settings, setting
 
@@ -30,6 +30,21 @@ class StudentSettings(Settings):
     teacher_dropout: bool = setting(False, "--online only: the teachers' dropout on, as TinyBERT's reference "
                                            "(never calls teacher.eval()); a store holds a deterministic function "
                                            "of the input", since="0.2")
+    subset_size: int | None = setting(None, "kd_rule=random_subset: j teachers of the chosen k drawn afresh at every "
+                                            "step (all k when j >= k)", low=1, since="0.4")
+    subset_rule: str = setting("mean_logits", "kd_rule=random_subset: how the j drawn teachers combine",
+                               choices=BASE_RULES, since="0.4")
+    jsd_beta: float = setting(0.5, "divergence=jsd: GKD's beta (0: forward KL, 1: reverse KL)", low=0, high=1,
+                              since="0.4")
+    skew_alpha: float = setting(0.1, "divergence=skew_kl/skew_rkl: DistiLLM's alpha (its default 0.1)", low=0,
+                                high=1, since="0.4")
+    taid_start: float = setting(0.4, "divergence=taid: the interpolation's start (TAID's default)", low=0, below=1,
+                                since="0.4")
+    taid_end: float = setting(1.0, "divergence=taid: its end (TAID's default)", above=0, high=1, since="0.4")
+    taid_alpha: float = setting(5e-4, "divergence=taid: its adaptive step size (TAID's default)", low=0, high=1,
+                                since="0.4")
+    taid_beta: float = setting(0.99, "divergence=taid: the momentum of the loss's relative change (TAID's "
+                                     "default)", low=0, below=1, since="0.4")
 
     def check(self) -> None:
         super().check()
@@ -37,6 +52,17 @@ class StudentSettings(Settings):
         if w is not None and (not w or not all(math.isfinite(x) and x >= 0 for x in w) or not sum(w) > 0):
             raise MtdError(f"student setting teacher_weights={w}: one finite weight >= 0 per store teacher, "
                            "not all 0")
+        if (self.kd_rule == "random_subset") != (self.subset_size is not None):
+            raise MtdError("kd_rule=random_subset needs subset_size=J (the teachers drawn per step)"
+                           if self.subset_size is None else
+                           f"subset_size={self.subset_size} is for kd_rule=random_subset, not {self.kd_rule}")
+        rule = self.subset_rule if self.kd_rule == "random_subset" else self.kd_rule
+        if w is not None and rule in NO_PRIOR_RULES:
+            raise MtdError(f"teacher_weights with kd_rule {rule}: a static prior has no meaning there (it "
+                           f"{'picks one teacher per example' if rule == 'min_ce' else 'solves for its own weights'}"
+                           "): leave teacher_weights unset")
+        if self.taid_start >= self.taid_end:
+            raise MtdError(f"taid_start={self.taid_start} must be below taid_end={self.taid_end}")
 
 
 @dataclass(frozen=True)

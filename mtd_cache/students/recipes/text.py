@@ -89,7 +89,7 @@ def text_fit(ctx: StudentContext, net: torch.nn.Module, inputs: TaskInputs, desc
     return Fit(model=model, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=text_evaluator(ctx, net, inputs.dev, dtype), eval_every=s.eval_every,
                checkpoint=ctx.checkpoint, metrics_csv=ctx.metrics_csv, desc=desc, autocast_dtype=dtype,
-               grad_clip=s.grad_clip)
+               grad_clip=s.grad_clip, state=loss.state)
 
 
 def last_layer_projection(ctx: StudentContext, net: torch.nn.Module, allowed: bool) -> torch.nn.Module | None:

@@ -172,7 +172,7 @@ def build(ctx: StudentContext) -> Fit:
     return Fit(model=net, optimizer=optimizer, scheduler=scheduler, epochs=s.epochs, batches=batches,
                step=step, evaluate=evaluate, eval_every=s.eval_every, checkpoint=ctx.checkpoint,
                metrics_csv=ctx.metrics_csv, desc=f"tinybert k={len(ctx.teachers)}", autocast_dtype=dtype,
-               grad_clip=s.grad_clip, clip_per_parameter=s.clip_per_parameter, on_step=on_step)
+               grad_clip=s.grad_clip, clip_per_parameter=s.clip_per_parameter, on_step=on_step, state=loss.state)
 
 
 def _selection(ctx: StudentContext, net: TinyBertStudent, dev_metric: Callable[[], dict[str, Any]],

@@ -272,3 +272,39 @@ def test_a_taid_run_resumes_its_schedule_and_trains_alone(tiny, tmp_path, monkey
     assert resumed["metric"] == whole["metric"] and resumed["run_id"] == whole["run_id"]
     assert packable(req(tmp_path)) == ("runs with divergence=taid train one per process (each student's schedule "
                                        "is its own state)")
+
+
+def test_a_rules_sweep_makes_one_experiment_per_rule_and_one_comparison(tiny, tmp_path):
+    """Two rules over a pool of two, two repeats: the k = 2 runs twice (one per rule), the k = 1 and CE-only runs
+    once; the report gives each rule's experiment the shared runs and compares the rules, paired."""
+    from cli_runner import run_cli
+
+    from mtd_cache.sweeps.records import load_records
+    from mtd_cache.sweeps.rules import compare_rules, rule_groups, share_single_runs
+
+    out = tmp_path / "runs"
+    r = run_cli("mtd-sweep", "--store", tiny["image"], "--student", "resnet8", "--pool", "0-1", "--repeats", "2",
+                "--epochs", "1", "--device", "cpu", "--threads", "1", "--rules", "mean_logits,ca_mkd", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "10 jobs: 8 students, 2 CE-only" in r.stderr  # 2 repeats x (k=2) x 2 rules + 2 x 2 (k=1) + 2 CE-only
+    assert "k=2 teachers 0,1 seed 1 ca_mkd: " in r.stderr
+    df = load_records(out)
+    assert len(df) == 10 and sorted(df.groupby("experiment").size().tolist()) == [2, 8]
+    (group,) = rule_groups(df)
+    assert sorted(group) == ["ca_mkd", "mean_logits"]
+    shared = share_single_runs(df)
+    ca = shared[shared["experiment"] == group["ca_mkd"]]
+    assert sorted(ca["k"]) == [0, 0, 1, 1, 1, 1, 2, 2]
+    assert set(ca[ca["k"] <= 1]["shared_from"]) == {group["mean_logits"]}
+    table = compare_rules(shared, n_resamples=200)
+    assert set(table["rule"]) == {"mean_logits", "ca_mkd"} and set(table["k"]) == {2}
+    ml = table[table["rule"] == "mean_logits"]
+    assert (ml["difference"] == 0).all()  # mean_logits against itself
+    ca_rows = table[table["rule"] == "ca_mkd"].set_index("statistic")
+    assert ca_rows.loc["worst", "difference"] == pytest.approx(ca_rows.loc["worst", "value"]
+                                                              - ca_rows.loc["worst", "base"])
+    assert (ca_rows["covers"] == "examples+seeds").all()  # both repeats of every combination ran
+    rep = run_cli("mtd-report", out, "--out", tmp_path / "report")
+    assert rep.returncode == 0, rep.stderr
+    text = (tmp_path / "report" / "rules.md").read_text()
+    assert "# Rules compared" in text and "### k = 2" in text and "| ca_mkd |" in text

@@ -61,6 +61,7 @@ def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_fo
     with TeacherStore.open(store) as s:
         info = s.summary()
         checked = s.verify() if verify else None
+        info["agreement"] = _agreement(s)
     if measure_forward:
         import torch
 
@@ -77,6 +78,16 @@ def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_fo
     if checked is not None and checked["bad"]:
         raise StoreError(f"{store}: the dataset {checked['bad'][0]} does not match its checksum "
                          f"({len(checked['bad'])} of {len(checked['bad']) + len(checked['checked'])} checked)")
+
+
+def _agreement(store) -> dict | None:
+    from ..core.errors import MtdError
+    from ..tasks.agreement import agreement
+
+    try:
+        return agreement(store)
+    except MtdError:  # a store of a task mtd-cache cannot score: no statistics
+        return None
 
 
 def format_summary(info: dict) -> str:
@@ -112,6 +123,10 @@ def format_summary(info: dict) -> str:
                          + (f"; {len(v['unrecorded'])} without a checksum" if v["unrecorded"] else ""))
         if info.get("seal_sha256"):
             lines.append("attributes   every attribute and checksum as sealed")
+    if info.get("agreement"):
+        from ..tasks.agreement import agreement_lines
+
+        lines += agreement_lines(info["agreement"])
     return "\n".join(lines)
 
 

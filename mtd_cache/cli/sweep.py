@@ -28,6 +28,20 @@ def _students(ctx, param, value: str) -> int | str:
     raise click.BadParameter(f"{value!r}: a number of students from 1 to {MAX_STUDENTS}, or auto")
 
 
+def _rules(ctx, param, value: str | None) -> tuple[str, ...]:
+    from ..core.losses import KD_RULES
+
+    if not value:
+        return ()
+    rules = tuple(r.strip() for r in value.split(","))
+    bad = [r for r in rules if r not in KD_RULES]
+    if bad:
+        raise click.BadParameter(f"unknown rule {bad[0]!r}; known: {', '.join(KD_RULES)}")
+    if len(set(rules)) != len(rules):
+        raise click.BadParameter(f"{value!r} names a rule twice")
+    return rules
+
+
 @click.command(help="Run every k-subset of the teacher pool (every primary for BERT students) x repeats, "
                     "plus the CE-only baselines; skips runs already done.")
 @click.option("--store", "stores", required=True, multiple=True, type=click.Path(path_type=Path),
@@ -70,6 +84,11 @@ def _students(ctx, param, value: str) -> int | str:
                    "the cached runs, that the report checks its estimates against.")
 @click.option("--twin-repeats", type=click.IntRange(min=1),
               help="With --online-twins: twin the runs of the first N repeats only (default: every repeat).")
+@click.option("--rules", callback=_rules, metavar="RULE,...",
+              help="Run the plan once per KD rule (mean_logits first: the report compares every other against it), "
+                   "one experiment each; the k = 1 and CE-only runs, the same under every rule, once. Rules: "
+                   "mean_logits, mean_probs, mean_losses, ca_mkd, entropy, ae_kd, min_ce, avg_ce, random_subset "
+                   "(with --set subset_size=J).")
 @click.option("--order", type=click.Choice(["plan", "shuffled"]), default="plan", show_default=True,
               help="plan: stage 1, CE-only, then k ascending; shuffled: the students in a seeded random order, so a "
                    "machine's changing load does not follow k in the per-k costs.")
@@ -79,7 +98,7 @@ def _students(ctx, param, value: str) -> int | str:
 @click.option("-v", "--verbose", is_flag=True)
 def cli(stores, student, pool, repeats, base_seed, workers, students, gpus_per_run, threads, executor, address,
         slurm_partition, slurm_time, slurm_local, slurm_gpus, out, epochs, sets, data_dir, device, online_teachers_dir,
-        online_twins, twin_repeats, order, allow_unverified, dry_run, verbose) -> None:
+        online_twins, twin_repeats, rules, order, allow_unverified, dry_run, verbose) -> None:
     from ..core.indices import parse_index_set
     from ..core.settings import typed_as
     from ..sweeps.execute import SweepConfig, run_sweep, sweep_outcome
@@ -102,7 +121,7 @@ def cli(stores, student, pool, repeats, base_seed, workers, students, gpus_per_r
                           threads=threads, allow_unverified=allow_unverified,
                           teachers_dir=str(online_teachers_dir) if online_teachers_dir else None,
                           twins_dir=str(online_twins) if online_twins else None, twin_repeats=twin_repeats,
-                          order=order, students_per_process=students, gpus_per_run=gpus_per_run)
+                          order=order, students_per_process=students, gpus_per_run=gpus_per_run, rules=rules)
         slurm = {"timeout_min": slurm_time, "gpus_per_node": slurm_gpus,
                  **({"slurm_partition": slurm_partition} if slurm_partition else {}),
                  **({"cluster": "local"} if slurm_local else {})}

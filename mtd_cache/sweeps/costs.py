@@ -47,6 +47,8 @@ class Shared:
     # store path -> (the teacher set's key, its training cost; None: unknown, not counted on either axis)
     teacher_sets: dict[str, tuple[str, dict[str, float | None] | None]] = field(default_factory=dict)
     rates: dict[str, Rate] = field(default_factory=dict)
+    # store path -> what its teachers agree on (``tasks.agreement``), None: no dev logits to tell
+    agreement: dict[str, dict | None] = field(default_factory=dict)
 
 
 def run_costs(df: pd.DataFrame, shared: Shared | None = None) -> pd.DataFrame:

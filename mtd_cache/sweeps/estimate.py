@@ -25,7 +25,7 @@ from typing import Any
 from ..core.progress import duration
 from ..models import factory
 from ..students.record import load_done
-from .plan import Job
+from .plan import Job, first_overrides
 
 log = logging.getLogger(__name__)
 CALIBRATION_STEPS = 3
@@ -85,7 +85,7 @@ def _per_run(job: Job, cfg: Any, request: Callable[[Job], Any] | None) -> tuple[
         return None, "no finished runs of this configuration yet (--dry-run calibrates)", None
     from ..students.recipes import student_traits
 
-    if job.kind == "student" and student_traits(cfg.student, cfg.overrides)[1]:
+    if job.kind == "student" and student_traits(cfg.student, first_overrides(cfg))[1]:
         # a two-stage student builds on its stage 1: time the same model's CE-only steps instead
         job = Job(kind="baseline", teachers=(), primary=None, repeat=job.repeat, seed=job.seed,
                   store_index=job.store_index)
@@ -99,7 +99,7 @@ def _per_run(job: Job, cfg: Any, request: Callable[[Job], Any] | None) -> tuple[
 def _epochs(job: Job, cfg: Any) -> int:
     from ..students.recipes import get_recipe
 
-    s = get_recipe(cfg.student).Settings.resolve(cfg.overrides).settings
+    s = get_recipe(cfg.student).Settings.resolve(first_overrides(cfg)).settings
     return int(getattr(s, "ild_epochs", None) or s.epochs) if job.kind == "stage1" else int(s.epochs)
 
 
@@ -114,7 +114,7 @@ def _measured_rate(job: Job, cfg: Any, task: str | None = None) -> tuple[float, 
     """Median seconds per example-epoch of finished runs of the same task, student, kind and settings."""
     from ..students.recipes import get_recipe
 
-    want = _comparable(get_recipe(cfg.student).Settings.resolve(cfg.overrides).requested)
+    want = _comparable(get_recipe(cfg.student).Settings.resolve(first_overrides(cfg)).requested)
     online = cfg.teachers_dir is not None
     rates, size = [], None
     folder = Path(cfg.out)

@@ -35,7 +35,7 @@ from ..students.recipes import get_recipe, student_traits
 from ..students.run import PlannedRun, RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
 from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
-from .plan import Job, Pack, Unit, arrange, members, plan_sweep
+from .plan import Job, Pack, Unit, arrange, first_overrides, members, plan_sweep, rule_overrides, with_rules
 from .records import is_dead, load_predictions
 
 log = logging.getLogger(__name__)
@@ -61,25 +61,29 @@ class SweepConfig:
     twins_dir: str | None = None  # set: each student job of the first twin_repeats repeats gets an online twin
     twin_repeats: int | None = None
     allow_unverified: bool = False  # train on stores without a seal (--allow-unverified); recorded, not in run ids
+    rules: tuple[str, ...] = ()  # --rules: the plan once per KD rule (``plan.with_rules``), one experiment each
     # students trained as one model per process (``students.pack``): 1, a number, or "auto" (as many as fit)
     students_per_process: int | str = 1
     gpus_per_run: float | None = None  # Ray: the fraction of a GPU each run (or pack) asks for; None: 1
 
 
 def make_plan(cfg: SweepConfig) -> list[Job]:
-    needs_primary, two_stage = student_traits(cfg.student, cfg.overrides)
+    needs_primary, two_stage = student_traits(cfg.student, first_overrides(cfg))
     stores = len(cfg.stores)
     if stores not in (1, cfg.repeats):
         raise MtdError(f"{stores} stores for {cfg.repeats} repeats: give one store, or one per repeat")
     jobs = plan_sweep(list(cfg.pool), cfg.student, cfg.repeats, bert_student=needs_primary,
                       two_stage=two_stage, base_seed=cfg.base_seed, stores=stores)
-    return arrange(jobs, cfg.order, cfg.twins_dir is not None, cfg.twin_repeats, cfg.base_seed)
+    return arrange(with_rules(jobs, cfg.rules), cfg.order, cfg.twins_dir is not None, cfg.twin_repeats,
+                   cfg.base_seed)
+
 
 
 def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
     teachers_dir = cfg.twins_dir if job.online else cfg.teachers_dir
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
-                      primary=job.primary, seed=job.seed, out=cfg.out, overrides=dict(cfg.overrides),
+                      primary=job.primary, seed=job.seed, out=cfg.out,
+                      overrides=rule_overrides(cfg.overrides, job.rule),
                       data_dir=cfg.data_dir, device=cfg.device, online=teachers_dir is not None,
                       teachers_dir=teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
                       save_model=cfg.save_models, allow_unverified=cfg.allow_unverified,
@@ -311,8 +315,14 @@ def _peak(unit: Unit, cfg: SweepConfig) -> int | None:
 def check_config(cfg: SweepConfig) -> None:
     """Before the first job: the recipe's settings (type and range), the pool against each store, R repeat
     stores that differ; a two-stage (TinyBERT) sweep of R repeats on one store is named as unlike the paper's."""
-    settings = get_recipe(cfg.student).Settings.resolve(cfg.overrides).settings
-    if student_traits(cfg.student, cfg.overrides)[1] and len(cfg.stores) == 1 and cfg.repeats > 1:
+    recipe = get_recipe(cfg.student)
+    settings = recipe.Settings.resolve(first_overrides(cfg)).settings
+    for rule in cfg.rules:  # every rule's settings, before the first job: one line naming what does not fit
+        try:
+            recipe.Settings.resolve(rule_overrides(cfg.overrides, rule))
+        except MtdError as exc:
+            raise MtdError(f"--rules {rule}: {exc}") from None
+    if student_traits(cfg.student, first_overrides(cfg))[1] and len(cfg.stores) == 1 and cfg.repeats > 1:
         log.warning("%s: %d repeats on one store differ by seed only; the paper's TinyBERT repeats each use "
                     "their own augmentation file (give --store %d times: make sweep STUDENT=tinybert builds "
                     "them)", cfg.student, cfg.repeats, cfg.repeats)

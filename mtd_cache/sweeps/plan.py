@@ -20,7 +20,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from ..core.errors import MtdError
 from ..core.progress import duration
@@ -42,6 +42,7 @@ class Job:
     store_index: int
     depends_on: tuple[str, ...] = ()
     online: bool = False  # an online twin: the same run with its teachers inside (``arrange``)
+    rule: str | None = None  # a rules sweep's KD rule (``with_rules``); None: the sweep's settings decide
 
     @property
     def k(self) -> int:
@@ -54,7 +55,8 @@ class Job:
         teachers = "-".join(map(str, self.teachers)) or "none"
         primary = "none" if self.primary is None else str(self.primary)
         return (f"{self.kind}/t{teachers}/p{primary}/r{self.repeat}"
-                f"/s{self.seed}/store{self.store_index}" + ("/online" if self.online else ""))
+                f"/s{self.seed}/store{self.store_index}" + ("/online" if self.online else "") +
+                (f"/{self.rule}" if self.rule else ""))
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,39 @@ def plan_sweep(pool: list[int], student: str, repeats: int, bert_student: bool, 
     return jobs
 
 
+def with_rules(jobs: list[Job], rules: tuple[str, ...]) -> list[Job]:
+    """The plan once per KD rule (``mtd-sweep --rules``): every multi-teacher student job under each rule, the
+    k = 1 students and the CE-only runs once, under the first rule (with one teacher, or none, every rule is plain
+    KD: the same runs, shared by every rule's experiment in the report), stage-1 jobs once as they are."""
+    if not rules:
+        return jobs
+    out = []
+    for i, rule in enumerate(rules):
+        for job in jobs:
+            if job.kind == "stage1":
+                out += [job] if i == 0 else []
+            elif job.k <= 1:
+                out += [replace(job, rule=rule)] if i == 0 else []
+            else:
+                out.append(replace(job, rule=rule))
+    return out
+
+
+def rule_overrides(overrides: dict[str, Any], rule: str | None) -> dict[str, Any]:
+    """A job's recipe settings under its rule: ``kd_rule`` set, and the random-subset settings kept for that rule
+    alone (another rule refuses them)."""
+    if rule is None:
+        return dict(overrides)
+    out = {k: v for k, v in overrides.items() if rule == "random_subset" or k not in SUBSET_SETTINGS}
+    return {**out, "kd_rule": rule}
+
+
+def first_overrides(cfg: Any) -> dict[str, Any]:
+    """A sweep's settings as its first rule has them (its k = 1 and CE-only runs'): the settings of a sweep."""
+    return rule_overrides(cfg.overrides, (cfg.rules or (None,))[0])
+
+
+SUBSET_SETTINGS = ("subset_size", "subset_rule")
 ORDERS = ("plan", "shuffled")
 
 
@@ -169,7 +204,8 @@ def job_name(job: Unit) -> str:
         (" online twin" if job.online else "")
     teachers = f" teachers {','.join(map(str, job.teachers))}" if job.teachers and job.kind != "stage1" else ""
     primary = f" primary {job.primary}" if job.primary is not None else ""
-    return f"{what}{teachers}{primary} seed {job.seed}"
+    rule = f" {job.rule}" if job.rule and job.k > 1 else ""
+    return f"{what}{teachers}{primary} seed {job.seed}{rule}"
 
 
 SCORE_NAMES = {"ild_loss": "stage-1 loss"}  # a score that is not the task's metric, as a finished line names it

@@ -25,11 +25,13 @@ import pandas as pd
 from ..core.errors import MtdError
 from ..core.safe_files import atomic_path
 from ..models.factory import slug
+from ..tasks.agreement import agreement_lines
 from .aggregate import VARIANTS
 from .costs import Shared, cost_summary, experiment_costs_markdown, run_costs, shared_table
 from .figures import display_name, figures
 from .records import UNASSIGNED, load_records
 from .resources import from_stores
+from .rules import compare_rules, rules_markdown, share_single_runs
 from .summary import summarize
 from .tables import DEFINITIONS, differences_markdown, experiment_markdown, markdown
 from .uncertainty import N_RESAMPLES
@@ -57,6 +59,7 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
     shared = shared or Shared()
     if "experiment" not in df:
         df = df.assign(experiment=UNASSIGNED)
+    df = share_single_runs(df)  # a rules sweep's k <= 1 runs, in every rule's experiment
     if len(df) and "cached_s" not in df:  # else priced already (over a whole folder, by ``make_report``)
         df = run_costs(df, shared)
     summary, differences, notes = summarize(df, pool, repeats, n_resamples, seed)
@@ -67,12 +70,19 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
               "cost": pd.concat(costs, ignore_index=True)}
     main = summary[summary["variant"] == VARIANTS[0]]  # the figures and costs: every run
     written = []
+    if any(shared.agreement.values()):
+        written.append(_write_text(out / "agreement.md", _agreement_markdown(shared.agreement)))
+        _agreement_notes(df, shared, notes)
     for name, table in tables.items():
         written.append(_write_text(out / f"{name}.csv", table.to_csv(index=False)))
         md = _summary_markdown(summary, differences, titles, notes, df[df["k"] == 0]) if name == "summary" else \
             _cost_markdown(table, df, main, titles, shared) if name == "cost" else \
             differences_markdown(table, titles) if name == "differences" else markdown(table)
         written.append(_write_text(out / f"{name}.md", md))
+    rules = compare_rules(df, n_resamples, seed)
+    if len(rules):
+        written.append(_write_text(out / "rules.csv", rules.to_csv(index=False)))
+        written.append(_write_text(out / "rules.md", rules_markdown(rules)))
     several = summary.groupby(["task", "student"])["experiment"].nunique() > 1
     for (exp, task, student), per_k in main.groupby(["experiment", "task", "student"], sort=True):
         if not per_k["n_combinations"].gt(0).any():  # nothing to compare: say so in summary.md, draw nothing
@@ -118,6 +128,27 @@ def _short(v: Any) -> str:
     if isinstance(v, list) and all(isinstance(x, str) and len(x) == 64 for x in v):
         return "[" + ",".join(x[:8] for x in v) + "]"  # store fingerprints, teacher hashes
     return json.dumps(v) if not isinstance(v, str) else v
+
+
+def _agreement_notes(df: pd.DataFrame, shared: Shared, notes: dict[str, list[str]]) -> None:
+    """Each experiment's note on its stores' teachers: how much they agree, what their ensemble gains."""
+    for exp, runs in df.groupby("experiment", sort=True):
+        for store in sorted(set(runs["store"].dropna())) if "store" in runs else []:
+            a = shared.agreement.get(store)
+            if a:
+                notes.setdefault(exp, []).append(
+                    f"teachers of {Path(store).name}: mean pairwise agreement {a['mean_agreement']:.4f} on dev; the "
+                    f"all-teacher ensemble {a['gain']['mean_logits']:+.4f} over the mean teacher (agreement.md)")
+
+
+def _agreement_markdown(stats: dict[str, dict | None]) -> str:
+    parts = ["# What the teachers agree on\n\nPer store, from its dev logits (`tasks/agreement.py`): each teacher's "
+             "dev score and calibration (ECE), how often two teachers' top classes agree, and every k-ensemble's dev "
+             "score (mean over the k-subsets, [worst, best]).\n"]
+    for store, a in sorted(stats.items()):
+        if a:
+            parts.append(f"\n## {store}\n\n```\n" + "\n".join(agreement_lines(a)) + "\n```\n")
+    return "".join(parts)
 
 
 def _runs_table(df: pd.DataFrame) -> pd.DataFrame:

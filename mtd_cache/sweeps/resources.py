@@ -43,6 +43,7 @@ def from_stores(df: pd.DataFrame) -> tuple[dict[str, dict[str, float]], Shared]:
 def _store(path: Path, shared: Shared) -> dict[str, float]:
     """The store's reference lines; its costs and rate into ``shared``."""
     from ..store import TeacherStore, read_forward_sidecar
+    from ..tasks.agreement import agreement
     from ..tasks.registry import task_of_store
 
     key = str(path)
@@ -51,6 +52,10 @@ def _store(path: Path, shared: Shared) -> dict[str, float]:
         return {}
     with TeacherStore.open(path, check_finite=False) as s:
         lines = {}
+        try:
+            shared.agreement[key] = agreement(s)
+        except MtdError as exc:
+            log.info("no agreement statistics of %s: %s", path, exc)
         if s.dev_logits is not None and len(s.dev_logits):
             try:
                 lines[f"teacher ensemble ({s.num_teachers}, dev)"] = task_of_store(s).score(s.mean_dev_logits(),

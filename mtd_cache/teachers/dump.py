@@ -171,7 +171,23 @@ def _dump(task: Any, teachers: list[Teacher], out: Path, primaries: Sequence[int
         for t, teacher in enumerate(teachers):
             forward[t] = (dump_teacher(w, plan, t, teacher), t in w.spec.primaries)
     w.add_cost(meter.reading.wall_s, meter.reading.energy_j, forward)
-    return w.finish()
+    path = w.finish()
+    _log_agreement(path)
+    return path
+
+
+def _log_agreement(path: Path) -> None:
+    """What the dumped teachers agree on (``tasks.agreement``), logged once: inspect and the report show it again."""
+    from ..tasks.agreement import agreement, agreement_lines
+
+    try:
+        with TeacherStore.open(path) as s:
+            got = agreement(s)
+    except MtdError as exc:  # a task file's metric the store cannot score: no statistics, the store stands
+        log.info("no agreement statistics: %s", exc)
+        return
+    for line in agreement_lines(got) if got else []:
+        log.info("%s", line)
 
 
 def dump_teacher(w: StoreWriter, plan: DumpPlan, t: int, teacher: Teacher) -> list[tuple[float, int]]:

@@ -86,11 +86,12 @@ def test_a_pack_of_four_is_four_runs_alone(alone_and_packed):
         assert (root / "pack" / "digits" / "resnet8" / p["predictions"]).exists()
 
 
-@pytest.mark.parametrize("rule", ["mean_probs", "mean_losses"])
-def test_a_pack_of_a_rule_that_reads_each_teacher_is_its_runs_alone(tiny, tmp_path, rule):
+@pytest.mark.parametrize(("rule", "extra"), [("mean_probs", {}), ("mean_losses", {}), ("ca_mkd", {}),
+                                             ("random_subset", {"subset_size": 1})])
+def test_a_pack_of_a_rule_that_reads_each_teacher_is_its_runs_alone(tiny, tmp_path, rule, extra):
     reqs = [RunRequest(store=str(tiny["image"]), student="resnet8", teachers=t, out=str(tmp_path / where),
                        device="cpu", overrides={"epochs": 1, "batch_size": 8, "kd_rule": rule,
-                                                "teacher_weights": [1.0, 3.0]})
+                                                "teacher_weights": [1.0, 3.0], **extra})
             for where in ("alone", "pack") for t in ((0,), (0, 1))]
     alone = [execute_run(plan_run(r)) for r in reqs[:2]]
     packed = execute_pack([plan_run(r) for r in reqs[2:]])

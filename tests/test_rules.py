@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -308,3 +309,36 @@ def test_a_rules_sweep_makes_one_experiment_per_rule_and_one_comparison(tiny, tm
     assert rep.returncode == 0, rep.stderr
     text = (tmp_path / "report" / "rules.md").read_text()
     assert "# Rules compared" in text and "### k = 2" in text and "| ca_mkd |" in text
+
+
+def test_the_agreement_statistics_against_a_brute_force_count():
+    from types import SimpleNamespace
+
+    from mtd_cache.tasks.agreement import agreement, agreement_lines, ece
+
+    rng = np.random.default_rng(0)
+    m, t, c = 50, 3, 4
+    labels = rng.integers(0, c, m)
+    z = rng.normal(size=(m, t, c)) + 2.0 * np.eye(c)[labels][:, None, :] * rng.integers(0, 2, (m, t, 1))
+    store = SimpleNamespace(dev_logits=z.astype(np.float32), dev_labels=labels, metric="accuracy")
+    got = agreement(store, score=lambda logits, y: float((np.asarray(logits).argmax(-1) == y).mean()))
+    pred = z.astype(np.float32).astype(np.float64).argmax(-1)
+    for i in range(t):
+        assert got["teachers"][i]["score"] == sum(pred[e, i] == labels[e] for e in range(m)) / m
+    for p in got["pairs"]:
+        i, j = p["pair"]
+        assert p["agreement"] == sum(pred[e, i] == pred[e, j] for e in range(m)) / m
+        assert p["disagreement"] == pytest.approx(1 - p["agreement"])
+    zz = z.astype(np.float32).astype(np.float64)
+    for e in got["ensembles"]:
+        scores = [float(((zz[:, list(s)].mean(1)).argmax(-1) == labels).mean())
+                  for s in itertools.combinations(range(t), e["k"])]
+        assert e["subsets"] == len(scores) and e["mean_logits_mean"] == pytest.approx(np.mean(scores))
+        assert (e["mean_logits_min"], e["mean_logits_max"]) == (min(scores), max(scores))
+    assert got["gain"]["mean_logits"] == pytest.approx(got["ensembles"][-1]["mean_logits_mean"]
+                                                       - np.mean([x["score"] for x in got["teachers"]]))
+    # ECE by hand: two bins hold the examples; |accuracy - confidence| weighted by their shares
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    y = np.array([0, 1, 1, 1])  # one example per bin: right at .9, wrong at .8, right at .7 and .6
+    assert ece(probs, y) == pytest.approx(0.25 * (0.1 + 0.8 + 0.3 + 0.4))
+    assert any("ensemble gain" in line for line in agreement_lines(got))

@@ -7,7 +7,9 @@ marked), ``summary.csv`` the full per-k table of every experiment (means, stds, 
 kept their predictions), ``cost.csv``/``.md`` (the store's cost and the online-equivalent, per mode and k),
 and per experiment the four figures ``<task>_<student>[_<experiment>]_<name>.png``, ``<name>`` one of
 ``score_vs_k``, ``score_vs_online_time`` (the paper's figs 4, 5, 7), ``score_vs_cached_time`` (the store's)
-and ``equal_effort_vs_k`` (the experiment's id in the name only when a task and student have several).
+and ``equal_effort_vs_k`` (the experiment's id in the name only when a task and student have several);
+``agreement.md`` what each store's teachers agree on (``tasks.agreement``), and ``rules.csv``/``.md`` when
+experiments differ only in their KD rule (``rules.py``: each rule beside mean_logits, paired).
 Aggregation: ``aggregate.py``; intervals: ``uncertainty.py``; records: ``records.py``; costs: ``costs.py``.
 """
 
@@ -31,7 +33,7 @@ from .costs import Shared, cost_summary, experiment_costs_markdown, run_costs, s
 from .figures import display_name, figures
 from .records import UNASSIGNED, load_records
 from .resources import from_stores
-from .rules import compare_rules, rules_markdown, share_single_runs
+from .rules import RULE_KEYS, compare_rules, rule_of, rules_markdown, share_single_runs
 from .summary import summarize
 from .tables import DEFINITIONS, differences_markdown, experiment_markdown, markdown
 from .uncertainty import N_RESAMPLES
@@ -70,6 +72,11 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
               "cost": pd.concat(costs, ignore_index=True)}
     main = summary[summary["variant"] == VARIANTS[0]]  # the figures and costs: every run
     written = []
+    if "shared_from" in df:
+        for exp, runs in df[df["shared_from"].notna()].groupby("experiment"):
+            notes.setdefault(exp, []).append(
+                f"its k = 1 and CE-only runs ({len(runs)}) are experiment {runs['shared_from'].iloc[0][:8]}'s: the "
+                "same runs under every rule, trained once (mtd-sweep --rules)")
     if any(shared.agreement.values()):
         written.append(_write_text(out / "agreement.md", _agreement_markdown(shared.agreement)))
         _agreement_notes(df, shared, notes)
@@ -113,8 +120,10 @@ def experiment_titles(df: pd.DataFrame) -> dict[str, str]:
         for e in exps:
             if e == UNASSIGNED:
                 titles[e] = "runs without a recorded configuration (not pooled with any experiment)"
-                continue
-            titles[e] = ", ".join(f"{k}={_short(flat[e].get(k))}" for k in differ) or "(identical settings)"
+            elif differ and set(differ) <= set(RULE_KEYS):  # rule siblings: named by their rule
+                titles[e] = f"kd_rule={rule_of(identities.get(e) or {})}"
+            else:
+                titles[e] = ", ".join(f"{k}={_short(flat[e].get(k))}" for k in differ) or "(identical settings)"
     return titles
 
 

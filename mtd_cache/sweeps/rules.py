@@ -163,7 +163,7 @@ def rules_markdown(table: pd.DataFrame) -> str:
     from mean_logits (95% intervals), then its worst and best students'."""
     if table.empty:
         return "# Rules compared\n\nNo experiments of one folder differ only in their KD rule (mtd-sweep --rules).\n"
-    parts = ["# Rules compared\n",
+    parts = ["# Rules compared\n\n",
              "Each rule's students beside mean_logits' on the same combinations, seeds and evaluation examples; "
              "differences are rule minus mean_logits, with 95% intervals over what `covers` says (examples, and "
              "seeds when every repeat ran). An interval that excludes 0 is a difference the runs support.\n"]

@@ -159,25 +159,32 @@ def paired_design(both: pd.DataFrame, n_rule: int, pool: tuple[int, ...]) -> res
 
 
 def rules_markdown(table: pd.DataFrame) -> str:
-    """Per task and student, per k: each rule's equal-effort worst and best values and their paired differences
-    from mean_logits (95% intervals), then its worst and best students'."""
+    """Per task and student, per k: each rule's worst and best students (mean over the combinations) and their
+    paired differences from mean_logits (95% intervals). Two rules have the same runs per combination, so their
+    worst and best are already at equal effort (``rules.csv`` has the equal-effort rows too: the same numbers)."""
     if table.empty:
         return "# Rules compared\n\nNo experiments of one folder differ only in their KD rule (mtd-sweep --rules).\n"
     parts = ["# Rules compared\n\n",
-             "Each rule's students beside mean_logits' on the same combinations, seeds and evaluation examples; "
-             "differences are rule minus mean_logits, with 95% intervals over what `covers` says (examples, and "
-             "seeds when every repeat ran). An interval that excludes 0 is a difference the runs support.\n"]
+             "Each rule's students beside mean_logits' on the same combinations, seeds and evaluation examples: per "
+             "k, the worst and the best student of each combination (the mean over the combinations), and the "
+             "differences rule minus mean_logits, with 95% intervals over what `covers` says (examples, and seeds "
+             "when every repeat ran). Every rule has as many runs of a combination as mean_logits, so worst and best "
+             "compare at equal effort. `*` marks a difference whose interval excludes 0: one the runs support.\n"]
     for (task, student), rows in table.groupby(["task", "student"], sort=True):
         parts.append(f"\n## {task}, {student}\n")
         for k, at_k in rows.groupby("k", sort=True):
             cells = []
             for rule, r in at_k.groupby("rule", sort=False):
                 by = r.set_index("statistic")
-                cells.append({"rule": rule, **{_label(s): _value(by.loc[s]) for s in STATISTICS},
-                              **{f"Δ {_label(s)}": _difference(by.loc[s]) for s in ("eq_worst", "eq_best")}})
+                cells.append({"rule": rule, **{_label(s): _value(by.loc[s]) for s in ("worst", "best")},
+                              **{f"Δ {_label(s)}": _difference(by.loc[s]) for s in ("worst", "best")}})
             parts.append(f"\n### k = {k}\n\n" + markdown(pd.DataFrame(cells)))
         covers = ", ".join(sorted(set(rows["covers"])))
-        parts.append(f"\nIntervals cover: {covers}.\n")
+        supported = rows[(rows["rule"] != BASE_RULE) & rows["statistic"].isin(["worst", "best"])
+                         & ((rows["diff_low"] > 0) | (rows["diff_high"] < 0))]
+        parts.append(f"\nIntervals cover: {covers}. Differences the intervals support: "
+                     + (", ".join(f"{r.rule} {r.statistic} at k = {r.k} ({r.difference:+.4f})"
+                                  for r in supported.itertuples()) or "none") + ".\n")
     return "".join(parts)
 
 

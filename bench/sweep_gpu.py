@@ -15,7 +15,8 @@ Rows, each the steps of real training (forward, loss, backward, SGD step), rando
 * text, 1 per process and N processes: a DistilBERT-shaped student (6 layers x 768, 128 tokens, batch 32), CE + KD.
 * text, pack of S: the stacked engine on the text model, where ``vmap`` runs it (else "n/a" and why).
 
-Each row: students x steps per second (the median of three timed blocks), the ratio to the 1-per-process row of
+Each row: students x steps per second (the median of three blocks, the engines' blocks interleaved so all see the
+same machine), the ratio to the 1-per-process row of
 its model, and on a GPU the peak memory and the GPU's mean utilisation (NVML, when ``pynvml`` is installed).
 On the CPU (or with --small) the sizes shrink (ResNet-8 at batch 32, S up to 8, text 2 layers x 64, 32 tokens,
 batch 8) and the table is the same: expect no speed-up there, the convolutions being compute-bound.
@@ -149,30 +150,18 @@ ENGINES = {"image": image_engine, "text": text_engine}
 # ----------------------------------------------------------------------------- timing
 
 
-def timed(step, steps: int, dev: torch.device) -> float:
-    """Median seconds per step over three blocks of ``steps`` steps, after two warm-up steps."""
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(2):
-        step()
-    blocks = []
-    for _ in range(3):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        blocks.append((time.perf_counter() - t0) / steps)
-    return statistics.median(blocks)
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class Utilisation:
-    """The GPU's mean utilisation while it runs (NVML, sampled every 50 ms); None without pynvml or a GPU."""
+    """The GPU's utilisation sampled every 50 ms (NVML) while it runs, each sample filed under the engine being
+    timed (``current``); nothing without pynvml or a GPU."""
 
     def __init__(self, dev: torch.device):
-        self.samples: list[int] = []
+        self.samples: dict[str, list[int]] = {}
+        self.current: str | None = None
         self.handle = None
         if dev.type == "cuda":
             try:
@@ -188,31 +177,70 @@ class Utilisation:
         if self.handle is not None:
             def sample():
                 while not self.stop.wait(0.05):
-                    self.samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
-            self.thread = threading.Thread(target=sample, daemon=True)
-            self.thread.start()
+                    if self.current is not None:
+                        rate = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+                        self.samples.setdefault(self.current, []).append(rate)
+            threading.Thread(target=sample, daemon=True).start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
 
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.samples) if self.samples else None
+    def mean(self, name: str) -> float | None:
+        got = self.samples.get(name)
+        return statistics.fmean(got) if got else None
 
 
-def measure(kind: str, students: int | None, cfg: dict, dev: torch.device, steps: int, workdir: Path) -> dict:
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    try:
-        step = ENGINES[kind](students, cfg, dev, workdir)
-        with Utilisation(dev) as util:
-            per_step = timed(step, steps, dev)
-    except Exception as exc:  # noqa: BLE001 - a model vmap cannot run: said in its row
-        return {"error": " ".join(str(exc).split())[:90]}
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
-    return {"rate": (students or 1) / per_step, "peak": peak, "util": util.mean}
+def peak_of(kind: str, students: int | None, cfg: dict, dev: torch.device, workdir: Path) -> int | None:
+    """The GPU bytes two steps of one engine allocate at their peak, built alone; None off CUDA."""
+    if dev.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    step = ENGINES[kind](students, cfg, dev, workdir)
+    for _ in range(2):
+        step()
+    _sync(dev)
+    peak = torch.cuda.max_memory_allocated(dev) - base
+    del step
+    torch.cuda.empty_cache()
+    return int(peak)
+
+
+def measure(kind: str, packs: list[int], cfg: dict, dev: torch.device, steps: int, workdir: Path,
+            rounds: int = 3) -> dict[str, dict]:
+    """Every in-process engine of ``kind`` (one student per process, packs of each size), timed side by side: the
+    engines' blocks of ``steps`` steps interleaved over ``rounds`` rounds, each engine's median seconds per step,
+    so that all see the same machine. Per engine: students x steps per second, peak memory, utilisation."""
+    engines: dict[str, tuple[int | None, object]] = {}
+    results: dict[str, dict] = {}
+    for s in [None, *packs]:
+        name = "1 per process" if s is None else f"pack of {s}"
+        try:
+            peak = peak_of(kind, s, cfg, dev, workdir)
+            step = ENGINES[kind](s, cfg, dev, workdir)
+            for _ in range(2):  # warm-up
+                step()
+            engines[name] = (s, step)
+            results[name] = {"peak": peak}
+        except Exception as exc:  # noqa: BLE001 - a model vmap cannot run, or memory: said in its row
+            results[name] = {"error": " ".join(str(exc).split())[:90]}
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    with Utilisation(dev) as util:
+        for _ in range(rounds):
+            for name, (_, step) in engines.items():
+                util.current = name
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                _sync(dev)
+                times[name].append((time.perf_counter() - t0) / steps)
+                util.current = None
+    for name, (s, _) in engines.items():
+        results[name].update(rate=(s or 1) / statistics.median(times[name]), util=util.mean(name))
+    return results
 
 
 def _worker(kind, cfg, device, steps, workdir, threads, start, out):
@@ -258,7 +286,7 @@ def row(name: str, got: dict, base: float | None) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, help="timed steps per block (default 20 on a GPU, 3 on the CPU)")
+    ap.add_argument("--steps", type=int, help="timed steps per block (default 20 on a GPU, 8 on the CPU)")
     ap.add_argument("--students", help="pack sizes, comma-separated (default 1,2,4,8,16,32; CPU 1,2,4,8)")
     ap.add_argument("--processes", help="processes per device, comma-separated (default 1,2,4,8; CPU 1,2)")
     ap.add_argument("--small", action="store_true", help="the CPU's small sizes on any device")
@@ -267,7 +295,7 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device(args.device)
     cfg = sizes(args.small or dev.type == "cpu")
-    steps = args.steps or (20 if dev.type == "cuda" else 3)
+    steps = args.steps or (20 if dev.type == "cuda" else 8)
     packs = [int(x) for x in args.students.split(",")] if args.students else cfg["students"]
     procs = [int(x) for x in args.processes.split(",")] if args.processes else cfg["processes"]
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -279,10 +307,10 @@ def main() -> int:
             f"DistilBERT-shaped {cfg['text']['n_layers']} x {cfg['text']['dim']}, {cfg['tokens']} tokens, " \
             f"batch {cfg['text_batch']}"
         print(f"\n{kind}: {what}\n  {'engine':<26} {'students*steps/s':>16} {'ratio':>7} {'peak':>11} {'util':>5}")
-        base = measure(kind, None, cfg, dev, steps, args.workdir)
-        print(row("1 per process", base, None), flush=True)
-        for s in packs:
-            print(row(f"pack of {s}", measure(kind, s, cfg, dev, steps, args.workdir), base.get("rate")), flush=True)
+        got = measure(kind, packs, cfg, dev, steps, args.workdir)
+        base = got["1 per process"]
+        for name, one in got.items():
+            print(row(name, one, None if one is base else base.get("rate")), flush=True)
         for n in procs:
             if n > 1:
                 print(row(f"{n} processes x 1", processes(kind, n, cfg, dev, steps, args.workdir), base.get("rate")),

@@ -245,3 +245,25 @@ def mounted(path: Path, *options: str, source: str = "tmpfs", kind: str | None =
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def killed_after(writer: str, run, *args):
+    """Call ``run(*args)`` with ``core.fit``'s checkpoint writer ``writer`` ("_save_checkpoint", "_save_pack") raising
+    KeyboardInterrupt right after its first write, as a kill after an epoch's checkpoint would stop it."""
+    import pytest
+
+    from mtd_cache.core import fit as train
+
+    real = getattr(train, writer)
+
+    def write_then_die(job, *rest):
+        real(job, *rest)
+        raise KeyboardInterrupt
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train, writer, write_then_die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(*args)
+    finally:
+        mp.undo()

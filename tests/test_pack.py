@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import run_cli
+from factories import killed_after
 from nan_student import poison
 from safetensors.torch import load_file
 
@@ -147,20 +148,9 @@ def test_a_killed_pack_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
         assert [h["loss"] for h in r["history"]] == [h["loss"] for h in w["history"]]  # bit for bit
 
 
-def test_a_resume_across_engines_is_refused(tiny, tmp_path, monkeypatch):
-    from mtd_cache.core import fit as train
-
+def test_a_resume_across_engines_is_refused(tiny, tmp_path):
     reqs = _requests(tiny["image"], tmp_path, epochs=3)[:2]
-    real = train._save_pack
-
-    def save_then_die(job, *args):
-        real(job, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_save_pack", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        execute_pack([plan_run(r) for r in reqs])
-    monkeypatch.setattr(train, "_save_pack", real)
+    killed_after("_save_pack", execute_pack, [plan_run(r) for r in reqs])
     ckpt = plan_run(reqs[0]).checkpoint
     with pytest.raises(MtdError, match=f"^{ckpt} was written by a pack of 2 students trained as one \\(mtd-sweep "
                                        "--students-per-process 2\\); resumed alone"):
@@ -168,18 +158,8 @@ def test_a_resume_across_engines_is_refused(tiny, tmp_path, monkeypatch):
     with pytest.raises(MtdError, match="was written by another pack \\(2 students, another membership\\)"):
         execute_pack([plan_run(r) for r in (reqs[0], _requests(tiny["image"], tmp_path, epochs=3)[2])])
     ckpt.unlink()
-    single = tmp_path / "single"
-    real_single = train._save_checkpoint
-
-    def save_single_then_die(job, *args):
-        real_single(job, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_save_checkpoint", save_single_then_die)
-    alone = [replace(r, out=str(single)) for r in reqs]
-    with pytest.raises(KeyboardInterrupt):
-        run_student(alone[1])
-    monkeypatch.setattr(train, "_save_checkpoint", real_single)
+    alone = [replace(r, out=str(tmp_path / "single")) for r in reqs]
+    killed_after("_save_checkpoint", run_student, alone[1])
     with pytest.raises(MtdError, match="was written by this run alone \\(one student per process\\); resumed in a "
                                        "pack of 2"):
         execute_pack([plan_run(r) for r in alone])

@@ -245,8 +245,9 @@ def test_random_subsets_are_drawn_evenly_and_settings_are_checked():
             image_kd.Settings.resolve(over)
 
 
-def test_a_taid_run_resumes_its_schedule_and_trains_alone(tiny, tmp_path, monkeypatch):
-    from mtd_cache.core import fit as train
+def test_a_taid_run_resumes_its_schedule_and_trains_alone(tiny, tmp_path):
+    from factories import killed_after
+
     from mtd_cache.core.checkpoints import load_state
     from mtd_cache.students.pack import packable
     from mtd_cache.students.run import RunRequest, plan_run, run_student
@@ -256,16 +257,7 @@ def test_a_taid_run_resumes_its_schedule_and_trains_alone(tiny, tmp_path, monkey
                           overrides={"epochs": 2, "batch_size": 8, "divergence": "taid", "kd_rule": "ca_mkd"})
 
     whole = run_student(req(tmp_path / "whole"))
-    real = train._save_checkpoint
-
-    def save_then_die(job, *args):
-        real(job, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_student(req(tmp_path / "cut"))
-    monkeypatch.setattr(train, "_save_checkpoint", real)
+    killed_after("_save_checkpoint", run_student, req(tmp_path / "cut"))
     state = load_state(plan_run(req(tmp_path / "cut")).checkpoint)["objective"]
     assert state["step"] == 5 and state["total"] == 10 and 0.4 < state["value"] <= 1.0  # after epoch 1 of 2
     resumed = run_student(req(tmp_path / "cut"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import killed_after
 
 from mtd_cache.cli.common import run_command
 from mtd_cache.core.checkpoints import load_state
@@ -185,27 +186,11 @@ def test_two_trainings_of_one_run_train_it_once(digits, tmp_path):
 # ----------------------------------------------------------------------------- threads and costs
 
 
-def _interrupted_run(req: RunRequest, monkeypatch) -> None:
-    """Train ``req`` until its first epoch's checkpoint is written, then stop it (as a kill would)."""
-    from mtd_cache.core import fit as train
-
-    real = train._save_checkpoint
-
-    def save_then_die(job, *args):
-        real(job, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_student(req)
-    monkeypatch.setattr(train, "_save_checkpoint", real)
-
-
-def test_a_resume_on_another_thread_count_is_refused_and_costs_add_up(digits, tmp_path, monkeypatch):
+def test_a_resume_on_another_thread_count_is_refused_and_costs_add_up(digits, tmp_path):
     req = RunRequest(store=str(digits), student="resnet8", teachers=(0, 1), out=str(tmp_path), device="cpu",
                      overrides={"epochs": 3})
     threads = torch.get_num_threads()
-    _interrupted_run(req, monkeypatch)
+    killed_after("_save_checkpoint", run_student, req)  # stopped after its first epoch's checkpoint
     ckpts = list(tmp_path.glob("digits/resnet8/*.ckpt.safetensors"))
     assert len(ckpts) == 1
     first_part = load_state(ckpts[0])["cost"]["wall_s"]

@@ -53,13 +53,16 @@ class _Raised:
 
 
 class Ahead:
-    """``prefetch(items, depth, fn)`` over a list, with the list's length (a progress bar's total, step numbers)."""
+    """An epoch's items, ``fn`` applied to each as they are iterated: ``depth`` ahead in a thread (``prefetch``) when
+    > 0, else in the loop. Sized (a progress bar's total, step numbers) and iterable again (a new pass each time)."""
 
-    def __init__(self, items: list, depth: int = 3, fn: Callable[[Any], Any] | None = None):
-        self.items, self.depth, self.fn = items, depth, fn
+    def __init__(self, items: list, fn: Callable[[Any], Any] | None = None, depth: int = 0):
+        self.items, self.fn, self.depth = items, fn, depth
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __iter__(self) -> Iterator:
-        return prefetch(self.items, self.depth, self.fn)
+        if self.depth:
+            return prefetch(self.items, self.depth, self.fn)
+        return iter(self.items) if self.fn is None else (self.fn(i) for i in self.items)

@@ -22,7 +22,7 @@ import torch
 
 from ..core.errors import MtdError
 from ..core.hashing import sha256_file
-from ..core.prefetch import prefetch
+from ..core.prefetch import Ahead
 from ..core.runtime import epoch_generator
 from .augmented import read_augmented
 from .fingerprint import task_fingerprint
@@ -176,28 +176,13 @@ def text_fingerprint(task: Any, tokenizer: dict[str, str], max_length: int, trai
 
 
 def epoch_batches(enc: Encoded, batch_size: int, seed: int, fetch: Callable[[dict], dict] | None = None,
-                  depth: int = 0, stream: int = 0, pad_to: int | None = None) -> Callable[[int], LazyBatches]:
+                  depth: int = 0, stream: int = 0, pad_to: int | None = None) -> Callable[[int], Ahead]:
     """epoch -> that epoch's training batches: length-bucketed, in the order seeded by (seed, epoch, stream),
     collated (to ``pad_to`` if given), passed through ``fetch`` (teacher reads), ``depth`` ahead in a thread."""
-    def batches(epoch: int) -> LazyBatches:
+    def batches(epoch: int) -> Ahead:
         order = bucket_batches(enc.lengths, batch_size, epoch_generator(seed, epoch, stream))
         def collated(idx: np.ndarray) -> dict:
             return collate(enc, idx, pad_to=pad_to) if fetch is None else fetch(collate(enc, idx, pad_to=pad_to))
-        return LazyBatches(order, collated, depth=depth)
+        return Ahead(order, collated, depth=depth)
 
     return batches
-
-
-class LazyBatches:
-    """An epoch's batches: ``fn`` applied to each item when iterated (in a thread ``depth`` ahead if > 0)."""
-
-    def __init__(self, items: list, fn: Callable[[Any], Any], depth: int = 0):
-        self.items, self.fn, self.depth = items, fn, depth
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self):
-        if self.depth:
-            return prefetch(self.items, depth=self.depth, fn=self.fn)
-        return (self.fn(i) for i in self.items)

@@ -124,7 +124,7 @@ def build_pack(ctxs: list[StudentContext]) -> PackFit:
         return out
 
     def batches(e):
-        return Ahead(view_batches(len(train), len(views), s.batch_size, ctx.seed, e), depth=3, fn=host)
+        return Ahead(view_batches(len(train), len(views), s.batch_size, ctx.seed, e), host, depth=3)
 
     return PackFit(model=pack, optimizer=opt, scheduler=sched, epochs=s.epochs, step=step, batches=batches,
                    members=[], kill=lambda i: pack.zero_member(i, opt), size=lambda item: len(item[0][0]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,8 +30,7 @@ def pool():
 
 def _bucketed(p: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense distributions (B, V) as each token's buckets: on U (B, u; 0 on padding) and the rest (B,)."""
-    member = torch.zeros_like(p, dtype=torch.bool)
-    member.scatter_(1, batch.ids, batch.mask)
+    member = batch.members(p.shape[-1])
     on_u = torch.gather(p, 1, batch.ids) * batch.mask
     return on_u, p.masked_fill(member, 0).sum(-1)
 
@@ -130,3 +130,72 @@ def test_a_temperature_outside_the_grid_is_refused(pool):
         subset_target(batch, (0,), "mean_logits", 3.0)
     with pytest.raises(ValueError, match="unknown sparse rule 'median'"):
         subset_target(batch, (0,), "median")
+
+
+# ----------------------------------------------------------------------------- the token store
+
+
+def _teachers(v: int, n: int, seed: int = 0):
+    """n tiny 'language models': logits of the next token from the current one (a bigram table each), sharing a
+    part so that their top-k sets overlap, as seeds of one architecture do."""
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(v, v, generator=g, dtype=torch.float64) * 2
+    tables = [shared + torch.randn(v, v, generator=g, dtype=torch.float64) for _ in range(n)]
+    return [lambda ids, w=w: w[ids] for w in tables]
+
+
+def test_a_token_store_round_trips_and_checks_its_targets_against_the_dense_ones(tmp_path):
+    from mtd_cache.store.tokens import TokenStore, write_token_store
+
+    teachers = _teachers(60, 3)
+    seqs = [[1, 5, 9, 2, 7], [3], [4, 4, 8, 0, 59, 1, 2]]  # the one-token sequence predicts nothing
+    dump = write_token_store(tmp_path / "t.h5", seqs, teachers, k=4, temperatures=(1.0, 2.0), dense_check=True)
+    assert dump.positions == 4 + 6 and 4 <= dump.mean_width <= 12
+    # float32 arithmetic on the stored values: the probabilities' largest error, and by how much a true tail ever
+    # exceeds its stored bound (rounding alone)
+    assert dump.dense_check["mean_probs"] < 1e-6 and dump.dense_check["mean_logits_outside_bound"] < 1e-6
+    with TokenStore.open(dump.path) as store:
+        assert (store.positions, store.num_teachers, store.k, store.vocab_size) == (10, 3, 4, 60)
+        assert store.position_of(2, 1) == 4 and store.position_of(0, 4) == 3
+        dense = torch.stack([t(torch.tensor(seqs[2]))[:-1] for t in teachers], dim=1)  # sequence 2: (6, 3, 60)
+        direct = sparse_batch(dense, 4, (1.0, 2.0))
+        got = store.batch(range(4, 10))
+        assert torch.equal(got.ids, direct.ids) and torch.equal(got.mask, direct.mask)
+        on_u = got.logits.permute(0, 2, 1)[got.mask]  # padding holds anything
+        assert torch.equal(on_u, direct.logits.permute(0, 2, 1)[direct.mask]) and torch.equal(got.tails, direct.tails)
+        log_p = torch.log_softmax(dense, -1)
+        gold = log_p.gather(2, torch.tensor(seqs[2][1:])[:, None, None].expand(-1, 3, 1))[..., 0]
+        np.testing.assert_allclose(store.gold[4:], gold.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(store.entropy[4:], (-(log_p.exp() * log_p).sum(-1)).numpy(), rtol=1e-6)
+        widths = np.diff(store.offsets)
+        per_position = 4 * widths + 2 * 3 * widths + 4 * 3 * 2 + 4 * 3 + 4 * 3  # ids, logits, tails, gold, entropy
+        assert store.bytes_per_token() == pytest.approx(per_position.mean() / 3)
+
+
+def test_a_flipped_byte_or_a_damaged_offset_is_refused(tmp_path):
+    import h5py
+
+    from mtd_cache.core.errors import StoreError
+    from mtd_cache.store.tokens import TokenStore, write_token_store
+
+    path = write_token_store(tmp_path / "t.h5", [[1, 2, 3, 4]], _teachers(30, 2), k=3).path
+    with h5py.File(path, "r+") as f:
+        values = f["support/logits"][...]
+        values.view(np.uint8)[5] ^= 0x10
+        f["support/logits"][...] = values
+    with pytest.raises(StoreError, match="the dataset support/logits does not match its checksum"):
+        TokenStore.open(path)
+    with pytest.raises(StoreError, match="^no token store at .*none.h5$"):
+        TokenStore.open(tmp_path / "none.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "mtd-cache"
+    with pytest.raises(StoreError, match="other.h5 is not a token store of format mtd-cache-tokens v1"):
+        TokenStore.open(tmp_path / "other.h5")
+
+
+def test_a_vocabulary_inside_the_support_stores_empty_tails(tmp_path):
+    from mtd_cache.store.tokens import TokenStore, write_token_store
+
+    dump = write_token_store(tmp_path / "t.h5", [[0, 1, 2, 3, 4, 5, 6, 7]], _teachers(8, 2), k=8)
+    with TokenStore.open(dump.path) as store:
+        assert np.isneginf(store.tails).all() and (np.diff(store.offsets) == 8).all()

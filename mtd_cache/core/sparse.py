@@ -57,6 +57,13 @@ class SparseBatch:
         """|U| of each token, (B,)."""
         return self.mask.sum(-1)
 
+    def members(self, vocab: int) -> torch.Tensor:
+        """(B, V) bool: which ids of a ``vocab``-id vocabulary each token's support holds (padding holds none)."""
+        out = torch.zeros((len(self.ids), vocab), dtype=torch.bool, device=self.ids.device)
+        rows = torch.arange(len(self.ids), device=self.ids.device)[:, None].expand_as(self.ids)
+        out[rows[self.mask], self.ids[self.mask]] = True
+        return out
+
 
 def sparse_batch(dense: torch.Tensor, k: int, temperatures: Sequence[float], dtype=torch.float16) -> SparseBatch:
     """B tokens of the cache from their teachers' dense logits (B, n, V): per token the ascending union of each
@@ -140,8 +147,7 @@ def student_buckets(student_logits: torch.Tensor, batch: SparseBatch, temperatur
     z = student_logits if student_logits.dtype == torch.float64 else student_logits.float()
     z = z / temperature
     log_q = z - torch.logsumexp(z, dim=-1, keepdim=True)
-    member = torch.zeros_like(log_q, dtype=torch.bool)
-    member.scatter_(1, batch.ids, batch.mask)
+    member = batch.members(log_q.shape[-1])
     on_u = torch.gather(log_q, 1, batch.ids).masked_fill(~batch.mask, NEG)
     return on_u, torch.logsumexp(log_q.masked_fill(member, NEG), dim=-1)
 

@@ -297,6 +297,15 @@ def test_a_rules_sweep_makes_one_experiment_per_rule_and_one_comparison(tiny, tm
     assert ca_rows.loc["worst", "difference"] == pytest.approx(ca_rows.loc["worst", "value"]
                                                               - ca_rows.loc["worst", "base"])
     assert (ca_rows["covers"] == "examples+seeds").all()  # both repeats of every combination ran
+    from mtd_cache.sweeps.execute import SweepConfig, request_for
+    from mtd_cache.sweeps.plan import Job
+
+    # a stage-1 job (no rule of its own) gets the sweep's first rule's settings: random_subset's only under it
+    cfg = SweepConfig(stores=("s",), student="tinybert", pool=(0, 1), rules=("mean_logits", "random_subset"),
+                      overrides={"subset_size": 2})
+    assert request_for(Job("stage1", (0,), 0, 0, 0, 0), cfg).overrides == {"kd_rule": "mean_logits"}
+    assert request_for(Job("student", (0, 1), 0, 0, 0, 0, rule="random_subset"), cfg).overrides == {
+        "subset_size": 2, "kd_rule": "random_subset"}
     rep = run_cli("mtd-report", out, "--out", tmp_path / "report")
     assert rep.returncode == 0, rep.stderr
     text = (tmp_path / "report" / "rules.md").read_text()

@@ -83,7 +83,7 @@ def request_for(job: Job, cfg: SweepConfig) -> RunRequest:
     teachers_dir = cfg.twins_dir if job.online else cfg.teachers_dir
     return RunRequest(store=cfg.stores[job.store_index], student=cfg.student, teachers=job.teachers,
                       primary=job.primary, seed=job.seed, out=cfg.out,
-                      overrides=rule_overrides(cfg.overrides, job.rule),
+                      overrides=rule_overrides(cfg.overrides, job.rule) if job.rule else first_overrides(cfg),
                       data_dir=cfg.data_dir, device=cfg.device, online=teachers_dir is not None,
                       teachers_dir=teachers_dir, kind="stage1" if job.kind == "stage1" else "student",
                       save_model=cfg.save_models, allow_unverified=cfg.allow_unverified,

@@ -178,7 +178,8 @@ def test_taid_schedule_by_hand_and_its_state_round_trips():
 
 
 @pytest.mark.parametrize(("rule", "extra"), [
-    ("mean_probs", {}), ("ca_mkd", {}), ("entropy", {}), ("ae_kd", {}), ("min_ce", {}), ("avg_ce", {}),
+    ("mean_logits", {}), ("mean_losses", {}), ("mean_probs", {}), ("ca_mkd", {}), ("entropy", {}), ("ae_kd", {}),
+    ("min_ce", {}), ("avg_ce", {}),
     ("random_subset", {"subset_size": 1}), ("random_subset", {"subset_size": 1, "subset_rule": "entropy"})])
 def test_every_rule_from_the_store_equals_the_online_teachers(tiny, rule, extra):
     """The KD term of one batch, its targets read from the store and computed by the teachers online: equal (a

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtd_cache.core.losses import (
-    BASE_RULES,
-    KD_DIVERGENCES,
-    TaidSchedule,
-    example_weights,
-    min_norm_weights,
-    multi_teacher_kd,
-)
+from mtd_cache.core.losses import BASE_RULES, KD_DIVERGENCES, multi_teacher_kd
+from mtd_cache.core.weighing import TaidSchedule, example_weights, min_norm_weights
 
 LN3 = math.log(3.0)
 TEACHERS = torch.tensor([[[LN3, 0.0], [0.0, LN3], [0.0, 0.0]]], dtype=torch.float64)  # (1, 3, 2)

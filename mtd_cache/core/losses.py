@@ -52,11 +52,13 @@ import math
 import numbers
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .errors import MtdError
+from .weighing import NO_PRIOR_RULES, example_weights, min_norm_weights
 
 KD_SCALES: tuple[str, ...] = ("sum_t2", "sum", "mean")
 KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "taid")
@@ -64,9 +66,6 @@ KD_DIVERGENCES: tuple[str, ...] = ("ce", "kl", "reverse_kl", "jsd", "skew_kl", "
 BASE_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses", "ca_mkd", "entropy", "ae_kd", "min_ce",
                                "avg_ce")
 KD_RULES: tuple[str, ...] = (*BASE_RULES, "random_subset")
-LABEL_RULES: tuple[str, ...] = ("ca_mkd", "min_ce", "avg_ce")  # weights from each teacher's CE to the label
-# rules a static prior (``teacher_weights``) has no meaning in: one teacher chosen per example, a min-norm point
-NO_PRIOR_RULES: tuple[str, ...] = ("min_ce", "ae_kd")
 # TinyBERT adds -10000 to masked attention scores; anything at or below this is "masked".
 ATTENTION_THRESHOLD: float = -100.0
 
@@ -162,13 +161,19 @@ def kd_loss(
     Shapes: student_logits (B, C); teacher_logits (B, C) already averaged, or
     (B, k, C) averaged here. Returns a scalar. The teacher side is detached.
     """
-    _check_kd(temperature, scale, divergence)
     if teacher_logits.dim() == 3:
         teacher_logits = mean_teacher_logits(teacher_logits.detach())
+    return _one_target_kd(student_logits, teacher_logits, temperature, scale, divergence)
+
+
+def _one_target_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, scale: str,
+                   divergence: str, **extra: Any) -> torch.Tensor:
+    """KD to one target's logits (B, C): both sides softened by t, the divergence reduced by ``scale``."""
+    _check_kd(temperature, scale, divergence)
     student, teacher = _student_teacher(student_logits, teacher_logits)
     log_q = F.log_softmax(student / temperature, dim=-1)
     log_p = F.log_softmax(teacher / temperature, dim=-1)
-    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature))
+    return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature), **extra)
 
 
 def _soft_target_loss(log_q: torch.Tensor, log_p: torch.Tensor, scale: str, divergence: str,
@@ -260,9 +265,9 @@ def multi_teacher_kd(
 
     The rules that weigh each example's teachers by what they output mix the teachers' softened distributions,
     p = sum_i w_i p_i, with weights detached from the graph (for "ce" and "kl" the same gradients as weighing
-    their losses, the papers' form): ``example_weights`` ("ca_mkd", "entropy", "min_ce", "avg_ce"; the label rules
-    read ``labels``) and ``min_norm_weights`` ("ae_kd", one weight per teacher per batch). At k = 1 every rule is
-    plain KD.
+    their losses, the papers' form): ``weighing.example_weights`` ("ca_mkd", "entropy", "min_ce", "avg_ce"; the
+    label rules read ``labels``) and ``weighing.min_norm_weights`` ("ae_kd", one weight per teacher per batch). At
+    k = 1 every rule is plain KD.
 
     Shapes: student_logits (B, C); teacher_logits (B, k, C), or (B, C) already combined for "mean_logits"
     (what a store's ``mean_logits`` returns). ``weights`` (k,): >= 0, normalised here; None: 1/k each.
@@ -273,11 +278,7 @@ def multi_teacher_kd(
     if rule == "mean_logits":
         if teacher_logits.dim() == 3:
             teacher_logits = combine_teacher_logits(teacher_logits.detach(), weights)
-        _check_kd(temperature, scale, divergence)
-        student, teacher = _student_teacher(student_logits, teacher_logits)
-        log_q = F.log_softmax(student / temperature, dim=-1)
-        log_p = F.log_softmax(teacher / temperature, dim=-1)
-        return _soft_target_loss(log_q, log_p, scale, divergence, float(temperature), **extra)
+        return _one_target_kd(student_logits, teacher_logits, temperature, scale, divergence, **extra)
     if teacher_logits.dim() != 3:
         raise ValueError(f"rule {rule!r} needs each teacher's logits (B, k, C), got {tuple(teacher_logits.shape)}")
     k = teacher_logits.shape[1]
@@ -317,102 +318,6 @@ def _teacher_gradients(student: torch.Tensor, log_pi: torch.Tensor, temperature:
                                                        float(temperature), **extra), z, retain_graph=True)[0]
                  for i in range(log_pi.shape[1])]
     return torch.stack([g.reshape(-1) for g in grads])
-
-
-def example_weights(rule: str, teacher_logits: torch.Tensor, labels: torch.Tensor | None, temperature: float,
-                    prior: torch.Tensor | None = None) -> torch.Tensor:
-    """Each example's weights over its k teachers, (B, k), rows summing to 1, detached:
-
-    * "ca_mkd" (confidence-aware MKD, Zhang, Chen and Wang, ICASSP 2022): w_i = (1 - softmax_i(CE_i)) / (k - 1),
-      CE_i the cross-entropy of teacher i's raw logits to the label, the softmax taken over the teachers
-      (the authors' CAMKD.py; its KD term also divides by k, a constant we leave to ``alpha_kd``);
-    * "entropy" (Kwon et al., ICASSP 2020): softmax over the teachers of -H(p_i), p_i = softmax(z_i / t): the
-      surer a teacher on an example, the more it weighs;
-    * "min_ce": the teacher with the lowest CE to the label, alone (FuseLLM's MinCE, Wan et al. 2024; ties: the
-      first); "avg_ce": softmax over the teachers of -CE_i (FuseLLM's AvgCE).
-
-    ``prior`` (k,), a static weight per teacher (``teacher_weights``), multiplies them, renormalised ("min_ce"
-    takes none). At k = 1 the weight is 1 (CA-MKD's 1/(k - 1) undefined there: plain KD)."""
-    z = _compute_dtype(teacher_logits.detach())
-    b, k, _ = z.shape
-    if k == 1:
-        return torch.ones((b, 1), dtype=z.dtype, device=z.device)
-    if rule in LABEL_RULES:
-        if labels is None:
-            raise ValueError(f"rule {rule!r} weighs teachers by their cross-entropy to the label: it needs labels")
-        ce = -F.log_softmax(z, dim=-1).gather(-1, labels.view(b, 1, 1).expand(b, k, 1).long()).squeeze(-1)
-        if rule == "ca_mkd":
-            w = (1.0 - F.softmax(ce, dim=1)) / (k - 1)
-        elif rule == "avg_ce":
-            w = F.softmax(-ce, dim=1)
-        else:
-            w = F.one_hot(ce.argmin(dim=1), k).to(z.dtype)
-    elif rule == "entropy":
-        log_p = F.log_softmax(z / temperature, dim=-1)
-        w = F.softmax((log_p.exp() * log_p).sum(-1), dim=1)  # softmax of -H
-    else:
-        raise ValueError(f"rule {rule!r} has no per-example weights")
-    if prior is not None and rule != "min_ce":
-        w = w * prior.to(w.dtype).to(w.device)[None, :]
-        w = w / w.sum(dim=1, keepdim=True)
-    return w.detach()
-
-
-def min_norm_weights(grads: torch.Tensor, iterations: int = 100) -> torch.Tensor:
-    """The point of the simplex whose combination of the rows of ``grads`` (k, D) has the least norm, (k,) float64:
-    AE-KD's teacher weights (Du et al., NeurIPS 2020: the teachers' KD gradients, here with respect to the
-    student's logits, combined into the minimum-norm point of their convex hull), found by Frank-Wolfe on the
-    Gram matrix as MGDA solves it (Sener and Koltun 2018), each step's length exact. Detached."""
-    g = grads.detach().to(torch.float64)
-    gram = g @ g.T
-    k = len(gram)
-    w = torch.full((k,), 1.0 / k, dtype=torch.float64, device=g.device)
-    for _ in range(iterations):
-        gw = gram @ w
-        j = int(gw.argmin())
-        vv, vu, uu = float(w @ gw), float(gw[j]), float(gram[j, j])
-        denom = vv - 2 * vu + uu
-        if denom <= 1e-30:
-            break
-        step = min(max((vv - vu) / denom, 0.0), 1.0)
-        if step < 1e-12:
-            break
-        w = (1 - step) * w
-        w[j] += step
-    return w
-
-
-class TaidSchedule:
-    """TAID's interpolation i, from ``start`` to ``end`` over a run's steps (Shing et al., ICLR 2025): after each
-    step, with the relative change of the KD loss d = (L_prev - L) / (L_prev + 1e-15), the momentum
-    m <- beta m + (1 - beta) d and i <- min(end, max(i_linear, i + alpha sigmoid(m) (1 - i))), i_linear the straight
-    line from ``start`` to ``end`` at this step's fraction of the run. Its state (i, m, L_prev, step) is a run's
-    state: saved in every checkpoint, restored on resume."""
-
-    def __init__(self, start: float = 0.4, end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99):
-        self.start, self.end, self.alpha, self.beta = float(start), float(end), float(alpha), float(beta)
-        self.total = 0
-        self.value, self.momentum, self.previous, self.step = float(start), 0.0, math.inf, 0
-
-    def update(self, loss: float) -> None:
-        self.step += 1
-        if math.isinf(self.previous):
-            self.previous = float(loss)
-            return
-        change = (self.previous - loss) / (self.previous + 1e-15)
-        self.momentum = self.beta * self.momentum + (1 - self.beta) * change
-        line = self.start + (self.end - self.start) * (self.step / self.total if self.total else 0.0)
-        grown = self.value + self.alpha * (1.0 / (1.0 + math.exp(-self.momentum))) * (1.0 - self.value)
-        self.value = min(self.end, max(line, grown))
-        self.previous = float(loss)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"value": self.value, "momentum": self.momentum, "previous": self.previous, "step": self.step,
-                "total": self.total}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.value, self.momentum = float(state["value"]), float(state["momentum"])
-        self.previous, self.step, self.total = float(state["previous"]), int(state["step"]), int(state["total"])
 
 
 def hidden_mse(

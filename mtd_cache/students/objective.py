@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..core import losses
+from ..core import losses, weighing
 from ..core.settings import Settings, setting
 
 ADDED_SINCE = "0.3"  # what a term's weight declares in a recipe that did not have it: off, and out of old run ids
@@ -89,7 +89,7 @@ def _kd(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     The teachers' logits arrive combined for "mean_logits" (the store's weighted gather), per teacher for the
     other rules. "random_subset" first keeps this step's j teachers (``TeacherSelection.draw`` of the batch's
     key) and combines them by ``subset_rule``; "taid" reads its schedule's interpolation and, in training, moves
-    it after the step (``losses.TaidSchedule``)."""
+    it after the step (``weighing.TaidSchedule``)."""
     sel = cfg.selection
     z, rule, weights = t.logits, sel.rule, None if sel.combined else sel.weights
     if rule == "random_subset":
@@ -187,7 +187,7 @@ class KD:
 
     def __init__(self, settings: Any, selection: Any):
         self._settings, self.selection = settings, selection
-        self.taid = losses.TaidSchedule(settings.taid_start, settings.taid_end, settings.taid_alpha,
+        self.taid = weighing.TaidSchedule(settings.taid_start, settings.taid_end, settings.taid_alpha,
                                         settings.taid_beta) if getattr(settings, "divergence", None) == "taid" else None
 
     def __getattr__(self, name: str) -> Any:

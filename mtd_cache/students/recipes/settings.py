@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.errors import MtdError
-from ...core.losses import BASE_RULES, KD_DIVERGENCES, KD_RULES, KD_SCALES, NO_PRIOR_RULES
+from ...core.losses import BASE_RULES, KD_DIVERGENCES, KD_RULES, KD_SCALES
 from ...core.runtime import PRECISIONS
 from ...core.settings import Settings, setting
+from ...core.weighing import NO_PRIOR_RULES
 
 
 @dataclass(frozen=True)

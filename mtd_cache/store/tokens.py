@@ -42,7 +42,7 @@ from ..core.errors import StoreError
 from ..core.hashing import sha256_text
 from ..core.safe_files import atomic_path, check_target
 from ..core.sparse import SparseBatch, sparse_batch
-from .integrity import CHECKSUM, Checksum, checksum_of
+from .integrity import CHECKSUM, checksum_of, datasets
 
 FORMAT, VERSION = "mtd-cache-tokens", 1
 LOGITS_DTYPE = np.float16
@@ -181,6 +181,7 @@ class TokenStore:
         self.offsets, self.ids = f["support/offsets"][...], f["support/ids"][...]
         self.logits, self.tails = f["support/logits"][...], f["tails"][...]
         self.gold, self.entropy = f["gold"][...], f["entropy"][...]
+        self.predicted = np.maximum(np.diff(self.sequences) - 1, 0)  # positions per sequence: its tokens but the first
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> TokenStore:
@@ -194,18 +195,16 @@ class TokenStore:
         if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
             f.close()
             raise StoreError(f"{path} is not a token store of format {FORMAT} v{VERSION}")
-        for name in _datasets(f):
+        for name in datasets(f):
             want = f[name].attrs.get(CHECKSUM)
-            if want is None or Checksum().update(f[name][...]).hexdigest() != want:
+            if want is None or checksum_of(f[name][...]) != want:
                 f.close()
                 raise StoreError(f"{path}: the dataset {name} does not match its checksum (changed since the dump)")
         store = cls(path, f)
         if corpus_fingerprint(store.tokens, store.sequences) != store.fingerprint:
             f.close()
             raise StoreError(f"{path}: its corpus does not match its fingerprint")
-        n_pos = int(sum(max(int(b - a) - 1, 0) for a, b in zip(store.sequences[:-1], store.sequences[1:],
-                                                                strict=True)))
-        if len(store.offsets) != n_pos + 1 or store.offsets[-1] != len(store.ids) or \
+        if len(store.offsets) != int(store.predicted.sum()) + 1 or store.offsets[-1] != len(store.ids) or \
                 len(store.ids) != len(store.logits) or not (np.diff(store.offsets) > 0).all():
             f.close()
             raise StoreError(f"{path}: its support offsets do not fit its positions")
@@ -226,9 +225,7 @@ class TokenStore:
 
     def position_of(self, sequence: int, token: int) -> int:
         """The position that predicts token ``token`` (>= 1) of sequence ``sequence``."""
-        before = int(sum(max(int(b - a) - 1, 0) for a, b in zip(self.sequences[:sequence],
-                                                                 self.sequences[1:sequence + 1], strict=True)))
-        return before + token - 1
+        return int(self.predicted[:sequence].sum()) + token - 1
 
     def batch(self, positions: Iterable[int]) -> SparseBatch:
         """Those positions' supports, logits and tails, padded to the widest (``core.sparse.SparseBatch``)."""
@@ -249,10 +246,4 @@ class TokenStore:
         total = sum(self._f[n].id.get_storage_size() for n in ("support/ids", "support/logits", "tails", "gold",
                                                                    "entropy"))
         return total / max(self.positions, 1) / max(self.num_teachers, 1)
-
-
-def _datasets(f: h5py.File) -> list[str]:
-    names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-    return sorted(names)
 

@@ -248,20 +248,23 @@ def mounted(path: Path, *options: str, source: str = "tmpfs", kind: str | None =
 
 
 def killed_after(writer: str, run, *args):
-    """Call ``run(*args)`` with ``core.fit``'s checkpoint writer ``writer`` ("_save_checkpoint", "_save_pack") raising
-    KeyboardInterrupt right after its first write, as a kill after an epoch's checkpoint would stop it."""
+    """Call ``run(*args)`` with the checkpoint writer ``writer`` of ``mtd_cache.core`` ("fit._save_checkpoint",
+    "fit_pack._save_pack") raising KeyboardInterrupt right after its first write, as a kill after an epoch's
+    checkpoint would stop it."""
+    import importlib
+
     import pytest
 
-    from mtd_cache.core import fit as train
-
-    real = getattr(train, writer)
+    module_name, name = writer.split(".")
+    module = importlib.import_module(f"mtd_cache.core.{module_name}")
+    real = getattr(module, name)
 
     def write_then_die(job, *rest):
         real(job, *rest)
         raise KeyboardInterrupt
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, writer, write_then_die)
+    mp.setattr(module, name, write_then_die)
     try:
         with pytest.raises(KeyboardInterrupt):
             run(*args)

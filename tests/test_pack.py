@@ -150,7 +150,7 @@ def test_a_killed_pack_resumes_to_the_same_result(tiny, tmp_path, monkeypatch):
 
 def test_a_resume_across_engines_is_refused(tiny, tmp_path):
     reqs = _requests(tiny["image"], tmp_path, epochs=3)[:2]
-    killed_after("_save_pack", execute_pack, [plan_run(r) for r in reqs])
+    killed_after("fit_pack._save_pack", execute_pack, [plan_run(r) for r in reqs])
     ckpt = plan_run(reqs[0]).checkpoint
     with pytest.raises(MtdError, match=f"^{ckpt} was written by a pack of 2 students trained as one \\(mtd-sweep "
                                        "--students-per-process 2\\); resumed alone"):
@@ -159,7 +159,7 @@ def test_a_resume_across_engines_is_refused(tiny, tmp_path):
         execute_pack([plan_run(r) for r in (reqs[0], _requests(tiny["image"], tmp_path, epochs=3)[2])])
     ckpt.unlink()
     alone = [replace(r, out=str(tmp_path / "single")) for r in reqs]
-    killed_after("_save_checkpoint", run_student, alone[1])
+    killed_after("fit._save_checkpoint", run_student, alone[1])
     with pytest.raises(MtdError, match="was written by this run alone \\(one student per process\\); resumed in a "
                                        "pack of 2"):
         execute_pack([plan_run(r) for r in alone])

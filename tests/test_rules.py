@@ -252,7 +252,7 @@ def test_a_taid_run_resumes_its_schedule_and_trains_alone(tiny, tmp_path):
                           overrides={"epochs": 2, "batch_size": 8, "divergence": "taid", "kd_rule": "ca_mkd"})
 
     whole = run_student(req(tmp_path / "whole"))
-    killed_after("_save_checkpoint", run_student, req(tmp_path / "cut"))
+    killed_after("fit._save_checkpoint", run_student, req(tmp_path / "cut"))
     state = load_state(plan_run(req(tmp_path / "cut")).checkpoint)["objective"]
     assert state["step"] == 5 and state["total"] == 10 and 0.4 < state["value"] <= 1.0  # after epoch 1 of 2
     resumed = run_student(req(tmp_path / "cut"))

@@ -190,7 +190,7 @@ def test_a_resume_on_another_thread_count_is_refused_and_costs_add_up(digits, tm
     req = RunRequest(store=str(digits), student="resnet8", teachers=(0, 1), out=str(tmp_path), device="cpu",
                      overrides={"epochs": 3})
     threads = torch.get_num_threads()
-    killed_after("_save_checkpoint", run_student, req)  # stopped after its first epoch's checkpoint
+    killed_after("fit._save_checkpoint", run_student, req)  # stopped after its first epoch's checkpoint
     ckpts = list(tmp_path.glob("digits/resnet8/*.ckpt.safetensors"))
     assert len(ckpts) == 1
     first_part = load_state(ckpts[0])["cost"]["wall_s"]

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..core.energy import EnergyMeter
 from ..core.errors import MtdError
-from ..core.fit import Fit, PackFit, fit_pack, total_cost
+from ..core.fit import Fit, total_cost
+from ..core.fit_pack import PackFit, fit_pack
 from ..core.locks import file_lock
 from ..core.losses import NonFiniteLossError
 from ..core.runtime import seed_everything, utc_now

@@ -10,7 +10,7 @@ targets ``students.targets``, the data ``students.data``) live outside. A recipe
   ``needs_primary(settings) -> bool`` where the settings decide (text KD: only with a hidden-state loss);
 * ``build(ctx: StudentContext) -> train.Fit`` — model, optimizer, scheduler, batches, step (returning
   ``loss`` and its terms) and ``evaluate`` (returning ``{"metric": float, ...}`` on the dev/test split);
-* ``build_pack(ctxs: list[StudentContext]) -> train.PackFit`` (optional: the image recipe) — S runs of one
+* ``build_pack(ctxs: list[StudentContext]) -> fit_pack.PackFit`` (optional: the image recipe) — S runs of one
   seed and settings, differing in their teachers, as one stacked model (``students.pack``); without it the
   recipe's students train one per process;
 * ``RUN_KINDS`` (optional) — other run kinds it needs, by name (TinyBERT: ``{"stage1": tinybert_stage1.KIND}``),

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...core.fit import Fit, PackFit
+from ...core.fit import Fit
+from ...core.fit_pack import PackFit
 from ...core.losses import KD_DIVERGENCES, KD_SCALES
 from ...core.optim import SgdRecipeSettings, sgd_recipe
 from ...core.prefetch import Ahead

@@ -32,13 +32,13 @@ class Stacked(torch.nn.Module):
         if students < 1:
             raise ValueError(f"students={students}: a stack holds at least one")
         self.students = students
-        params, buffers = stack_module_state([net] * students)  # copies: stack_module_state stacks new tensors
+        params, buffers = stack_module_state([net] * students)  # new tensors: stacking copies
         self._names = list(params)
         self._buffer_names = list(buffers)
         for name, p in params.items():  # in net.parameters() order: an optimizer sees them as it sees net's
-            self.register_parameter(_slot(name), torch.nn.Parameter(p.detach().clone()))
+            self.register_parameter(_slot(name), torch.nn.Parameter(p.detach()))
         for name, b in buffers.items():
-            self.register_buffer(_slot(name), b.clone())
+            self.register_buffer(_slot(name), b)
         # not submodules (out of state_dict, .to() and .parameters()): the structure the stacked rows are called
         # through, and a plain module of the net's class for member()
         self.__dict__["_template"] = copy.deepcopy(net).to("meta")

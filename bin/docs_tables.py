@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("image_kd", "text_kd", "distilbert", "tinybert")
+RECIPES = ("image_kd", "text_kd", "distilbert", "tinybert", "lm_kd")
 
 
 def _begin(name: str) -> str:
@@ -41,6 +41,8 @@ def _students_of(recipe: str) -> str:
 
 def settings() -> str:
     from mtd_cache.core.settings import settings_table
+    from mtd_cache.teachers.lm import LmTeacherSettings
+    from mtd_cache.teachers.lm_dump import LmDumpSettings
     from mtd_cache.teachers.text import TextDumpSettings, TextTeacherSettings
     from mtd_cache.teachers.vision import ImageDumpSettings, ImageTeacherSettings
 
@@ -51,7 +53,9 @@ def settings() -> str:
     for title, cls in (("Text teachers (`mtd-cache teachers`, `--set`)", TextTeacherSettings),
                        ("Image teachers (`mtd-cache teachers`, `--set`)", ImageTeacherSettings),
                        ("Text dump (`mtd-cache dump`, `--set`)", TextDumpSettings),
-                       ("Image dump (`mtd-cache dump`, `--set`)", ImageDumpSettings)):
+                       ("Image dump (`mtd-cache dump`, `--set`)", ImageDumpSettings),
+                       ("Language-model teachers (`mtd-cache teachers`, `--set`)", LmTeacherSettings),
+                       ("Language-model dump: the token store (`mtd-cache dump`, `--set`)", LmDumpSettings)):
         out += [f"### {title}", "", settings_table(cls)]
     return "\n".join(out)
 

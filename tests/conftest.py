@@ -60,3 +60,19 @@ def sst2_teachers(tmp_path_factory):
     opts = {"lr": 5e-3, "epochs": 1, "batch_size": 16, "max_length": 32}
     train_teachers("sst-2", [0, 1], root / "t", str(base), str(data), opts, device="cpu", force=True)
     return root, data, base, opts
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory):
+    """A counting corpus (``lm_corpus``), a tiny GPT-2 random config over it and three seeded teachers trained on
+    it: (root, task file, model folder); the teachers in root/teachers."""
+    from lm_corpus import tiny_lm, write_corpus
+
+    from mtd_cache.teachers import train_teachers
+
+    root = tmp_path_factory.mktemp("lm")
+    task = write_corpus(root / "data")
+    model = tiny_lm(root / "tiny", task)
+    train_teachers(str(task), [0, 1, 2], root / "teachers", f"hf:{model}", None,
+                   {"epochs": 2, "lr": 1e-2, "batch_size": 8}, device="cpu")
+    return root, task, model

@@ -13,20 +13,25 @@ from mtd_cache.models.families import FAMILIES, known
 from mtd_cache.students.recipes import known_students, recipe_name
 
 TASKS = {"image": SimpleNamespace(kind="image", channels=3, num_classes=4, size=32, label_names=list("abcd")),
-         "text": SimpleNamespace(kind="text", num_labels=2, label_names=["no", "yes"])}
+         "text": SimpleNamespace(kind="text", num_labels=2, label_names=["no", "yes"]),
+         "lm": SimpleNamespace(kind="lm", num_labels=0, label_names=())}
 
 
 def _batch(kind: str) -> tuple[dict, torch.Tensor]:
     torch.manual_seed(0)
     if kind == "image":
         return {"x": torch.randn(4, 3, 32, 32)}, torch.tensor([0, 1, 2, 3])
+    if kind == "lm":  # next-token prediction: the labels are the ids one step on
+        ids = torch.randint(1, 30, (4, 7))
+        return {"input_ids": ids}, ids[:, 1:].reshape(-1)
     return {"input_ids": torch.randint(1, 30, (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long)}, \
         torch.tensor([0, 1, 1, 0])
 
 
 def _logits(net: torch.nn.Module, inputs: dict) -> torch.Tensor:
     out = net(inputs["x"]) if "x" in inputs else net(**inputs)
-    return out if isinstance(out, torch.Tensor) else out.logits
+    out = out if isinstance(out, torch.Tensor) else out.logits
+    return out[:, :-1].reshape(-1, out.shape[-1]) if out.dim() == 3 else out
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

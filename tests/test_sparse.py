@@ -157,7 +157,8 @@ def test_a_token_store_round_trips_and_checks_its_targets_against_the_dense_ones
     with TokenStore.open(dump.path) as store:
         assert (store.positions, store.num_teachers, store.k, store.vocab_size) == (10, 3, 4, 60)
         assert store.position_of(2, 1) == 4 and store.position_of(0, 4) == 3
-        dense = torch.stack([t(torch.tensor(seqs[2]))[:-1] for t in teachers], dim=1)  # sequence 2: (6, 3, 60)
+        # sequence 2: (6, 3, 60), as the store takes a teacher's logits: float32 (what models give), then float64
+        dense = torch.stack([t(torch.tensor(seqs[2]))[:-1] for t in teachers], dim=1).float().double()
         direct = sparse_batch(dense, 4, (1.0, 2.0))
         got = store.batch(range(4, 10))
         assert torch.equal(got.ids, direct.ids) and torch.equal(got.mask, direct.mask)

@@ -177,7 +177,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
     ({"text_column": "body"}, "no column 'body' (task file {path}); columns: id, review, stars"),
     ({"metric": "auc"}, "{path}: metric 'auc': valid for text tasks: accuracy, f1, mcc"),
     ({"labels": ["1", "3"]}, "label '5' is not a label of task reviews (the task's labels are: 1, 3)"),
-    ({"kind": "audio"}, "{path}: kind 'audio': expected \"text\" or \"image\""),
+    ({"kind": "audio"}, "{path}: kind 'audio': expected \"text\", \"image\" or \"lm\" (language modelling)"),
     ({"epochs": 3}, "{path}: unknown key 'epochs' for a text task; valid: "),
     ({"name": "mrpc"}, "{path}: name 'mrpc' is a built-in task's: choose another name"),
     ({"train": "missing.csv"}, "missing.csv not found (task file {path})"),

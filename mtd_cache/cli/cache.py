@@ -51,7 +51,13 @@ def inspect_cmd(store: Path, as_json: bool, verify: bool, seal: bool, measure_fo
     from ..core.errors import StoreError
     from ..store import TeacherStore, output_lock, read_forward_sidecar
     from ..store.seal import seal_store
+    from ..store.tokens import TokenStore, format_token_summary, is_token_store, token_summary
 
+    if is_token_store(store):
+        with TokenStore.open(store) as tokens:  # every checksum and the seal verified on opening
+            info = token_summary(tokens)
+        click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_token_summary(info))
+        return
     if seal:
         with output_lock(store), TeacherStore.open(store):  # format, shapes, finite logits, recorded checksums
             done = seal_store(store)
@@ -259,12 +265,18 @@ def teachers_cmd(task, model, seeds, data_dir, out, epochs, lr, batch_size, max_
 @click.option("--test-subset", type=int, help="Images: score teachers (and later students) on the first N test "
                                               "images only (quick CPU runs).")
 @click.option("--float16", is_flag=True, help="Store logits as float16 (large view sets).")
+@click.option("--k", "top_k", type=int, help="Language models: each teacher's top-k ids per token; the token store "
+                                             "keeps their union (default 32).")
+@click.option("--dense-check", is_flag=True, help="Language models: also keep the dense logits and check every "
+                                                  "subset's sparse targets against them (small vocabularies).")
+@click.option("--shard", help="Language models: dump only shard I of N (I/N, from 0/N) of the sequences, as one job "
+                              "of many; a dump without --shard then merges the shards (computing any missing).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any other dump setting.")
 @click.option("--out", type=click.Path(path_type=Path), help="Default: cache/<task>/store.h5.")
 @click.option("--device")
 @click.option("--force", is_flag=True, help="Dump again over an existing store made with other settings.")
 def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_length, batch_size, data_dir,
-             train_subset, test_subset, float16, sets, out, device, force) -> None:
+             train_subset, test_subset, float16, top_k, dense_check, shard, sets, out, device, force) -> None:
     from ..core.indices import parse_index_set
     from ..core.settings import typed_as
     from ..teachers.dump import run_dump
@@ -275,13 +287,22 @@ def dump_cmd(task, teachers_dir, primaries, augmented, student_layers, max_lengt
         "data_dir": ("--data-dir", data_dir), "augmented": ("--augmented", str(augmented) if augmented else None),
         "train_subset": ("--train-subset", train_subset), "test_subset": ("--test-subset", test_subset),
         "student_layers": ("--student-layers", student_layers),
-        "logits_dtype": ("--float16", "float16" if float16 else None)}, sets)
+        "logits_dtype": ("--float16", "float16" if float16 else None), "k": ("--k", top_k),
+        "dense_check": ("--dense-check", dense_check or None)}, sets)
+    if shard is not None:
+        from ..teachers.lm_dump import parse_shard
+
+        shard = parse_shard(shard)
     out = out or default_cache(task) / "store.h5"
     if out.is_dir():
         raise bad("--out", str(out), "is a folder: give the store's file name (e.g. cache/task/store.h5)")
     with typed_as(typed):
         before = out.stat().st_mtime_ns if out.exists() else None
-        path = run_dump(task, teachers_dir or default_cache(task) / "teachers", out, prim, options, device, force)
+        path = run_dump(task, teachers_dir or default_cache(task) / "teachers", out, prim, options, device, force,
+                        shard)
+    if shard is not None:
+        click.echo(f"wrote shard {shard[0]}/{shard[1]}: {path} (a dump without --shard merges the shards)")
+        return
     click.echo(f"{'up to date' if before == path.stat().st_mtime_ns else 'wrote'} {path}")
 
 

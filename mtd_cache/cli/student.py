@@ -58,7 +58,7 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
         evaluate, allow_unverified, help_settings, verbose) -> None:
     from ..core.indices import parse_index_set
     from ..core.settings import typed_as
-    from ..store import TeacherStore
+    from ..store.tokens import open_store
     from ..students.run import RunRequest, run_student
 
     setup_logging(verbose)
@@ -82,7 +82,7 @@ def cli(store, student, teachers, primary, seed, out, epochs, lr, batch_size, te
         "kd_scale": ("--kd-scale", kd_scale), "init_from_teacher": ("--init-from-teacher", init_from_teacher or None),
         "select_on_dev": ("--select-on-dev", select_on_dev or None)}, sets)
     with typed_as(typed):
-        with TeacherStore.open(store) as s:  # the teacher count bounds --teachers before it is expanded
+        with open_store(store) as s:  # the teacher count bounds --teachers before it is expanded
             chosen = () if teachers.strip().lower() == "none" else \
                 parse_index_set(teachers, option="--teachers", bound=s.num_teachers)
         req = RunRequest(store=str(store), student=student, teachers=chosen, primary=primary, seed=seed,

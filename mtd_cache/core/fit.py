@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[Any], dict[str, torch.Tensor]]
 
 
+@dataclass(frozen=True)
+class Accumulated:
+    """One optimizer step over several micro-batches (gradient accumulation): ``fit`` runs ``step`` on each part,
+    backpropagates its loss over the number of parts before the next, and logs the parts' mean terms."""
+
+    parts: tuple[Any, ...]
+
+    def __len__(self) -> int:  # examples, for the progress bar
+        return sum(_batch_size(p) or 0 for p in self.parts)
+
+
 @dataclass
 class Fit:
     """What ``fit`` needs from a recipe. ``scheduler`` steps once per optimizer step."""
@@ -119,14 +130,18 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
     total = len(batches) if hasattr(batches, "__len__") else None
     bar = Progress(total, f"{job.desc} epoch {epoch + 1}/{job.epochs}", unit="step")
     for batch in batches:
-        with torch.autocast(device.type, dtype=job.autocast_dtype or torch.float32,
-                            enabled=job.autocast_dtype is not None):
-            terms = job.step(batch)
-        loss = terms["loss"]
         step_no = epoch * (total or 0) + count
-        check_finite(loss, step_no)
+        parts = batch.parts if isinstance(batch, Accumulated) else (batch,)
         job.optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        terms: dict[str, torch.Tensor] = {}
+        for part in parts:  # gradient accumulation: each part's loss / len(parts), backward before the next
+            with torch.autocast(device.type, dtype=job.autocast_dtype or torch.float32,
+                                enabled=job.autocast_dtype is not None):
+                got = job.step(part)
+            check_finite(got["loss"], step_no)
+            scaler.scale(got["loss"] / len(parts)).backward()
+            for k, v in got.items():
+                terms[k] = terms.get(k, 0.0) + v.detach() / len(parts)
         if job.grad_clip:
             scaler.unscale_(job.optimizer)
             if job.clip_per_parameter:
@@ -151,6 +166,10 @@ def _train_epoch(job: Fit, epoch: int, device: torch.device, scaler: torch.amp.G
 
 def _batch_size(batch: Any) -> int | None:
     """Examples in a batch: a dict's ``index`` (text), a tuple's first tensor (images: indices, views)."""
+    if isinstance(batch, Accumulated):
+        return len(batch)
+    if isinstance(batch, (np.ndarray, torch.Tensor)):  # a batch of example indices
+        return len(batch)
     first = batch.get("index") if isinstance(batch, dict) else batch[0] if isinstance(batch, (tuple, list)) \
         and batch else None
     return len(first) if hasattr(first, "__len__") else None

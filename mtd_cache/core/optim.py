@@ -42,7 +42,8 @@ class SgdRecipeSettings(Settings):
 def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: float, warmup: float,
                            total_steps: int, schedule: str = "linear") -> tuple[torch.optim.Optimizer, Any]:
     """AdamW and a per-step schedule: linear warm-up over ``warmup`` of the steps, then linear decay to 0
-    (``schedule="linear"``), or a constant lr (``"constant"``: TinyBERT's stage 1, BertAdam's schedule "none").
+    (``schedule="linear"``) or along a half cosine (``"cosine"``: language models), or a constant lr
+    (``"constant"``: TinyBERT's stage 1, BertAdam's schedule "none").
 
     Weight decay spares biases and LayerNorm weights (TinyBERT task_distill.py's
     groups: 0.01 / 0.0 on ``bias``, ``LayerNorm``; HF distiller.py's ``no_decay``).
@@ -59,9 +60,13 @@ def optimizer_and_schedule(model: torch.nn.Module, lr: float, weight_decay: floa
     optimizer = torch.optim.AdamW(groups, lr=float(lr))
     if schedule == "constant":
         return optimizer, None
-    if schedule != "linear":
-        raise MtdError(f"unknown schedule {schedule!r}; valid: linear, constant")
+    if schedule not in ("linear", "cosine"):
+        raise MtdError(f"unknown schedule {schedule!r}; valid: linear, cosine, constant")
     warmup_steps = math.ceil(float(warmup) * total_steps)
+    if schedule == "cosine":
+        from transformers import get_cosine_schedule_with_warmup
+
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
 
 

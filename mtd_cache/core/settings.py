@@ -219,7 +219,14 @@ def _coerce(key: str, hint: Any, value: Any, what: str) -> Any:
         raise bad()
     if base == LayerList:
         return _layers(value, bad)
-    if typing.get_origin(base) is list:  # list[float]
+    if typing.get_origin(base) is list:  # list[float], from a list or "1,2,4"
+        if isinstance(value, str):
+            try:
+                value = [float(p) for p in value.replace(" ", "").split(",") if p]
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
         if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     for v in value):
             return [float(v) for v in value]

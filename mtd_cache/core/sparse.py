@@ -31,6 +31,7 @@ can only lose divergence).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -152,29 +153,76 @@ def student_buckets(student_logits: torch.Tensor, batch: SparseBatch, temperatur
     return on_u, torch.logsumexp(log_q.masked_fill(member, NEG), dim=-1)
 
 
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "ce")
+
+
+def divergence(lp: torch.Tensor, lq: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+    """Per row, the divergence of q from p given their log-probabilities over the same buckets (B, m): "kl"
+    (forward, KL(p || q)), "reverse_kl" (KL(q || p)), "jsd" (Jensen-Shannon, both halves against the mixture) or
+    "ce" (soft cross-entropy). Buckets where both have no mass (padding, an empty tail) add nothing, no gradient
+    either. On buckets that merge ids (the tail), each f-divergence here is exact for the bucketed distributions
+    and a lower bound of the dense one (the data-processing inequality); "ce" is not a divergence and merges
+    without bound."""
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}; valid: {', '.join(DIVERGENCES)}")
+    lp = lp.to(lq.dtype)
+    p_live, q_live = lp > NEG, lq > NEG
+    zero = torch.zeros_like(lq)
+    if kind == "kl":
+        return (lp.exp() * torch.where(p_live, lp - lq, zero)).sum(-1)
+    if kind == "ce":
+        return (lp.exp() * torch.where(p_live, -lq, zero)).sum(-1)
+    if kind == "reverse_kl":
+        return (lq.exp() * torch.where(q_live, lq - lp, zero)).sum(-1)
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)
+    half_p = lp.exp() * torch.where(p_live, lp - lm, zero)
+    half_q = lq.exp() * torch.where(q_live, lq - lm, zero)
+    return 0.5 * (half_p + half_q).sum(-1)
+
+
 def bucket_kd(student_logits: torch.Tensor, batch: SparseBatch, target: SparseTarget, temperature: float = 1.0,
-              divergence: str = "kl") -> torch.Tensor:
-    """The |U| + 1-bucket divergence of the student (dense logits (B, V)) from the target, summed over each token's
-    buckets, averaged over the tokens, times T^2: "kl" (forward KL, a lower bound of the dense one) or "ce" (soft
-    cross-entropy); for "mean_losses" the teachers' own, weighed. Buckets of zero mass (padding, an empty tail) add
-    nothing, and no gradient."""
+              divergence_kind: str = "kl", reduce: bool = True) -> torch.Tensor:
+    """The |U| + 1-bucket divergence (``divergence``) of the student (dense logits (B, V)) from the target, over
+    each token's buckets, averaged over the tokens, times T^2; for "mean_losses" the teachers' own, weighed.
+    ``reduce=False``: per token (B,)."""
     log_q, log_q_tail = student_buckets(student_logits, batch, temperature)
     lq = torch.cat([log_q, log_q_tail[:, None]], dim=-1)  # (B, u + 1)
 
     def one(log_p: torch.Tensor, log_tail: torch.Tensor) -> torch.Tensor:  # (B, u), (B,) -> (B,)
-        lp = torch.cat([log_p, log_tail[:, None]], dim=-1).to(lq.dtype)
-        p = lp.exp()
-        live = p > 0
-        diff = torch.where(live, lp - lq, torch.zeros_like(lp)) if divergence == "kl" else \
-            torch.where(live, -lq, torch.zeros_like(lq))
-        return (p * diff).sum(-1)
+        return divergence(torch.cat([log_p, log_tail[:, None]], dim=-1), lq, divergence_kind)
 
     if target.per_teacher is not None:
         lp, lt, w = target.per_teacher
         value = sum(w[i] * one(lp[:, i], lt[:, i]) for i in range(len(w)))
     else:
         value = one(target.log_p, target.log_tail)
-    return value.mean() * temperature**2
+    return (value.mean() if reduce else value) * temperature**2
+
+
+def dense_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, rule: str = "mean_probs",
+             temperature: float = 1.0, weights: Sequence[float] | None = None, divergence_kind: str = "kl",
+             reduce: bool = True) -> torch.Tensor:
+    """The same loss on the whole vocabulary: the student's dense logits (B, V) against the chosen teachers' dense
+    logits (B, s, V) combined by ``rule`` (teachers in the loop, ``--online``; and what ``bucket_kd`` equals when
+    the support is the vocabulary)."""
+    if rule not in SPARSE_RULES:
+        raise ValueError(f"unknown sparse rule {rule!r}; valid: {', '.join(SPARSE_RULES)}")
+    s = teacher_logits.shape[1]
+    z = student_logits if student_logits.dtype == torch.float64 else student_logits.float()
+    lq = torch.log_softmax(z / temperature, dim=-1)
+    w = torch.full((s,), 1.0 / s, dtype=lq.dtype) if weights is None else \
+        torch.as_tensor(list(weights), dtype=lq.dtype) / float(sum(weights))
+    w = w.to(student_logits.device)
+    t = teacher_logits.to(lq.dtype) / temperature
+    if rule == "mean_logits":
+        value = divergence(torch.log_softmax((w[None, :, None] * t).sum(1), -1), lq, divergence_kind)
+    elif rule == "mean_probs":
+        lp = torch.logsumexp(torch.log(w)[None, :, None] + torch.log_softmax(t, -1), dim=1)
+        value = divergence(lp, lq, divergence_kind)
+    else:
+        lps = torch.log_softmax(t, -1)
+        value = sum(w[i] * divergence(lps[:, i], lq, divergence_kind) for i in range(s))
+    return (value.mean() if reduce else value) * temperature**2
 
 
 def _grid_index(batch: SparseBatch, temperature: float) -> int:

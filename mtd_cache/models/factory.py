@@ -123,6 +123,6 @@ def slug(name: str) -> str:
     name = str(name)
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", name):
         return name
-    head, _, rest = name.partition(":") if name.startswith(("hf:", "tv:")) else ("model", "", name)
+    head, _, rest = name.partition(":") if name.startswith(("hf:", "tv:", "lm:")) else ("model", "", name)
     tail = re.sub(r"[^A-Za-z0-9._@-]+", "_", rest.rstrip("/").rsplit("/", 1)[-1]).strip("._")[-40:] or "model"
     return f"{head}_{tail}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"

@@ -157,3 +157,37 @@ register_family(Family(
     recipe="image_kd", help="tv:NAME[@WEIGHTS] (any torchvision classifier, e.g. tv:resnet18, "
                             "tv:mobilenet_v3_small@DEFAULT)",
     example=lambda folder: "tv:mobilenet_v3_small"))
+
+
+# ----------------------------------------------------------------------------- causal language models
+
+
+def _lm_claims(name: str, kind: str | None) -> ModelName | None:
+    return ModelName(name, "lm", name[3:]) if name.startswith("lm:") else None
+
+
+def _lm_build(parsed: ModelName, task: Any, hint: str) -> nn.Module:
+    from . import causal_lm
+
+    return causal_lm.build(parsed.name, 0, hint)[0]
+
+
+def _lm_load(parsed: ModelName, folder: Path, info: dict[str, Any], num_labels: int) -> nn.Module:
+    from . import causal_lm
+
+    return causal_lm.load(str(folder))
+
+
+def _lm_example(folder: Path) -> str:
+    """A one-layer GPT-2 of 16 dimensions over 30 ids: a config alone (a random initialisation)."""
+    from transformers import GPT2Config
+
+    GPT2Config(vocab_size=30, n_positions=16, n_embd=16, n_layer=1, n_head=2).save_pretrained(folder)
+    return f"lm:{folder}"
+
+
+register_family(Family(
+    name="lm", kind="lm", claims=_lm_claims, build=_lm_build,
+    save=lambda model, folder: model.save_pretrained(folder), load=_lm_load, recipe="lm_kd",
+    help="lm:NAME_OR_PATH (a causal language model on a token store: a Hub name, a folder, a .gguf file, or a "
+         "folder holding only a config.json)", example=_lm_example))

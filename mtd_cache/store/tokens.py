@@ -39,12 +39,14 @@ import numpy as np
 import torch
 
 from ..core.errors import StoreError
-from ..core.hashing import sha256_text
+from ..core.hashing import canonical_json, sha256_text
 from ..core.safe_files import atomic_path, check_target
-from ..core.sparse import SparseBatch, sparse_batch
+from ..core.sparse import SparseBatch, bucket_kd, sparse_batch
 from .integrity import CHECKSUM, checksum_of, datasets
 
 FORMAT, VERSION = "mtd-cache-tokens", 1
+SEAL = "seal_sha256"
+SUMMED = ("kl_gap_sum", "kl_dense_sum", "kl_count")  # dense-check figures that add over shards (others: the worst)
 LOGITS_DTYPE = np.float16
 
 
@@ -62,6 +64,7 @@ class TokenDump:
     bytes: int  # the datasets' bytes
     wall_s: float
     dense_check: dict[str, float] = field(default_factory=dict)
+    forward_s: float = 0.0  # the teachers' forwards alone
 
     @property
     def mean_width(self) -> float:
@@ -71,47 +74,83 @@ class TokenDump:
 def write_token_store(path: str | os.PathLike, sequences: Sequence[Sequence[int]],
                       teachers: Sequence[Callable[[torch.Tensor], torch.Tensor]], k: int,
                       temperatures: Sequence[float] = (1.0, 2.0), vocab_size: int | None = None,
-                      meta: dict[str, Any] | None = None, dense_check: bool = False) -> TokenDump:
+                      meta: dict[str, Any] | None = None, dense_check: bool = False, batch_size: int = 1,
+                      progress: Callable[[int], Any] | None = None) -> TokenDump:
     """Run every teacher on every sequence and write the token store atomically (``path`` replaced at the end).
 
-    ``teachers[t](ids (1, L)) -> logits (1, L, V)``: a causal language model's raw logits; position i predicts
-    token i + 1. ``k``: each teacher's top-k per position (their union is the support). ``dense_check``: also check,
-    position by position, that the sparse targets of every subset of the teachers match the dense ones (mean of
+    ``teachers[t](ids (B, L)) -> logits (B, L, V)``: a causal language model's raw logits, position i predicting
+    token i + 1; ``batch_size`` sequences go through at once, right-padded (a causal model's real positions never
+    see the padding after them). ``k``: each teacher's top-k per position (their union is the support).
+    ``dense_check``: also keep the dense logits (dataset ``dense``, (P, n, V) float32) and check, position by
+    position, that the sparse targets of every subset of the teachers match the dense ones (mean of
     probabilities within float32 of the stored values, mean of logits within its bound); the worst errors are
-    returned in ``dense_check`` (small vocabularies and corpora: it is exhaustive)."""
+    returned in ``dense_check`` and recorded (small vocabularies and corpora: it is exhaustive). ``progress``:
+    called with the sequences done after each batch."""
     import time
 
     path = Path(path)
     check_target(path, "token store")
     t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    arrays, worst = token_arrays(sequences, teachers, k, temperatures, vocab_size, dense_check, batch_size, progress,
+                                 timing)
+    attrs = {"format": FORMAT, "version": VERSION, "vocab_size": int(vocab_size or arrays.pop("_vocab")),
+             "k": int(k), "teachers": len(teachers), "temperatures": json.dumps([float(t) for t in temperatures]),
+             "fingerprint": corpus_fingerprint(arrays["tokens"], arrays["sequences"]),
+             "dense_check": json.dumps(worst if dense_check else None),
+             "meta": json.dumps(meta or {}, sort_keys=True)}
+    arrays.pop("_vocab", None)
+    write_arrays(path, arrays, attrs)
+    width = np.diff(arrays["support/offsets"])
+    return TokenDump(path, int(len(width)), int(width.sum()), int(sum(a.nbytes for a in arrays.values())),
+                     time.perf_counter() - t0, worst if dense_check else {}, timing.get("forward_s", 0.0))
+
+
+def token_arrays(sequences: Sequence[Sequence[int]], teachers: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                 k: int, temperatures: Sequence[float], vocab_size: int | None = None, dense_check: bool = False,
+                 batch_size: int = 1, progress: Callable[[int], Any] | None = None,
+                 timing: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The datasets of a token store of ``sequences`` (``write_token_store``), and the dense check's worst errors;
+    ``timing["forward_s"]`` adds up the seconds spent in the teachers' forwards."""
+    import time
+
+    timing = {} if timing is None else timing
     n = len(teachers)
     starts = np.cumsum([0, *[len(s) for s in sequences]]).astype(np.int64)
-    tokens = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences]) if sequences else \
+    tokens = np.concatenate([np.asarray(s, dtype=np.int32) for s in sequences]) if len(sequences) else \
         np.zeros(0, np.int32)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("ids", "logits", "tails", "gold", "entropy", "width")}
-    worst = {"mean_probs": 0.0, "mean_logits_outside_bound": 0.0}
+    names = ("ids", "logits", "tails", "gold", "entropy", "width", "dense")
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    worst = {"mean_probs": 0.0, "mean_logits_outside_bound": 0.0, "kl_gap_max": 0.0, "kl_gap_sum": 0.0,
+             "kl_dense_sum": 0.0, "kl_count": 0}
     vocab = vocab_size
-    for seq in sequences:
-        if len(seq) < 2:
-            continue
-        ids = torch.as_tensor(np.asarray(seq, dtype=np.int64))[None]
-        with torch.no_grad():
-            dense = torch.stack([teacher(ids)[0, :-1].double() for teacher in teachers], dim=1)  # (L-1, n, V)
-        vocab = vocab or dense.shape[-1]
-        if dense.shape[-1] != vocab:
-            raise StoreError(f"a teacher gave {dense.shape[-1]} logits per token, another {vocab}: teachers of one "
-                             "store share a tokenizer")
-        batch = sparse_batch(dense, k, temperatures, dtype=torch.float16)
-        gold_ids = ids[0, 1:]
-        log_p = torch.log_softmax(dense, dim=-1)
-        parts["ids"].append(batch.ids[batch.mask].numpy().astype(np.int32))
-        parts["logits"].append(batch.logits.permute(0, 2, 1)[batch.mask].numpy().astype(LOGITS_DTYPE))
-        parts["tails"].append(batch.tails.numpy())
-        parts["gold"].append(log_p.gather(2, gold_ids[:, None, None].expand(-1, n, 1))[..., 0].float().numpy())
-        parts["entropy"].append((-(log_p.exp() * log_p).sum(-1)).float().numpy())
-        parts["width"].append(batch.width.numpy())
-        if dense_check:
-            _dense_check(dense, batch, worst)
+    rows = [np.asarray(s, dtype=np.int64) for s in sequences]
+    step = max(1, batch_size)
+    for a in range(0, len(rows), step):
+        live = [(a + i, r) for i, r in enumerate(rows[a:a + step]) if len(r) >= 2]
+        if live:
+            width = max(len(r) for _, r in live)
+            ids = torch.zeros((len(live), width), dtype=torch.int64)
+            for i, (_, r) in enumerate(live):
+                ids[i, :len(r)] = torch.from_numpy(r)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                outs = [teacher(ids).float().cpu() for teacher in teachers]  # n x (B, L, V)
+            timing["forward_s"] = timing.get("forward_s", 0.0) + time.perf_counter() - t0
+            vocab = vocab or outs[0].shape[-1]
+            for t, o in enumerate(outs):
+                if o.shape[-1] != vocab:
+                    raise StoreError(f"teacher {t} gave {o.shape[-1]} logits per token, the store has {vocab}: "
+                                     "teachers of one store share a tokenizer")
+            for i, (seq, r) in enumerate(live):  # sequence by sequence: positions in store order
+                dense = torch.stack([o[i, :len(r) - 1] for o in outs], dim=1)  # (L-1, n, V) float32
+                bad = ~torch.isfinite(dense)
+                if bad.any():
+                    pos, t, _ = bad.nonzero()[0].tolist()
+                    raise StoreError(f"teacher {t} gave a non-finite logit at token {pos} of sequence {seq}: refused")
+                _one_sequence(dense, torch.from_numpy(r[1:]), k, temperatures, parts, worst, dense_check)
+        if progress is not None:
+            progress(len(rows[a:a + step]))
     width = np.concatenate(parts["width"]) if parts["width"] else np.zeros(0, np.int64)
     arrays = {
         "tokens": tokens, "sequences": starts,
@@ -121,18 +160,54 @@ def write_token_store(path: str | os.PathLike, sequences: Sequence[Sequence[int]
         "tails": _cat(parts["tails"], (0, n, len(temperatures)), np.float32),
         "gold": _cat(parts["gold"], (0, n), np.float32),
         "entropy": _cat(parts["entropy"], (0, n), np.float32),
+        "_vocab": np.int64(vocab or 0),
     }
-    attrs = {"format": FORMAT, "version": VERSION, "vocab_size": int(vocab or 0), "k": int(k), "teachers": n,
-             "temperatures": json.dumps([float(t) for t in temperatures]),
-             "fingerprint": corpus_fingerprint(tokens, starts), "meta": json.dumps(meta or {}, sort_keys=True)}
+    if dense_check:
+        arrays["dense"] = _cat(parts["dense"], (0, n, int(vocab or 0)), np.float32)
+    return arrays, worst
+
+
+SLICE_VALUES = 1 << 24  # float64 values of dense logits handled at once (128 MiB)
+
+
+def _one_sequence(dense: torch.Tensor, gold_ids: torch.Tensor, k: int, temperatures: Sequence[float],
+                  parts: dict[str, list[np.ndarray]], worst: dict[str, float], dense_check: bool) -> None:
+    """One sequence's positions (dense (P, n, V) float32) into ``parts``, in slices that bound the float64 work."""
+    p, n, v = dense.shape
+    step = max(1, SLICE_VALUES // max(n * v, 1))
+    for a in range(0, p, step):
+        d = dense[a:a + step].double()
+        batch = sparse_batch(d, k, temperatures, dtype=torch.float16)
+        log_p = torch.log_softmax(d, dim=-1)
+        g = gold_ids[a:a + step]
+        parts["ids"].append(batch.ids[batch.mask].numpy().astype(np.int32))
+        parts["logits"].append(batch.logits.permute(0, 2, 1)[batch.mask].numpy().astype(LOGITS_DTYPE))
+        parts["tails"].append(batch.tails.numpy())
+        parts["gold"].append(log_p.gather(2, g[:, None, None].expand(-1, n, 1))[..., 0].float().numpy())
+        parts["entropy"].append((-(log_p.exp() * log_p).sum(-1)).float().numpy())
+        parts["width"].append(batch.width.numpy())
+        if dense_check:
+            parts["dense"].append(dense[a:a + step].numpy())
+            _dense_check(d, batch, worst)
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    """The datasets, each with its checksum, and the attributes sealed (``seal_of``), into ``path`` atomically."""
+    sums = {name: checksum_of(values) for name, values in arrays.items()}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name, values in arrays.items():
                 ds = f.create_dataset(name, data=values)
-                ds.attrs[CHECKSUM] = checksum_of(values)
+                ds.attrs[CHECKSUM] = sums[name]
             f.attrs.update(attrs)
-    return TokenDump(path, int(len(width)), int(width.sum()), int(sum(a.nbytes for a in arrays.values())),
-                     time.perf_counter() - t0, worst if dense_check else {})
+            f.attrs[SEAL] = seal_of(attrs, sums)
+
+
+def seal_of(attrs: dict[str, Any], sums: dict[str, str]) -> str:
+    """sha256 over every attribute but the seal and every dataset's checksum: a changed attribute (k, the
+    temperatures, the vocabulary) is refused as a changed byte is."""
+    plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items() if k != SEAL}
+    return sha256_text(canonical_json({"attrs": plain, "checksums": sums}))
 
 
 def _cat(parts: list[np.ndarray], empty: tuple[int, ...], dtype) -> np.ndarray:
@@ -140,7 +215,10 @@ def _cat(parts: list[np.ndarray], empty: tuple[int, ...], dtype) -> np.ndarray:
 
 
 def _dense_check(dense: torch.Tensor, batch: SparseBatch, worst: dict[str, float]) -> None:
-    """Every subset's sparse targets against the dense ones of the stored (float16) values, at each temperature."""
+    """Every subset's sparse targets against the dense ones of the stored (float16) values, at each temperature;
+    and how far the bucketed KL falls below the dense one (each teacher in turn as the student, against the
+    mean of the others' probabilities: the largest gap, and the sums of the gaps and of the dense KLs over
+    ``kl_count`` of them)."""
     from itertools import combinations
 
     from ..core.sparse import subset_target
@@ -164,6 +242,20 @@ def _dense_check(dense: torch.Tensor, batch: SparseBatch, worst: dict[str, float
                 tail = dense_ml.masked_fill(member, 0).sum(-1)
                 over = (tail - ml.bound.exp().double()).clamp(min=0).max()  # a true tail beyond the bound: rounding
                 worst["mean_logits_outside_bound"] = max(worst["mean_logits_outside_bound"], float(over))
+        if n < 2:
+            continue
+        for t in range(n):  # the bucketed KL's gap below the dense KL
+            others = [u for u in range(n) if u != t]
+            p = torch.softmax(stored[:, others] / temp, -1).mean(1)
+            log_q = torch.log_softmax(stored[:, t] / temp, -1)
+            dense_kl = (p * (p.clamp_min(1e-300).log() - log_q)).sum(-1)
+            target = subset_target(batch, others, "mean_probs", temp)
+            bucket = bucket_kd(stored[:, t], batch, target, temp, reduce=False) / temp**2
+            gap = dense_kl - bucket.double()
+            worst["kl_gap_max"] = max(worst["kl_gap_max"], float(gap.max()))
+            worst["kl_gap_sum"] += float(gap.sum())
+            worst["kl_dense_sum"] += float(dense_kl.sum())
+            worst["kl_count"] += len(gap)
 
 
 class TokenStore:
@@ -182,6 +274,82 @@ class TokenStore:
         self.logits, self.tails = f["support/logits"][...], f["tails"][...]
         self.gold, self.entropy = f["gold"][...], f["entropy"][...]
         self.predicted = np.maximum(np.diff(self.sequences) - 1, 0)  # positions per sequence: its tokens but the first
+        self.dense_check = json.loads(a.get("dense_check", "null"))  # the dump's worst errors, if it checked
+        self.seal = str(a[SEAL])
+
+    # what a run reads of any store (``students.run``): the task, its metric, the teachers' hashes
+    kind = "lm"
+    metric = "perplexity"
+    sealed = True  # opening verified the seal: a token store without one is refused
+    imported = False
+    max_length = None
+    dev_labels = None
+
+    @property
+    def task(self) -> str:
+        return str(self.meta.get("task", ""))
+
+    @property
+    def task_file(self) -> dict[str, Any] | None:
+        return self.meta.get("task_file")
+
+    @property
+    def tokenizer(self) -> dict[str, str] | None:
+        return self.meta.get("tokenizer")
+
+    @property
+    def teachers_sha256(self) -> list[str]:
+        return [str(t.get("sha256")) for t in self.meta.get("teachers", [])]
+
+    dev_logits = None
+    teacher_forward_j = None
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        return [str(t.get("path")) for t in self.meta.get("teachers", [])]
+
+    @property
+    def dump_wall_s(self) -> float | None:
+        return (self.meta.get("dump") or {}).get("wall_s")
+
+    @property
+    def dump_energy_j(self) -> float | None:
+        return (self.meta.get("dump") or {}).get("energy_j")
+
+    @property
+    def teacher_forward_s(self) -> float | None:
+        """Seconds of one teacher's forward over one sequence at the dump (its teacher calls alone, timed)."""
+        forward = (self.meta.get("dump") or {}).get("forward_s")
+        return None if forward is None else forward / max(self.num_examples * self.num_teachers, 1)
+
+    @property
+    def num_examples(self) -> int:
+        """Sequences (a student's training examples)."""
+        return len(self.sequences) - 1
+
+    def positions_of(self, sequences: Iterable[int]) -> list[np.ndarray]:
+        """Each sequence's positions (its tokens 1..L-1, in order) in the store."""
+        first = np.concatenate([[0], np.cumsum(self.predicted)])
+        return [np.arange(first[s], first[s] + self.predicted[s]) for s in sequences]
+
+    def sequence(self, i: int) -> np.ndarray:
+        return self.tokens[self.sequences[i]:self.sequences[i + 1]]
+
+    @property
+    def has_dense(self) -> bool:
+        """Whether the dump kept the dense logits (``--dense-check``): ``dense(positions)`` gives them."""
+        return "dense" in self._f
+
+    def dense(self, positions: Iterable[int]) -> torch.Tensor:
+        """(B, n, V) float32: the teachers' dense logits at those positions (a ``--dense-check`` store only)."""
+        if not self.has_dense:
+            raise StoreError(f"{self.path} holds no dense logits (dumped without --dense-check)")
+        pos = np.asarray(list(positions), dtype=np.int64)
+        order = np.argsort(pos)
+        out = np.empty((len(pos), self.num_teachers, self.vocab_size), np.float32)
+        out[order] = self._f["dense"][pos[order]] if len(np.unique(pos)) == len(pos) else \
+            self._f["dense"][...][pos[order]]
+        return torch.from_numpy(out)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> TokenStore:
@@ -192,14 +360,19 @@ class TokenStore:
             f = h5py.File(path, "r")
         except OSError as exc:
             raise StoreError(f"{path} is not an HDF5 file ({' '.join(str(exc).split())[:100]})") from None
-        if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+        if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION or SEAL not in f.attrs:
             f.close()
             raise StoreError(f"{path} is not a token store of format {FORMAT} v{VERSION}")
+        sums = {}
         for name in datasets(f):
             want = f[name].attrs.get(CHECKSUM)
             if want is None or checksum_of(f[name][...]) != want:
                 f.close()
                 raise StoreError(f"{path}: the dataset {name} does not match its checksum (changed since the dump)")
+            sums[name] = str(want)
+        if f.attrs.get(SEAL) != seal_of(dict(f.attrs), sums):
+            f.close()
+            raise StoreError(f"{path}: its attributes do not match its seal (changed since the dump)")
         store = cls(path, f)
         if corpus_fingerprint(store.tokens, store.sequences) != store.fingerprint:
             f.close()
@@ -247,3 +420,127 @@ class TokenStore:
                                                                    "entropy"))
         return total / max(self.positions, 1) / max(self.num_teachers, 1)
 
+
+
+def merge_token_stores(shards: Sequence[str | os.PathLike], path: str | os.PathLike,
+                       meta: dict[str, Any] | None = None) -> TokenDump:
+    """One token store from shards of one dump (consecutive sequence ranges, same teachers, k, temperatures and
+    vocabulary), each verified as it is opened: the same datasets as one dump of all their sequences, bit for bit
+    (the support of a position depends on that position's logits alone). Written atomically to ``path``."""
+    import time
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    check_target(path, "token store")
+    stores = [TokenStore.open(p) for p in shards]
+    try:
+        if not stores:
+            raise StoreError("no shards to merge")
+        first = stores[0]
+        for s in stores[1:]:
+            mine = (s.vocab_size, s.k, s.num_teachers, s.temperatures, s.has_dense)
+            theirs = (first.vocab_size, first.k, first.num_teachers, first.temperatures, first.has_dense)
+            if mine != theirs:
+                raise StoreError(f"{s.path} is a shard of another dump (vocabulary, k, teachers, temperatures, dense: "
+                                 f"{mine}, not {theirs})")
+        arrays = {
+            "tokens": np.concatenate([s.tokens for s in stores]).astype(np.int32),
+            "sequences": _stack_offsets([s.sequences for s in stores]),
+            "support/offsets": _stack_offsets([s.offsets for s in stores]),
+            "support/ids": np.concatenate([s.ids for s in stores]).astype(np.int32),
+            "support/logits": np.concatenate([s.logits for s in stores]),
+            "tails": np.concatenate([s.tails for s in stores]),
+            "gold": np.concatenate([s.gold for s in stores]),
+            "entropy": np.concatenate([s.entropy for s in stores]),
+        }
+        if first.has_dense:
+            arrays["dense"] = np.concatenate([s._f["dense"][...] for s in stores])
+        checks = [s.dense_check for s in stores if s.dense_check]
+        worst = {key: (sum if key in SUMMED else max)(c[key] for c in checks) for key in checks[0]} if checks else None
+        attrs = {"format": FORMAT, "version": VERSION, "vocab_size": first.vocab_size, "k": first.k,
+                 "teachers": first.num_teachers, "temperatures": json.dumps(list(first.temperatures)),
+                 "fingerprint": corpus_fingerprint(arrays["tokens"], arrays["sequences"]),
+                 "dense_check": json.dumps(worst), "meta": json.dumps(meta or {}, sort_keys=True)}
+    finally:
+        for s in stores:
+            s.close()
+    write_arrays(path, arrays, attrs)
+    width = np.diff(arrays["support/offsets"])
+    return TokenDump(path, int(len(width)), int(width.sum()), int(sum(a.nbytes for a in arrays.values())),
+                     time.perf_counter() - t0, worst or {})
+
+
+def _stack_offsets(parts: list[np.ndarray]) -> np.ndarray:
+    """Offsets arrays (each from 0 to its total) of consecutive parts as one."""
+    out, base = [np.zeros(1, np.int64)], 0
+    for p in parts:
+        out.append(p[1:].astype(np.int64) + base)
+        base += int(p[-1])
+    return np.concatenate(out)
+
+
+def token_summary(store: TokenStore) -> dict[str, Any]:
+    """What ``mtd-cache inspect`` shows of a token store."""
+    width = np.diff(store.offsets)
+    mean = float(width.mean()) if len(width) else 0.0
+    return {"path": str(store.path), "format": FORMAT, "version": VERSION, "size_bytes": store.path.stat().st_size,
+            "task": store.meta.get("task"), "sequences": len(store.sequences) - 1, "tokens": int(len(store.tokens)),
+            "positions": store.positions, "vocab_size": store.vocab_size, "k": store.k,
+            "temperatures": list(store.temperatures), "num_teachers": store.num_teachers,
+            "teachers": store.meta.get("teachers", []), "mean_support": mean, "support_over_k": mean / store.k,
+            "max_support": int(width.max()) if len(width) else 0,
+            "bytes_per_token_per_teacher": store.bytes_per_token(), "dense_check": store.dense_check,
+            "dense_logits": store.has_dense, "dump": store.meta.get("dump"), "fingerprint": store.fingerprint,
+            "seal_sha256": store.seal}
+
+
+def format_token_summary(info: dict[str, Any]) -> str:
+    lines = [f"store        {info['path']} ({info['size_bytes'] / 1e6:.1f} MB, {info['format']} v{info['version']})",
+             f"task         {info['task']} (language modelling)",
+             f"corpus       {info['sequences']} sequences, {info['tokens']} tokens, {info['positions']} predicted "
+             f"positions; vocabulary {info['vocab_size']}",
+             f"support      k = {info['k']}: |U| mean {info['mean_support']:.1f} = {info['support_over_k']:.2f} k "
+             f"(max {info['max_support']}, at most {info['num_teachers']} k); "
+             f"{info['bytes_per_token_per_teacher']:.0f} bytes per position and teacher",
+             f"tails        complement log-sum-exp at T = {', '.join(f'{t:g}' for t in info['temperatures'])}",
+             f"teachers     {info['num_teachers']}"]
+    for i, t in enumerate(info["teachers"]):
+        ppl = t.get("dev_perplexity")
+        lines.append(f"  [{i}] seed {t.get('seed')}  dev perplexity {'n/a' if ppl is None else f'{ppl:.2f}'}  "
+                     f"{t.get('path', '')}".rstrip())
+    d = info.get("dump") or {}
+    if d.get("wall_s"):
+        energy = "unknown" if d.get("energy_j") is None else f"{d['energy_j']:.0f} J"
+        lines.append(f"dump cost    {d['wall_s']:.1f} s in {d.get('shards')} shard(s), "
+                     f"{d['positions_per_s']:.0f} positions/s, energy {energy}")
+    c = info.get("dense_check")
+    if c:
+        gap = c["kl_gap_sum"] / max(c["kl_count"], 1)
+        dense = c["kl_dense_sum"] / max(c["kl_count"], 1)
+        lines.append(f"dense check  every subset: mean of probabilities max |error| {c['mean_probs']:.2e}; mean of "
+                     f"logits' true tail beyond its bound by at most {c['mean_logits_outside_bound']:.2e}; the "
+                     f"bucketed KL below the dense one by {gap:.4f} nats on average ({gap / max(dense, 1e-12):.1%} of "
+                     f"the dense KL; at most {c['kl_gap_max']:.4f})")
+    lines += [f"fingerprint  {info['fingerprint']}", f"seal         {info['seal_sha256']} (every checksum verified)"]
+    return "\n".join(lines)
+
+
+def is_token_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a token store (its format attribute), without verifying it."""
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == FORMAT
+    except OSError:
+        return False
+
+
+def open_store(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """A classification store (``TeacherStore``) or a token store, whichever ``path`` holds, verified."""
+    if is_token_store(path):
+        return TokenStore.open(path)
+    from .reader import TeacherStore
+
+    return TeacherStore.open(path, **kwargs)

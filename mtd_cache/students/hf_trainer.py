@@ -76,3 +76,44 @@ class DistillationTrainer(Trainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
                            else self.args.n_gpu)
         return loss
+
+
+class CausalLMDistillationTrainer(Trainer):
+    """``Trainer`` for a causal LM student whose loss is ``alpha_ce * CE(next token) + alpha_kd * KD^k`` against a
+    token store's targets (``KDTargets`` on a token store: ``students.lm_targets.TokenTargets``), on every
+    predicted position of the batch. Training examples are the store's sequences by ``index``
+    (``train_dataset=targets.dataset(), data_collator=targets.collate``); batches without an ``index`` (an
+    evaluation set) get the cross-entropy alone, so ``exp(eval_loss)`` is their perplexity (over batches)."""
+
+    def __init__(self, *args: Any, targets: Any, alpha_ce: float = 0.5, alpha_kd: float = 0.5,
+                 index_column: str = "index", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # a mean per micro-batch: Trainer divides by the accumulation steps
+        self.targets, self.alpha_ce, self.alpha_kd = targets, float(alpha_ce), float(alpha_kd)
+        self.index_column = index_column
+        self.last_terms: dict[str, float] = {}
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, self.index_column]
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        inputs = dict(inputs)
+        index = inputs.pop(self.index_column, None)
+        labels = inputs.pop("labels", None)
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        mask = (labels != -100) if mask is None and labels is not None else \
+            torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        outputs = model(input_ids=ids, attention_mask=mask.long())
+        valid = mask[:, 1:] & mask[:, :-1]
+        flat = outputs.logits[:, :-1][valid]
+        ce = torch.nn.functional.cross_entropy(flat.float(), ids[:, 1:][valid])
+        terms = {"ce": ce}
+        loss = ce if index is None else self.alpha_ce * ce
+        if index is not None and self.alpha_kd:
+            terms["kd"] = self.targets.loss(flat, index.tolist())
+            loss = loss + self.alpha_kd * terms["kd"]
+        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return (loss, outputs) if return_outputs else loss

@@ -32,6 +32,7 @@ from ..core.settings import Resolved
 from ..models import factory
 from ..store import TeacherStore
 from ..store.seal import unsealed
+from ..store.tokens import open_store
 from ..tasks.registry import task_of_store
 from ..teachers import Teacher
 from .context import StudentContext
@@ -113,7 +114,7 @@ class PlannedRun:
 def plan_run(req: RunRequest) -> PlannedRun:
     """Every check that can fail, before anything is trained or written; the run's id, record and lock."""
     recipe = get_recipe(req.student)
-    store = TeacherStore.open(req.store)
+    store = open_store(req.store)
     if not (store.sealed or req.allow_unverified):
         raise unsealed(store.path)
     kind = _store_kind(store)
@@ -248,6 +249,8 @@ def finish(planned: PlannedRun, ctx: StudentContext, job: Fit, history: list[dic
 def _write_predictions(planned: PlannedRun, job: Fit) -> str | None:
     """The student's class ids on the evaluation set (and its labels), ``<run_id>.predictions.npz`` beside the
     record: what the report's confidence intervals resample. Returns the file's name, None without predictions."""
+    if getattr(planned.store, "kind", None) == "lm" and job.predictions is not None:
+        return _write_sequence_scores(planned, np.asarray(job.predictions))
     labels = job.prediction_labels if job.prediction_labels is not None else planned.store.dev_labels
     if job.predictions is None or labels is None:
         return None
@@ -262,6 +265,18 @@ def _write_predictions(planned: PlannedRun, job: Fit) -> str | None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, pred=pred.astype(small), label=labels.astype(small))
+    return path.name
+
+
+def _write_sequence_scores(planned: PlannedRun, scores: np.ndarray) -> str:
+    """A language-model student's dev scores per sequence, ``<run_id>.predictions.npz``: ``nll`` (the NLL summed
+    over the sequence's predicted tokens), ``tokens`` (their count) and ``correct`` (its argmax's right ones),
+    what the report resamples perplexity by sequence from (a ratio of sums)."""
+    path = planned.record.with_suffix(".predictions.npz")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, nll=scores[0].astype(np.float64), tokens=scores[1].astype(np.int64),
+                     correct=scores[2].astype(np.int64))
     return path.name
 
 

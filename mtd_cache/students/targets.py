@@ -17,6 +17,7 @@ store was dumped from.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,22 @@ class KDTargets:
     that weigh teachers by their cross-entropy to the label take ``labels=`` in ``loss``); ``weights``: one per
     teacher of ``teachers``, in that order (None: equal); ``scale`` and ``divergence`` as ``losses.kd_loss``
     (defaults: Hinton's sum over classes times t^2, soft cross-entropy; "taid" needs a run's schedule: not here).
+    On a token store (language-model teachers) it is a ``students.lm_targets.TokenTargets``: the rules
+    "mean_probs", "mean_losses", "mean_logits" on each position's union support plus one tail bucket.
     """
+
+    def __new__(cls, store: Any, *args: Any, **kwargs: Any) -> Any:
+        """On a token store (language-model teachers): its ``students.lm_targets.TokenTargets``."""
+        from ..store.tokens import TokenStore, is_token_store
+
+        if isinstance(store, TokenStore) or (isinstance(store, (str, Path)) and is_token_store(store)):
+            from .lm_targets import TokenTargets
+
+            kwargs.pop("scale", None)
+            if kwargs.get("divergence") == "ce":
+                kwargs.pop("divergence")
+            return TokenTargets(store, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, store: TeacherStore | str | Path, teachers: Sequence[int], rule: str = "mean_logits",
                  weights: Sequence[float] | None = None, temperature: float = 1.0, scale: str = "sum_t2",
@@ -221,6 +237,11 @@ class KDTargets:
     @property
     def kd_scale(self) -> str:  # the objective reads the KD settings by the recipes' names
         return self.scale
+
+
+# the constructor's own parameters, not ``__new__``'s pass-through ones, for help() and the public API listing
+KDTargets.__signature__ = inspect.signature(KDTargets.__init__).replace(
+    parameters=list(inspect.signature(KDTargets.__init__).parameters.values())[1:])
 
 
 def _numpy(x: Any) -> np.ndarray:

@@ -68,12 +68,12 @@ def estimate_lines(todo: list[Job], cfg: Any, workers: int, request: Callable[[J
 
 def _per_run(job: Job, cfg: Any, request: Callable[[Job], Any] | None) -> tuple[float | None, str, int | None]:
     """(seconds per run, how it was found, bytes of the student's weights if known)."""
-    from ..store import TeacherStore
+    from ..store.tokens import open_store
 
     store_path = Path(cfg.stores[job.store_index])
     if not store_path.exists():
         return None, f"{store_path} is not there yet", None
-    with TeacherStore.open(store_path) as store:
+    with open_store(store_path) as store:
         examples, task = int(store.num_examples), store.task
     epochs = _epochs(job, cfg)
     rate = _measured_rate(job, cfg, task)

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..core.errors import EXIT_INCOMPLETE, MtdError
 from ..core.safe_files import append_line, check_target
-from ..store import TeacherStore
+from ..store.tokens import open_store
 from ..store.validate import refuse_unfinished
 from ..students.pack import MAX_STUDENTS, auto_size, execute_pack, packable, packs, peak_memory
 from ..students.recipes import get_recipe, student_traits
@@ -36,7 +36,7 @@ from ..students.run import PlannedRun, RunRequest, execute_run, plan_run
 from .estimate import estimate_lines
 from .executors import check_slurm, run_local, run_ray, run_slurm, threads_per_run
 from .plan import Job, Pack, Unit, arrange, first_overrides, members, plan_sweep, rule_overrides, with_rules
-from .records import is_dead, load_predictions
+from .records import dead_of
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _fingerprints(stores: tuple[str, ...]) -> tuple[str, ...]:
     """The sorted fingerprints of a sweep's repeat stores: one experiment over all of them."""
     out = []
     for path in stores:
-        with TeacherStore.open(path) as s:  # opened once per process and file version
+        with open_store(path) as s:  # opened once per process and file version
             out.append(s.fingerprint)
     return tuple(sorted(out))
 
@@ -144,7 +144,7 @@ def _outcome(job: Job, cfg: SweepConfig, planned: PlannedRun, rec: dict[str, Any
         return {**base, "status": "skipped"}
     _event(cfg.out, "finish", job, planned.run_id)
     predictions = rec.get("predictions")
-    dead = is_dead(load_predictions(str(planned.record.parent / predictions))) if predictions else None
+    dead = dead_of(rec, str(planned.record.parent / predictions) if predictions else None)
     return {**base, "status": "done", "metric": rec["metric"], "metric_name": rec.get("metric_name"),
             "wall_s": rec["wall_s"], "dead": dead}
 
@@ -335,7 +335,7 @@ def check_config(cfg: SweepConfig) -> None:
     prints: dict[str, str] = {}
     for path in cfg.stores:
         if Path(path).exists():
-            with TeacherStore.open(path) as s:
+            with open_store(path) as s:
                 if len(cfg.stores) > 1 and s.fingerprint in prints:
                     raise MtdError(f"--store {path} and --store {prints[s.fingerprint]} hold the same data "
                                    f"(fingerprint {s.fingerprint[:12]}): R repeat stores must differ (e.g. "

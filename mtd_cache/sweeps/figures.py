@@ -14,7 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..core.safe_files import atomic_path  # noqa: E402
+from ..tasks.chance import lower_is_better  # noqa: E402
 from .aggregate import MODES  # noqa: E402
+from .tables import units  # noqa: E402
 
 
 def figures(per_k: pd.DataFrame, stem: Path, lines: dict[str, float], diffs: pd.DataFrame | None = None) -> list[Path]:
@@ -114,9 +116,12 @@ def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, ti
                   fontsize="medium")
     top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
+    factor, unit = units(str(per_k["metric_name"].iloc[0]))
+    what = "multi minus single in points" if unit == "points" else f"the {unit}, single minus multi"
+
     def points(name: str, col: str = "estimate") -> np.ndarray:
         rows = diffs[diffs["difference"] == name].set_index("k").reindex(per_k["k"].to_numpy())
-        return 100 * rows[col].to_numpy(float)
+        return factor * rows[col].to_numpy(float)
 
     sides = [("eq_worst", "equal effort" if r == 1 else "equal effort, worst")] + \
         ([] if r == 1 else [("eq_best", "equal effort, best")])
@@ -135,12 +140,13 @@ def equal_effort_figure(per_k: pd.DataFrame, diffs: pd.DataFrame, stem: Path, ti
         bottom.scatter(x, points(total), marker="v" if label == "worst" else "^", color="k", zorder=3,
                        label=f"{label}-case difference")
     bottom.axhline(0, color="0.3", linewidth=0.8)
-    bottom.set(xlabel="number of teachers k", ylabel="multi - single (points)")
+    bottom.set(xlabel="number of teachers k", ylabel="multi - single (points)" if unit == "points" else
+               f"{unit} (single - multi)")
     bottom.set_xticks(sorted(set(k)))
     bottom.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     _caption(fig, MODES_IN_WORDS + ("top: each mode's mean run" if r == 1 else f"top: the expected worst and best "
                                     f"of R = {r} runs of each mode") + " (equal effort: the same number of runs); "
-             "bottom: multi minus single in points, the equal-effort difference with its 95% interval, and the "
+             f"bottom: {what}, the equal-effort difference with its 95% interval, and the "
              "worst- and best-case differences as bars: their equal-effort part plus the selection part (the "
              "extreme of more runs).", per_k)
     fig.subplots_adjust(right=0.66, bottom=0.17, hspace=0.08)
@@ -152,6 +158,10 @@ def granularity(per_k: pd.DataFrame) -> str:
     m = per_k["eval_examples"].iloc[0] if "eval_examples" in per_k else np.nan
     if pd.isna(m):
         return "evaluation set size unknown (no predictions kept): no intervals"
+    if lower_is_better(str(per_k["metric_name"].iloc[0])):
+        return (f"evaluation set: {int(m)} sequences, resampled whole; shaded: ±1 std over combinations; bars: 95% "
+                "intervals (mostly the evaluation set's luck, which both modes share: compare modes with the "
+                "differences)")
     return (f"evaluation set: {int(m)} examples, one example = {100 / m:.3g} points; shaded: ±1 std over "
             "combinations; bars: 95% intervals (they are mostly the evaluation set's luck, which both modes share: "
             "compare modes with the differences)")

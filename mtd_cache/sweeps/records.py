@@ -18,7 +18,8 @@
 - **Dead runs.** A student that predicts one class for the whole evaluation set,
   or scores no more than a point above always predicting the majority class, has
   diverged (a lost seed lottery, not a result to average): ``dead`` is flagged when
-  its predictions were kept, ``<NA>`` otherwise.
+  its predictions were kept, ``<NA>`` otherwise. A language-model student is dead
+  when its dev perplexity is no better than its training tokens' unigram distribution.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import pandas as pd
 from ..core.errors import MtdError
 from ..core.safe_files import open_regular, read_text
 from ..students.record import STAGE1_RECORD, experiment_of, make_experiment_id, make_run_id
-from ..tasks.chance import chance_reason
+from ..tasks.chance import chance_reason, lower_is_better, unigram_reason
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,17 @@ def _normalise(rec: dict[str, Any], path: Path) -> dict[str, Any]:
     name = rec.get("predictions")  # a file beside the record, by name: never a path elsewhere
     out["predictions"] = str(path.parent / name) if isinstance(name, str) and name and Path(name).name == name \
         and name not in (".", "..") else None
-    out["dead"] = is_dead(load_predictions(out["predictions"])) if out["predictions"] else None
+    out["dead"] = dead_of(rec, out["predictions"])
     return out
+
+
+def dead_of(rec: dict[str, Any], predictions: str | None) -> bool | None:
+    """Whether a finished run died: a classifier at chance (``is_dead``), a language model no better than the
+    unigram distribution of its training tokens (its record's ``unigram_perplexity``); None when unknown."""
+    if lower_is_better(rec.get("metric_name", "")):
+        bar, value = rec.get("unigram_perplexity"), rec.get("metric")
+        return None if bar is None or value is None else unigram_reason(float(value), float(bar)) is not None
+    return is_dead(load_predictions(predictions)) if predictions else None
 
 
 def canonical_identity(identity: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +187,18 @@ def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
             return z["pred"].astype(np.int64), z["label"].astype(np.int64)
     except (OSError, KeyError, ValueError, EOFError, AttributeError) as exc:
         log.warning("%s: predictions not readable (%s): no intervals from this run", path, exc)
+        return None
+
+
+def load_sequence_scores(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(NLL summed per evaluation sequence, predicted tokens per sequence) of a language-model run, or None."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
+            return z["nll"].astype(np.float64), z["tokens"].astype(np.int64)
+    except (OSError, KeyError, ValueError, EOFError, AttributeError) as exc:
+        log.warning("%s: sequence scores not readable (%s): no intervals from this run", path, exc)
         return None
 
 

@@ -84,7 +84,7 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
         written.append(_write_text(out / f"{name}.csv", table.to_csv(index=False)))
         md = _summary_markdown(summary, differences, titles, notes, df[df["k"] == 0]) if name == "summary" else \
             _cost_markdown(table, df, main, titles, shared) if name == "cost" else \
-            differences_markdown(table, titles) if name == "differences" else markdown(table)
+            differences_markdown(table, titles, _metrics(df)) if name == "differences" else markdown(table)
         written.append(_write_text(out / f"{name}.md", md))
     rules = compare_rules(df, n_resamples, seed)
     if len(rules):
@@ -104,6 +104,11 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, reference_lines: 
         written += figures(per_k.assign(title=titles.get(exp, "")), out / stem, lines, exp_diffs)
     log.info("report: %d files in %s", len(written), out)
     return written
+
+
+def _metrics(df: pd.DataFrame) -> dict[str, str]:
+    """Each experiment's metric name."""
+    return {str(e): str(m) for e, m in df.groupby("experiment")["metric_name"].first().items()} if len(df) else {}
 
 
 def experiment_titles(df: pd.DataFrame) -> dict[str, str]:

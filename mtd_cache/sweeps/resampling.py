@@ -94,6 +94,15 @@ def counts_for(pred: np.ndarray, labels: np.ndarray, metric: str) -> Counts:
     raise ValueError(f"no bootstrap for the metric {metric!r}")
 
 
+def perplexity_counts(nll: np.ndarray, tokens: np.ndarray) -> Counts:
+    """A language model's score from ``nll`` (runs, M), each evaluation sequence's summed next-token NLL, and
+    ``tokens`` (M,), its predicted tokens: minus the perplexity exp(sum NLL / sum tokens) of the resampled
+    sequences (a ratio of sums, never a mean of per-sequence perplexities), negated so that higher is better as
+    the statistics take it (``tasks.chance.sign``)."""
+    return Counts([np.asarray(nll, np.float64), np.asarray(tokens, np.float64)[None]],
+                  lambda c, n: -np.exp(c[0] / np.maximum(c[1], 1.0)), len(nll))
+
+
 def _f1(c: list[np.ndarray], n: float) -> np.ndarray:
     """sklearn's binary F1 of class 1, 0 when undefined."""
     tp, fp, fn = c

@@ -42,7 +42,8 @@ def from_stores(df: pd.DataFrame) -> tuple[dict[str, dict[str, float]], Shared]:
 
 def _store(path: Path, shared: Shared) -> dict[str, float]:
     """The store's reference lines; its costs and rate into ``shared``."""
-    from ..store import TeacherStore, read_forward_sidecar
+    from ..store import read_forward_sidecar
+    from ..store.tokens import open_store
     from ..tasks.agreement import agreement
     from ..tasks.registry import task_of_store
 
@@ -50,7 +51,7 @@ def _store(path: Path, shared: Shared) -> dict[str, float]:
     if not path.exists():
         log.warning("store %s of some records is gone: no ensemble line or teacher costs from it", path)
         return {}
-    with TeacherStore.open(path, check_finite=False) as s:
+    with open_store(path, check_finite=False) as s:
         lines = {}
         try:
             shared.agreement[key] = agreement(s)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from ..tasks.chance import lower_is_better, sign
 from . import resampling
 from .aggregate import VARIANTS, aggregate, dead_flags
 from .uncertainty import DIFFERENCES, N_RESAMPLES, experiment_intervals
@@ -31,6 +32,8 @@ def summarize(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int 
     parts, diffs, notes = [], [], {}
     for exp, runs in students.groupby("experiment", sort=True) if len(students) else []:
         runs = runs.reset_index(drop=True)
+        direction = sign(str(runs["metric_name"].iloc[0]))
+        runs = runs.assign(metric=direction * runs["metric"])  # scores: higher is better (perplexity negated)
         exp_pool = tuple(sorted(pool if pool is not None else {t for ts in runs["teachers"] for t in ts}))
         r = repeats if repeats is not None else int(runs["seed"].nunique())
         dead = dead_flags(runs)
@@ -52,7 +55,7 @@ def summarize(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int 
                 diff = got.differences
                 if not exclude:
                     notes[exp] += _interval_notes(got, runs)
-            parts.append(summary)
+            parts.append(in_metric_units(summary, direction))
             diffs.append(diff.assign(experiment=exp, variant=VARIANTS[exclude]))
         if dead.any():
             notes[exp].append(_dead_note(runs, dead))
@@ -63,6 +66,21 @@ def summarize(df: pd.DataFrame, pool: Iterable[int] | None = None, repeats: int 
     summary = pd.concat(parts, ignore_index=True) if parts else aggregate(df, pool, repeats)
     differences = pd.concat(diffs, ignore_index=True)[DIFF_COLUMNS] if diffs else pd.DataFrame(columns=DIFF_COLUMNS)
     return summary, differences, notes
+
+
+def in_metric_units(summary: pd.DataFrame, direction: float) -> pd.DataFrame:
+    """The curves back in the metric's units from scores (``direction`` -1: a lower-is-better metric, whose
+    ``_min`` columns then hold the worst case, its highest value); the differences stay scores: multi better
+    is positive for every metric (for perplexity, the reduction single minus multi)."""
+    if direction > 0:
+        return summary
+    out = summary.copy()
+    for c in resampling.CURVES:
+        if f"{c}_mean" in out:
+            out[f"{c}_mean"] = -out[f"{c}_mean"]
+        if f"{c}_ci_low" in out:
+            out[f"{c}_ci_low"], out[f"{c}_ci_high"] = -summary[f"{c}_ci_high"], -summary[f"{c}_ci_low"]
+    return out
 
 
 def point_differences(runs: pd.DataFrame, pool: tuple[int, ...], r: int, exclude: np.ndarray | None) -> pd.DataFrame:
@@ -78,7 +96,9 @@ def point_differences(runs: pd.DataFrame, pool: tuple[int, ...], r: int, exclude
 
 def _interval_notes(got, runs: pd.DataFrame) -> list[str]:
     m = got.eval_examples
-    lines = [f"evaluation set: {m} examples: one example = {100 / m:.3g} points; intervals: 95%, paired bootstrap"]
+    lines = [f"evaluation set: {m} sequences (perplexity resampled by sequence: exp of a ratio of sums); intervals: "
+             "95%, paired bootstrap" if lower_is_better(str(runs["metric_name"].iloc[0])) else
+             f"evaluation set: {m} examples: one example = {100 / m:.3g} points; intervals: 95%, paired bootstrap"]
     if got.repeats < 2:
         lines.append("1 repeat (one student seed per run): the intervals cover the evaluation examples only; the "
                      "seed lottery's spread is not estimable from one repeat. 2 repeats make it estimable (--repeats; "
@@ -118,6 +138,8 @@ def _dead_counts(summary: pd.DataFrame, runs: pd.DataFrame, dead: np.ndarray) ->
 
 def _dead_note(runs: pd.DataFrame, dead: np.ndarray) -> str:
     single = int((dead & (runs["k"].to_numpy() == 1)).sum())
-    return (f"{int(dead.sum())} dead runs (one class predicted, or no better than the majority class), {single} of "
+    why = "no better than the unigram distribution" if lower_is_better(str(runs["metric_name"].iloc[0])) else \
+        "one class predicted, or no better than the majority class"
+    return (f"{int(dead.sum())} dead runs ({why}), {single} of "
             "them single-teacher: kept in the main numbers (a lost seed lottery), left out with their combinations "
             "in the dead-excluded variant; see runs.md")

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..tasks.chance import lower_is_better
+
 DEFINITIONS = """\
 **How to read this report.** A *run* is one student trained once, from one seed. For a number of teachers k
 and each k-combination of the pool, the *multi-teacher mode* holds the runs distilled from the average of
@@ -33,9 +35,25 @@ from one of its members alone (the k = 1 runs of each member, every repeat).
 - *Dead* runs (one class predicted, or no better than the majority class) stay in the numbers (a lost seed
   lottery is what the worst case measures); where there are any, a *dead excluded* variant follows, without
   every combination that holds one (in both modes).
+- A lower-is-better metric (a language model's perplexity, resampled by evaluation sequence as a ratio of
+  sums): *worst* is the highest value, *best* the lowest, and each difference is the reduction, single-teacher
+  minus multi-teacher, in the metric's units: positive still means the multi-teacher mode is better, and P(>0)
+  is the confidence in that. A language-model student is dead when it is no better than the unigram
+  distribution of its training tokens.
 """
 
 MODE_NAMES = {"multi": "multi-teacher", "single": "single-teacher"}
+
+
+def units(metric: str) -> tuple[float, str]:
+    """(factor, name) of a difference of ``metric``'s scores: points (100 x) of a higher-is-better metric; the
+    reduction of a lower-is-better one (perplexity), in its own units, positive when the multi-teacher mode is
+    better, as every difference of the report."""
+    return (1.0, f"{metric} reduction") if lower_is_better(metric) else (100.0, "points")
+
+
+def _units(per_k: pd.DataFrame) -> tuple[float, str]:
+    return units(str(per_k["metric_name"].iloc[0])) if len(per_k) and "metric_name" in per_k else (100.0, "points")
 
 
 def experiment_markdown(title: str, per_k: pd.DataFrame, diffs: pd.DataFrame, notes: list[str]) -> str:
@@ -53,6 +71,7 @@ def equal_effort_table(per_k: pd.DataFrame, diffs: pd.DataFrame) -> str:
     """The headline: per k each mode's equal-effort value and their difference with its interval; one table for
     the mean run (R = 1), else one for the expected worst and one for the expected best of R runs."""
     r = int(per_k["eq_r"].iloc[0]) if len(per_k) else 1
+    unit = _units(per_k)
     one = r == 1 or _same(per_k, "eq_multi_min_mean", "eq_multi_max_mean") and \
         _same(per_k, "eq_single_min_mean", "eq_single_max_mean")
     sides = [("the mean run of each mode", "min", "eq_worst")] if one else \
@@ -65,7 +84,7 @@ def equal_effort_table(per_k: pd.DataFrame, diffs: pd.DataFrame) -> str:
             k = int(row["k"])
             rows.append({"k": k, "combos": int(row["eq_n_combinations"]),
                          "multi-teacher": _score(row, f"eq_multi_{stat}"),
-                         "single-teacher": _score(row, f"eq_single_{stat}"), **_difference(diffs, k, name, ""),
+                         "single-teacher": _score(row, f"eq_single_{stat}"), **_difference(diffs, k, name, "", unit),
                          "dead (multi/single)": _dead(row)})
         parts.append(f"### Equal effort: {label}\n\n" + markdown(pd.DataFrame(rows)))
     return "\n".join(parts)
@@ -74,17 +93,18 @@ def equal_effort_table(per_k: pd.DataFrame, diffs: pd.DataFrame) -> str:
 def split_table(per_k: pd.DataFrame, diffs: pd.DataFrame) -> str:
     """The worst- and best-case differences, each as equal-effort gain + selection effect."""
     rows = []
+    unit = _units(per_k)
     for _, row in per_k.iterrows():
         k = int(row["k"])
         out: dict[str, Any] = {"k": k}
         for side, total, eq, sel in (("worst", "worst", "eq_worst", "selection_worst"),
                                      ("best", "best", "eq_best", "selection_best")):
-            d = _difference(diffs, k, total, f"{side}: ")
-            out[f"{side}: difference [95% CI]"] = d[f"{side}: difference (points)"]
-            out[f"{side}: = equal effort"] = _points(diffs, k, eq)
-            out[f"{side}: + selection"] = _points(diffs, k, sel)
+            d = _difference(diffs, k, total, f"{side}: ", unit)
+            out[f"{side}: difference [95% CI]"] = d[f"{side}: difference ({unit[1]})"]
+            out[f"{side}: = equal effort"] = _points(diffs, k, eq, unit)
+            out[f"{side}: + selection"] = _points(diffs, k, sel, unit)
         rows.append(out)
-    return "### Worst and best case, split into equal-effort gain and selection effect (points)\n\n" + \
+    return f"### Worst and best case, split into equal-effort gain and selection effect ({unit[1]})\n\n" + \
         markdown(pd.DataFrame(rows))
 
 
@@ -104,19 +124,21 @@ def curves_table(per_k: pd.DataFrame) -> str:
         markdown(pd.DataFrame(rows))
 
 
-def differences_markdown(diffs: pd.DataFrame, titles: dict[str, str]) -> str:
-    """``differences.md``: every difference in points, with its interval, P(>0), what it covers and how."""
+def differences_markdown(diffs: pd.DataFrame, titles: dict[str, str], metrics: dict[str, str] | None = None) -> str:
+    """``differences.md``: every difference in points (``metrics``, experiment -> metric name: a lower-is-better
+    one's as its reduction), with its interval, P(>0), what it covers and how."""
     if not len(diffs):
         return markdown(pd.DataFrame(columns=["k", "difference", "points"]))
-    table = diffs.copy()
-    for col in ("estimate", "ci_low", "ci_high"):
-        table[col] = 100 * table[col]
-    table = table.rename(columns={"estimate": "points", "ci_low": "95% low", "ci_high": "95% high",
-                                  "p_positive": "P(>0)"})
     parts = []
-    for exp, rows in table.groupby("experiment", sort=True):
+    for exp, rows in diffs.groupby("experiment", sort=True):
+        factor, unit = units((metrics or {}).get(exp, "accuracy"))
+        table = rows.copy()
+        for col in ("estimate", "ci_low", "ci_high"):
+            table[col] = factor * table[col]
+        table = table.rename(columns={"estimate": unit, "ci_low": "95% low", "ci_high": "95% high",
+                                      "p_positive": "P(>0)"})
         parts.append(f"## experiment {exp[:8]}" + (f": {titles[exp]}" if exp in titles else "") + "\n")
-        parts.append(markdown(_equal_effort_once(rows.drop(columns=["experiment"])), digits=3))
+        parts.append(markdown(_equal_effort_once(table.drop(columns=["experiment"])), digits=3))
     return "\n".join(parts)
 
 
@@ -145,22 +167,25 @@ def _score(row: pd.Series, curve: str) -> str:
     return "" if pd.isna(v) else f"{v:.4f}"
 
 
-def _difference(diffs: pd.DataFrame, k: int, name: str, tag: str) -> dict[str, str]:
-    """Columns "<tag>difference (points)" (with its 95% interval), "P(>0)" and "covers" of one difference."""
+def _difference(diffs: pd.DataFrame, k: int, name: str, tag: str,
+                unit: tuple[float, str] = (100.0, "points")) -> dict[str, str]:
+    """Columns "<tag>difference (points)" (with its 95% interval; ``unit``: its factor and name), "P(>0)" and
+    "covers" of one difference."""
+    factor, label = unit
     d = _row(diffs, k, name)
     if d is None or pd.isna(d["estimate"]):
-        return {f"{tag}difference (points)": "", f"{tag}P(>0)": "", f"{tag}covers": ""}
-    text = f"{100 * d['estimate']:+.2f}"
+        return {f"{tag}difference ({label})": "", f"{tag}P(>0)": "", f"{tag}covers": ""}
+    text = f"{factor * d['estimate']:+.2f}"
     if pd.notna(d.get("ci_low")):
-        text += f" [{100 * d['ci_low']:+.2f}, {100 * d['ci_high']:+.2f}]"
-    return {f"{tag}difference (points)": text,
+        text += f" [{factor * d['ci_low']:+.2f}, {factor * d['ci_high']:+.2f}]"
+    return {f"{tag}difference ({label})": text,
             f"{tag}P(>0)": "" if pd.isna(d.get("p_positive")) else f"{d['p_positive']:.3f}",
             f"{tag}covers": d.get("covers") or ""}
 
 
-def _points(diffs: pd.DataFrame, k: int, name: str) -> str:
+def _points(diffs: pd.DataFrame, k: int, name: str, unit: tuple[float, str] = (100.0, "points")) -> str:
     d = _row(diffs, k, name)
-    return "" if d is None or pd.isna(d["estimate"]) else f"{100 * d['estimate']:+.2f}"
+    return "" if d is None or pd.isna(d["estimate"]) else f"{unit[0] * d['estimate']:+.2f}"
 
 
 def _row(diffs: pd.DataFrame, k: int, name: str) -> pd.Series | None:

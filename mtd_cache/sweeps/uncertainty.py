@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..tasks.chance import lower_is_better
 from . import resampling
-from .records import load_predictions
+from .records import load_predictions, load_sequence_scores
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Intervals:
 
     per_k: pd.DataFrame  # k, <curve>_ci_low, <curve>_ci_high
     differences: pd.DataFrame  # k, difference, estimate, ci_low, ci_high, p_positive, covers, method
-    eval_examples: int  # M: one example = 100 / M points
+    eval_examples: int  # M: one example = 100 / M points (a language model's: evaluation sequences)
     repeats: int  # R: the distinct student seeds
     covers: str  # "examples" or "examples+seeds"
     why_examples_only: str | None  # when R >= 2 but the seeds could not be resampled
@@ -44,21 +45,32 @@ def experiment_intervals(runs: pd.DataFrame, metric: str, pool: tuple[int, ...],
 
     ``r``: the runs drawn for the equal-effort values; ``exclude`` (bool per run): combinations holding any of
     these runs are left out in both modes (the dead-excluded variant)."""
-    loaded = [load_predictions(p) for p in runs["predictions"]]
-    if any(x is None for x in loaded):
-        return f"{sum(x is None for x in loaded)} of {len(loaded)} runs kept no predictions"
-    labels = loaded[0][1]
-    if any(len(lab) != len(labels) or not np.array_equal(lab, labels) for _, lab in loaded):
-        return "the runs were scored on different evaluation sets"
-    pred = np.stack([p for p, _ in loaded])
-    try:
-        counts = resampling.counts_for(pred, labels, metric)
-    except ValueError as exc:
-        return str(exc)
+    if lower_is_better(metric):  # a language model's: NLL sums and token counts per evaluation sequence
+        scores = [load_sequence_scores(p) for p in runs["predictions"]]
+        if any(x is None for x in scores):
+            return f"{sum(x is None for x in scores)} of {len(scores)} runs kept no sequence scores"
+        tokens = scores[0][1]
+        if any(len(t) != len(tokens) or not np.array_equal(t, tokens) for _, t in scores):
+            return "the runs were scored on different evaluation sequences"
+        counts = resampling.perplexity_counts(np.stack([nll for nll, _ in scores]), tokens)
+        m = len(tokens)
+    else:
+        loaded = [load_predictions(p) for p in runs["predictions"]]
+        if any(x is None for x in loaded):
+            return f"{sum(x is None for x in loaded)} of {len(loaded)} runs kept no predictions"
+        labels = loaded[0][1]
+        if any(len(lab) != len(labels) or not np.array_equal(lab, labels) for _, lab in loaded):
+            return "the runs were scored on different evaluation sets"
+        pred = np.stack([p for p, _ in loaded])
+        try:
+            counts = resampling.counts_for(pred, labels, metric)
+        except ValueError as exc:
+            return str(exc)
+        m = len(labels)
     primaries = [None if pd.isna(p) else int(p) for p in runs["primary"]]
     d = resampling.design(list(runs["teachers"]), primaries, list(runs["seed"]), pool, draws=r, exclude=exclude)
     got = resampling.bootstrap(counts, d, n_resamples, seed=seed)
-    return _tables(d, got, len(labels))
+    return _tables(d, got, m)
 
 
 def _tables(d: resampling.Design, got: resampling.Result, m: int) -> Intervals:

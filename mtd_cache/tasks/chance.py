@@ -16,6 +16,28 @@ from ..core.errors import MtdError
 
 CHANCE_ACCURACY_MARGIN = 0.01  # within 1 point of the majority class is at chance
 SINGLE_CLASS = "predicts a single class"  # how a rejected (constant) model's reason starts
+UNIGRAM = "no better than the unigram distribution"  # how a rejected language model's reason starts
+REJECTED = (SINGLE_CLASS, UNIGRAM)  # reasons that reject a teacher (others only warn)
+LOWER_IS_BETTER = frozenset({"perplexity"})  # metrics whose worst case is the highest
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower value of ``metric`` is better (perplexity): its worst case is its highest value."""
+    return str(metric) in LOWER_IS_BETTER
+
+
+def sign(metric: str) -> float:
+    """+1 for higher-is-better metrics, -1 for lower-is-better ones: ``sign * value`` is a score where higher is
+    better, what the report's minima, maxima and differences are taken on."""
+    return -1.0 if lower_is_better(metric) else 1.0
+
+
+def unigram_reason(perplexity: float, unigram: float, split: str = "dev") -> str | None:
+    """Why a language model of ``perplexity`` on ``split`` has learnt nothing of context, or None: it is no
+    better than the training tokens' unigram distribution (``unigram``, its perplexity on the same split)."""
+    if not perplexity < unigram:  # a NaN perplexity is no better either
+        return f"{UNIGRAM} ({split} perplexity {perplexity:.2f}, the unigram's {unigram:.2f})"
+    return None
 
 
 def majority_baseline(labels: np.ndarray) -> float:

@@ -22,7 +22,6 @@ the file's content. A bad file is one line naming the file and the key or value,
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ..core.safe_files import not_utf8
 from .glue import GLUE_TASKS, GlueSplit
 from .image_folders import ImageFolderTask, _given_labels, _need
 from .images import IMAGE_TASKS
+from .rows import read_rows
 
 TEXT_KEYS = {"name", "kind", "description", "train", "dev", "text_column", "text_pair_column", "label_column",
              "labels", "metric", "format", "header", "columns", "hf_dataset", "hf_config", "hf_splits"}
@@ -76,19 +76,23 @@ def from_record(record: dict[str, Any], data_dir: str | Path | None = None) -> A
 def _build(source: dict[str, Any], base: Path, resolved: dict[str, Any] | None) -> Any:
     content, where = source["content"], source["path"]
     kind = content.get("kind")
-    if kind not in ("text", "image"):
-        raise MtdError(f"{where}: kind {kind!r}: expected \"text\" or \"image\"")
+    if kind not in ("text", "image", "lm"):
+        raise MtdError(f"{where}: kind {kind!r}: expected \"text\", \"image\" or \"lm\" (language modelling)")
     name = content.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise MtdError(f"{where}: name {name!r}: expected a short name (no '/'), e.g. \"reviews\"")
     if name.lower() in GLUE_TASKS or name in IMAGE_TASKS:
         raise MtdError(f"{where}: name {name!r} is a built-in task's: choose another name")
-    valid = TEXT_KEYS if kind == "text" else IMAGE_KEYS
+    from .lm import LM_KEYS, LmTask
+
+    valid = {"text": TEXT_KEYS, "image": IMAGE_KEYS, "lm": LM_KEYS}[kind]
     unknown = sorted(set(content) - valid)
     if unknown:
         raise MtdError(f"{where}: unknown key {unknown[0]!r} for a {kind} task; valid: {', '.join(sorted(valid))}")
     if kind == "text":
         return TextFileTask.build(source, base, resolved)
+    if kind == "lm":
+        return LmTask.build(source, base, resolved)
     return ImageFolderTask.build(source, base, resolved)
 
 
@@ -171,8 +175,8 @@ class TextFileTask:
             return _read_hf(self, split)
         base = Path(data_dir) if data_dir else self.base
         path = base / c["train" if split == "train" else "dev"]
-        rows = _read_rows(path, c.get("format") or FORMATS.get(path.suffix.lower()), c.get("header", True),
-                          c.get("columns"), self.source["path"])
+        rows = read_rows(path, c.get("format") or FORMATS.get(path.suffix.lower()), c.get("header", True),
+                         c.get("columns"), self.source["path"])
         cols = (c["text_column"], c.get("text_pair_column"), c["label_column"])
         for col in (x for x in cols if x is not None):
             if rows and col not in rows[0][1]:
@@ -209,56 +213,6 @@ def _sorted_labels(values: list[str]) -> tuple[str, ...]:
         return tuple(sorted(distinct, key=float))  # "2" before "10" when every label is a number
     except ValueError:
         return tuple(sorted(distinct))
-
-
-def _read_rows(path: Path, fmt: str | None, header: bool, columns: list | None,
-               task_file: str) -> list[tuple[int, dict[Any, Any]]]:
-    """(line number, {column: value}) of every example of a CSV, TSV or JSONL file."""
-    if not path.is_file():
-        raise MtdError(f"{path} not found (task file {task_file})")
-    if fmt not in ("csv", "tsv", "jsonl"):
-        raise MtdError(f"{path}: unknown format: name the file .csv, .tsv or .jsonl, or set \"format\" "
-                       f"in {task_file}")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return _jsonl_rows(path, f) if fmt == "jsonl" else _csv_rows(path, f, fmt, header, columns)
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
-
-
-def _jsonl_rows(path: Path, f: Any) -> list[tuple[int, dict[Any, Any]]]:
-    out = []
-    for line, text in enumerate(f, 1):
-        if text.strip():
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                raise MtdError(f"{path}:{line}: not a JSON object ({exc})") from None
-            if not isinstance(obj, dict):
-                raise MtdError(f"{path}:{line}: not a JSON object")
-            out.append((line, obj))
-    return out
-
-
-def _csv_rows(path: Path, f: Any, fmt: str, header: bool, columns: list | None) -> list[tuple[int, dict[Any, Any]]]:
-    out: list[tuple[int, dict[Any, Any]]] = []
-    reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
-                        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-    names = columns
-    try:
-        for fields in reader:
-            if not fields:
-                continue
-            if names is None:
-                names = fields if header else list(range(len(fields)))
-                if header:
-                    continue
-            if len(fields) != len(names):
-                raise MtdError(f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(names)}")
-            out.append((reader.line_num, dict(zip(names, fields, strict=True))))
-    except csv.Error as exc:  # a field over csv's limit (131,072 characters), a NUL byte, an open quote
-        raise MtdError(f"{path}:{reader.line_num}: {exc}") from None
-    return out
 
 
 def _read_hf(task: TextFileTask, split: str) -> tuple:

@@ -23,7 +23,7 @@ from ..core.energy import EnergyMeter
 from ..core.errors import MtdError, ResourceError, StoreError
 from ..core.progress import Progress, human_bytes
 from ..core.runtime import heap_allocations
-from ..core.safe_files import check_target, read_text
+from ..core.safe_files import check_target, make_dirs, read_text
 from ..store import StoreSpec, StoreWriter, TeacherStore, check_finite_logits, output_lock, partial_dir
 from ..store.format import EXTRA_TASK_FILE
 from ..store.seal import seal_store
@@ -36,15 +36,30 @@ log = logging.getLogger(__name__)
 
 
 def run_dump(task: str, teachers_dir: Path, out: Path, primaries: Sequence[int], options: dict[str, Any],
-             device: str | None = None, force: bool = False) -> Path:
-    """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis).
+             device: str | None = None, force: bool = False, shard: tuple[int, int] | None = None) -> Path:
+    """Write ``out`` from every finished teacher in ``teachers_dir`` (seed order = teacher axis); a
+    language-modelling task's is a token store (``lm_dump``, whose dumps alone split into ``shard`` i of n).
 
-    One dump per output at a time (``store.output_lock``): a second is refused, naming the first.
+    One dump per output at a time (``store.output_lock``): a second is refused, naming the first; shards of one
+    dump run at once, each under its own lock.
     """
     check_target(out, "store")
+    spec_task = get_task(task)
+    if spec_task.kind == "lm":
+        from . import lm_dump
+
+        if primaries:
+            raise MtdError("--primary: a token store keeps no states (language-model students distil from logits)")
+        lock = out if shard is None else out.with_name(f"{out.name}.shard-{shard[0]}-of-{shard[1]}")
+        make_dirs(out.parent)
+        with output_lock(lock):
+            teachers = find_teachers(teachers_dir, spec_task.name)
+            check_task_file(spec_task, teachers)
+            return lm_dump.run(spec_task, teachers, out, options, device, force, shard)
+    if shard is not None:
+        raise MtdError("--shard: only a language-modelling task's dump (a token store) is split into shards")
     with output_lock(out):
         drop_finished_leftover(out)
-        spec_task = get_task(task)
         teachers = find_teachers(teachers_dir, spec_task.name)
         check_task_file(spec_task, teachers)
         bad = [p for p in primaries if not 0 <= p < len(teachers)]

@@ -1,13 +1,13 @@
-"""The modality adapter of a task: ``text`` or ``vision``, chosen by the task's kind."""
+"""The modality adapter of a task: ``text``, ``vision`` or ``lm`` (language modelling), chosen by the task's kind."""
 
 from __future__ import annotations
 
 from types import ModuleType
 from typing import Any
 
-from . import text, vision
+from . import lm, text, vision
 
 
 def modality(task: Any) -> ModuleType:
     """The adapter that trains, runs and dumps teachers of ``task`` (a task object)."""
-    return vision if task.kind == "image" else text
+    return {"image": vision, "lm": lm}.get(task.kind, text)

@@ -18,7 +18,7 @@ from ..core.fit import fit, remove_checkpoint, total_cost
 from ..core.hashing import sha256_file
 from ..core.runtime import provenance, utc_now
 from ..core.safe_files import atomic_write_json, check_target, make_dirs
-from ..tasks.chance import SINGLE_CLASS
+from ..tasks.chance import REJECTED
 from ..tasks.registry import get_task
 from .adapter import task_file_extra
 from .folders import RECORD, WEIGHTS, Teacher, load_teacher, seed_dir
@@ -76,7 +76,7 @@ def train_teachers(task: str, seeds: Sequence[int], out: Path, model: str | None
                     p.rmdir()
             raise
         reason = result.pop("chance_reason", None)
-        constant = bool(reason) and reason.startswith(SINGLE_CLASS)
+        constant = bool(reason) and reason.startswith(REJECTED)
         info = {"task": spec.name, "seed": seed, **result, "sha256": sha256_file(folder / WEIGHTS),
                 "rejected": reason if constant and not force else None,
                 "warning": reason if reason and not constant else None,

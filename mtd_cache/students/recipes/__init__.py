@@ -3,7 +3,7 @@
 The shared parts (the run and its record ``students.run``, the training loop ``train.fit``, the teacher
 targets ``students.targets``, the data ``students.data``) live outside. A recipe module defines:
 
-* ``MODALITY`` — "text" or "image": the stores it trains on;
+* ``MODALITY`` — "text", "image" or "lm": the stores it trains on (a token store for "lm");
 * ``Settings`` — a frozen ``settings.Settings`` dataclass: every hyper-parameter it reads, with its default,
   type, range and source (the requested values go into the run record and the run id);
 * ``NEEDS_PRIMARY: bool`` — whether ``--primary`` is required (BERT students) or an error (images); or
@@ -84,6 +84,6 @@ def get_recipe(student: str) -> ModuleType:
 def check_modality(student: str, recipe: ModuleType, kind: str, where: str) -> None:
     """A text student on an image store (or the reverse) refused in one line, naming the students that fit."""
     if recipe.MODALITY != kind:
-        a = {"image": "an image", "text": "a text"}
+        a = {"image": "an image", "text": "a text", "lm": "a language-model"}
         raise MtdError(f"{student} is {a[recipe.MODALITY]} student; {where} holds {a[kind]} task (its students: "
                        f"{known_students(kind)})")

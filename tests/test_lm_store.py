@@ -141,6 +141,9 @@ def test_dump_shards_merge_into_the_one_dump_and_the_store_is_sealed(tmp_path, l
         c = s.dense_check  # every subset's sparse targets against the dense ones
         assert c["mean_probs"] < 2e-6 and c["mean_logits_outside_bound"] < 2e-6 and 0 <= c["kl_gap_max"]
         assert c["kl_count"] == s.positions * 3 * 2  # each teacher as the student, at each temperature
+        assert c["kl_count@T1"] == c["kl_count@T2"] == s.positions * 3
+        assert c["kl_gap_sum"] == pytest.approx(c["kl_gap_sum@T1"] + c["kl_gap_sum@T2"])
+        assert 0 <= c["kl_gap_sum@T1"] <= c["kl_dense_sum@T1"]
         torch.testing.assert_close(s.dense(range(3))[..., :5], torch.from_numpy(a["dense"][:3, :, :5]))
     again = run_cli("mtd-cache", *common, "--out", tmp_path / "one.h5")
     assert again.returncode == 0 and "up to date" in again.stdout
@@ -148,6 +151,7 @@ def test_dump_shards_merge_into_the_one_dump_and_the_store_is_sealed(tmp_path, l
     assert other.returncode == 2 and "dumped otherwise (dense_check True there, False asked)" in other.stderr
     shown = run_cli("mtd-cache", "inspect", tmp_path / "one.h5")
     assert shown.returncode == 0 and "k = 4: |U| mean" in shown.stdout and "dense check  every subset" in shown.stdout
+    assert "  at T = 2: dense KL" in shown.stdout
     # an attribute changed (not a byte of a dataset): the seal refuses it
     copy = tmp_path / "changed.h5"
     shutil.copy(tmp_path / "one.h5", copy)

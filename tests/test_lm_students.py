@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from cli_runner import run_cli
 
 from mtd_cache.core.sparse import SPARSE_RULES, bucket_kd, dense_kd, divergence, sparse_batch, subset_target
 
-DIVERGENCES = ("kl", "reverse_kl", "jsd")
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl")
 
 
 def _pool(b: int = 6, n: int = 3, v: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +34,10 @@ def _by_hand(p: np.ndarray, q: np.ndarray, kind: str) -> float:
         return float(np.sum(p * np.log(p / q)))
     if kind == "reverse_kl":
         return float(np.sum(q * np.log(q / p)))
+    if kind == "skew_kl":  # alpha 0.1
+        return float(np.sum(p * np.log(p / (0.1 * p + 0.9 * q))))
+    if kind == "skew_rkl":
+        return float(np.sum(q * np.log(q / (0.9 * p + 0.1 * q))))
     m = (p + q) / 2
     return float(0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m)))
 
@@ -43,6 +48,9 @@ def test_each_divergence_against_its_definition(kind):
     p, q = g.dirichlet(np.ones(7)), g.dirichlet(np.ones(7))
     got = divergence(torch.log(torch.from_numpy(p))[None], torch.log(torch.from_numpy(q))[None], kind)
     assert float(got[0]) == pytest.approx(_by_hand(p, q, kind), rel=1e-12)
+    beta = divergence(torch.log(torch.from_numpy(p))[None], torch.log(torch.from_numpy(q))[None], "jsd", beta=0.3)
+    m = 0.3 * p + 0.7 * q
+    assert float(beta[0]) == pytest.approx(float(0.3 * np.sum(p * np.log(p / m)) + 0.7 * np.sum(q * np.log(q / m))))
 
 
 @pytest.mark.parametrize("rule", SPARSE_RULES)
@@ -74,7 +82,7 @@ def test_a_dense_cache_gives_the_dense_loss_and_a_sparse_one_a_lower_bound(rule,
             assert (lower.double() <= want + 1e-6).all()
 
 
-@pytest.mark.parametrize("kind", ("reverse_kl", "jsd"))
+@pytest.mark.parametrize("kind", ("reverse_kl", "jsd", "skew_kl", "skew_rkl"))
 def test_the_gradient_of_the_bucketed_divergences(kind):
     dense, student = _pool(b=3, v=12)
     batch = sparse_batch(dense, 3, (2.0,), dtype=torch.float64)
@@ -142,6 +150,7 @@ def test_a_student_run_and_its_refusals(lm, stores, tmp_path):
     rec = json.loads(next(tmp_path.rglob(f"{got['run_id']}.json")).read_text())
     assert rec["metric_name"] == "perplexity" and rec["kd_rule"] == "mean_probs" and rec["k"] == 3
     assert rec["metric"] < rec["unigram_perplexity"]  # alive
+    assert rec["next_token_accuracy"] == rec["history"][-1]["accuracy"] and 0 < rec["next_token_accuracy"] < 1
     again = _train(sparse, model, "--teachers", "0,1,2", "--out", tmp_path, "--epochs", "3")
     assert again["run_id"] == got["run_id"]  # found done
     for args, message in ((["--teachers", "0", "--set", "temperature=3"], "temperature 3: the store's tails were "
@@ -151,6 +160,13 @@ def test_a_student_run_and_its_refusals(lm, stores, tmp_path):
                           (["--teachers", "5"], "--teachers: index 5 out of range")):
         r = run_cli("mtd-train", "--store", sparse, "--student", f"lm:{model}", "--out", tmp_path / "x", *args)
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], (args, r.stderr)
+    moved = tmp_path / "data"  # the data moved, and its dev split changed since the dump
+    shutil.copytree(root / "data", moved)
+    (moved / "dev.txt").write_text("ten one two.\n\n" + (moved / "dev.txt").read_text())  # (an appended one
+    # could fall into the packed split's dropped last block)
+    r = run_cli("mtd-train", "--store", sparse, "--student", f"lm:{model}", "--teachers", "0", "--out",
+                tmp_path / "x", "--data-dir", moved)
+    assert r.returncode == 2 and "the dev split of task counting is not the one the store's dump read" in r.stderr
     r = run_cli("mtd-train", "--store", sparse, "--student", "resnet8", "--teachers", "0", "--out", tmp_path / "x")
     assert r.returncode == 2 and "resnet8 is an image student; " in r.stderr and "a language-model task" in r.stderr
 
@@ -215,3 +231,57 @@ def test_the_lm_trainer_example_runs(lm, stores):
                        "--lr", "1e-2"])
     assert out["held_out_perplexity"] < out["held_out_perplexity_before"] / 2
     assert set(out["last_terms"]) == {"ce", "kd"} and out["last_terms"]["kd"] >= 0
+
+
+def test_rules_compared_on_a_token_store(lm, stores, tmp_path):
+    _, _, model = lm
+    sparse, _ = stores
+    r = run_cli("mtd-sweep", "--store", sparse, "--student", f"lm:{model}", "--pool", "0-1", "--repeats", "2",
+                "--rules", "mean_logits,mean_probs,mean_losses", "--out", tmp_path / "runs", "--set", "epochs=1",
+                "--set", "lr=1e-2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("mtd-report", tmp_path / "runs", "--out", tmp_path / "report")
+    assert r.returncode == 0, r.stderr
+    rules = pd.read_csv(tmp_path / "report" / "rules.csv")
+    assert sorted(set(rules["rule"])) == ["mean_logits", "mean_losses", "mean_probs"] and set(rules["k"]) == {2}
+    worst = rules[rules["statistic"] == "worst"].set_index("rule")
+    # values in perplexity (the worst: the highest of the combination's runs); differences are reductions
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert worst.loc["mean_logits", "difference"] == 0
+    base_worst = runs[(runs["k"] == 2) & runs["experiment"].eq(worst.loc["mean_logits", "experiment"])]["metric"].max()
+    assert worst.loc["mean_logits", "value"] == pytest.approx(base_worst)
+    probs = worst.loc["mean_probs"]
+    assert probs["difference"] == pytest.approx(probs["base"] - probs["value"])
+    r = run_cli("mtd-sweep", "--store", sparse, "--student", f"lm:{model}", "--pool", "0-1", "--rules",
+                "mean_logits,ca_mkd", "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "--rules ca_mkd:" in r.stderr, r.stderr
+
+
+def test_a_layer_cut_keeps_evenly_spaced_decoder_layers():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mtd_cache.core.errors import MtdError
+    from mtd_cache.students.recipes.lm_kd import cut_layers
+
+    torch.manual_seed(0)
+    net = GPT2LMHeadModel(GPT2Config(vocab_size=30, n_positions=16, n_embd=16, n_layer=5, n_head=2))
+    kept = [net.transformer.h[i] for i in (0, 2, 4)]
+    cut_layers(net, 3)
+    assert list(net.transformer.h) == kept and net.config.n_layer == 3
+    assert net(input_ids=torch.randint(0, 30, (2, 7))).logits.shape == (2, 7, 30)
+    with pytest.raises(MtdError, match="student_layers 4: the model has 3 layers"):
+        cut_layers(net, 4)
+
+
+def test_a_layer_cut_of_a_llama_shaped_model_runs():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mtd_cache.students.recipes.lm_kd import cut_layers
+
+    torch.manual_seed(0)
+    net = LlamaForCausalLM(LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16))
+    cut_layers(net, 2)
+    assert len(net.model.layers) == 2 and net.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in net.model.layers] == [0, 1]
+    assert net(input_ids=torch.randint(0, 30, (2, 7))).logits.shape == (2, 7, 30)

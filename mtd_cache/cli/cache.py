@@ -211,9 +211,12 @@ def _load_npy(flag: str, path: Path) -> np.ndarray:
 
 
 @cli.command("teachers", help="Train seeded teachers (skips seeds already done; resumes per epoch).")
-@click.option("--task", required=True, help="Task: cifar10, fashion-mnist, digits, mrpc, cola, sst-2, ...")
+@click.option("--task", required=True, help="Task: cifar10, fashion-mnist, digits, mrpc, cola, sst-2, ..., or a task "
+                                            "file (text, image or language modelling: docs/guide.md)")
 @click.option("--model", help="Teacher model: a CIFAR ResNet (resnet110: images) or tv:NAME[@WEIGHTS] (torchvision); "
-                               "hf:NAME_OR_PATH, or a bare Hub name or folder (text; bert-base-uncased).")
+                               "hf:NAME_OR_PATH, or a bare Hub name or folder (text; bert-base-uncased); on a "
+                               "language-modelling task a causal LM hf:NAME_OR_PATH (a Hub name, a folder, a .gguf "
+                               "file, or a folder holding only a config.json: trained from scratch).")
 @click.option("--seeds", default="0-5", show_default=True, help="Seeds, e.g. 0-5 or 0,3.")
 @click.option("--data-dir", type=DATA_DIR,
               help="Where the task's data lives (default: download when online / bundled).")

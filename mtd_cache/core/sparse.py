@@ -153,43 +153,56 @@ def student_buckets(student_logits: torch.Tensor, batch: SparseBatch, temperatur
     return on_u, torch.logsumexp(log_q.masked_fill(member, NEG), dim=-1)
 
 
-DIVERGENCES = ("kl", "reverse_kl", "jsd", "ce")
+DIVERGENCES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "ce")
 
 
-def divergence(lp: torch.Tensor, lq: torch.Tensor, kind: str = "kl") -> torch.Tensor:
+def divergence(lp: torch.Tensor, lq: torch.Tensor, kind: str = "kl", beta: float = 0.5,
+               alpha: float = 0.1) -> torch.Tensor:
     """Per row, the divergence of q from p given their log-probabilities over the same buckets (B, m): "kl"
-    (forward, KL(p || q)), "reverse_kl" (KL(q || p)), "jsd" (Jensen-Shannon, both halves against the mixture) or
-    "ce" (soft cross-entropy). Buckets where both have no mass (padding, an empty tail) add nothing, no gradient
-    either. On buckets that merge ids (the tail), each f-divergence here is exact for the bucketed distributions
-    and a lower bound of the dense one (the data-processing inequality); "ce" is not a divergence and merges
-    without bound."""
+    (forward, KL(p || q)), "reverse_kl" (KL(q || p)), "jsd" (generalised Jensen-Shannon with ``beta``, GKD:
+    beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q), "skew_kl" (KL(p || alpha p + (1 - alpha)
+    q)), "skew_rkl" (KL(q || (1 - alpha) p + alpha q), DistiLLM) or "ce" (soft cross-entropy). Buckets where the
+    weighing distribution has no mass (padding, an empty tail) add nothing, no gradient either. Each divergence
+    here is an f-divergence: on buckets that merge ids (the tail) it is exact for the bucketed distributions and
+    a lower bound of the dense one (the data-processing inequality); "ce" is not a divergence and merges without
+    bound."""
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; valid: {', '.join(DIVERGENCES)}")
     lp = lp.to(lq.dtype)
-    p_live, q_live = lp > NEG, lq > NEG
     zero = torch.zeros_like(lq)
-    if kind == "kl":
-        return (lp.exp() * torch.where(p_live, lp - lq, zero)).sum(-1)
+
+    def weighed(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # sum exp(w) (a - b), w > -inf
+        return (w.exp() * torch.where(w > NEG, a - b, zero)).sum(-1)
+
     if kind == "ce":
-        return (lp.exp() * torch.where(p_live, -lq, zero)).sum(-1)
-    if kind == "reverse_kl":
-        return (lq.exp() * torch.where(q_live, lq - lp, zero)).sum(-1)
-    lm = torch.logaddexp(lp, lq) - math.log(2.0)
-    half_p = lp.exp() * torch.where(p_live, lp - lm, zero)
-    half_q = lq.exp() * torch.where(q_live, lq - lm, zero)
-    return 0.5 * (half_p + half_q).sum(-1)
+        return (lp.exp() * torch.where(lp > NEG, -lq, zero)).sum(-1)
+    if kind == "kl" or (kind == "jsd" and beta == 0.0):
+        return weighed(lp, lp, lq)
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1.0):
+        return weighed(lq, lq, lp)
+    if kind == "jsd":
+        lm = torch.logaddexp(lp + math.log(beta), lq + math.log(1.0 - beta))
+        return beta * weighed(lp, lp, lm) + (1.0 - beta) * weighed(lq, lq, lm)
+    if kind == "skew_kl":
+        lm = torch.logaddexp(lp + math.log(alpha), lq + math.log(1.0 - alpha)) if 0 < alpha < 1 else \
+            (lp if alpha >= 1 else lq)
+        return weighed(lp, lp, lm)
+    lm = torch.logaddexp(lp + math.log(1.0 - alpha), lq + math.log(alpha)) if 0 < alpha < 1 else \
+        (lq if alpha >= 1 else lp)
+    return weighed(lq, lq, lm)
 
 
 def bucket_kd(student_logits: torch.Tensor, batch: SparseBatch, target: SparseTarget, temperature: float = 1.0,
-              divergence_kind: str = "kl", reduce: bool = True) -> torch.Tensor:
-    """The |U| + 1-bucket divergence (``divergence``) of the student (dense logits (B, V)) from the target, over
-    each token's buckets, averaged over the tokens, times T^2; for "mean_losses" the teachers' own, weighed.
-    ``reduce=False``: per token (B,)."""
+              divergence_kind: str = "kl", reduce: bool = True, beta: float = 0.5, alpha: float = 0.1
+              ) -> torch.Tensor:
+    """The |U| + 1-bucket divergence (``divergence``, with its ``beta`` and ``alpha``) of the student (dense logits
+    (B, V)) from the target, over each token's buckets, averaged over the tokens, times T^2; for "mean_losses" the
+    teachers' own, weighed. ``reduce=False``: per token (B,)."""
     log_q, log_q_tail = student_buckets(student_logits, batch, temperature)
     lq = torch.cat([log_q, log_q_tail[:, None]], dim=-1)  # (B, u + 1)
 
     def one(log_p: torch.Tensor, log_tail: torch.Tensor) -> torch.Tensor:  # (B, u), (B,) -> (B,)
-        return divergence(torch.cat([log_p, log_tail[:, None]], dim=-1), lq, divergence_kind)
+        return divergence(torch.cat([log_p, log_tail[:, None]], dim=-1), lq, divergence_kind, beta, alpha)
 
     if target.per_teacher is not None:
         lp, lt, w = target.per_teacher
@@ -201,7 +214,7 @@ def bucket_kd(student_logits: torch.Tensor, batch: SparseBatch, target: SparseTa
 
 def dense_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, rule: str = "mean_probs",
              temperature: float = 1.0, weights: Sequence[float] | None = None, divergence_kind: str = "kl",
-             reduce: bool = True) -> torch.Tensor:
+             reduce: bool = True, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
     """The same loss on the whole vocabulary: the student's dense logits (B, V) against the chosen teachers' dense
     logits (B, s, V) combined by ``rule`` (teachers in the loop, ``--online``; and what ``bucket_kd`` equals when
     the support is the vocabulary)."""
@@ -215,13 +228,13 @@ def dense_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, rule: s
     w = w.to(student_logits.device)
     t = teacher_logits.to(lq.dtype) / temperature
     if rule == "mean_logits":
-        value = divergence(torch.log_softmax((w[None, :, None] * t).sum(1), -1), lq, divergence_kind)
+        value = divergence(torch.log_softmax((w[None, :, None] * t).sum(1), -1), lq, divergence_kind, beta, alpha)
     elif rule == "mean_probs":
         lp = torch.logsumexp(torch.log(w)[None, :, None] + torch.log_softmax(t, -1), dim=1)
-        value = divergence(lp, lq, divergence_kind)
+        value = divergence(lp, lq, divergence_kind, beta, alpha)
     else:
         lps = torch.log_softmax(t, -1)
-        value = sum(w[i] * divergence(lps[:, i], lq, divergence_kind) for i in range(s))
+        value = sum(w[i] * divergence(lps[:, i], lq, divergence_kind, beta, alpha) for i in range(s))
     return (value.mean() if reduce else value) * temperature**2
 
 

@@ -77,6 +77,10 @@ def load(name_or_folder: str | Path, hint: str = LOCAL_HINT) -> torch.nn.Module:
         extra = {"use_safetensors": True}  # a local folder: never a pickled .bin beside it
     with quiet_transformers():
         model = pretrained(AutoModelForCausalLM.from_pretrained, where, "the language model", hint, **extra)
+    if "gguf_file" in extra:  # dequantised on loading: plain float weights, saved (safetensors) as any model's
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
         raise MtdError(f"{name_or_folder} is not a causal language model (no output embeddings)")
     return model.eval()

@@ -46,7 +46,8 @@ from .integrity import CHECKSUM, checksum_of, datasets
 
 FORMAT, VERSION = "mtd-cache-tokens", 1
 SEAL = "seal_sha256"
-SUMMED = ("kl_gap_sum", "kl_dense_sum", "kl_count")  # dense-check figures that add over shards (others: the worst)
+# dense-check figures that add over shards, overall and per temperature ("kl_gap_sum@T2"); the others: the worst
+SUMMED = ("kl_gap_sum", "kl_dense_sum", "kl_count")
 LOGITS_DTYPE = np.float16
 
 
@@ -218,7 +219,7 @@ def _dense_check(dense: torch.Tensor, batch: SparseBatch, worst: dict[str, float
     """Every subset's sparse targets against the dense ones of the stored (float16) values, at each temperature;
     and how far the bucketed KL falls below the dense one (each teacher in turn as the student, against the
     mean of the others' probabilities: the largest gap, and the sums of the gaps and of the dense KLs over
-    ``kl_count`` of them)."""
+    ``kl_count`` of them, overall and per temperature, ``kl_gap_sum@T2``)."""
     from itertools import combinations
 
     from ..core.sparse import subset_target
@@ -252,10 +253,12 @@ def _dense_check(dense: torch.Tensor, batch: SparseBatch, worst: dict[str, float
             target = subset_target(batch, others, "mean_probs", temp)
             bucket = bucket_kd(stored[:, t], batch, target, temp, reduce=False) / temp**2
             gap = dense_kl - bucket.double()
+            at = f"T{temp:g}"
             worst["kl_gap_max"] = max(worst["kl_gap_max"], float(gap.max()))
-            worst["kl_gap_sum"] += float(gap.sum())
-            worst["kl_dense_sum"] += float(dense_kl.sum())
-            worst["kl_count"] += len(gap)
+            for key, value in (("kl_gap_sum", float(gap.sum())), ("kl_dense_sum", float(dense_kl.sum())),
+                               ("kl_count", len(gap))):
+                worst[key] += value
+                worst[f"{key}@{at}"] = worst.get(f"{key}@{at}", 0) + value
 
 
 class TokenStore:
@@ -456,7 +459,8 @@ def merge_token_stores(shards: Sequence[str | os.PathLike], path: str | os.PathL
         if first.has_dense:
             arrays["dense"] = np.concatenate([s._f["dense"][...] for s in stores])
         checks = [s.dense_check for s in stores if s.dense_check]
-        worst = {key: (sum if key in SUMMED else max)(c[key] for c in checks) for key in checks[0]} if checks else None
+        worst = {key: (sum if key.split("@")[0] in SUMMED else max)(c.get(key, 0) for c in checks)
+                 for key in checks[0]} if checks else None
         attrs = {"format": FORMAT, "version": VERSION, "vocab_size": first.vocab_size, "k": first.k,
                  "teachers": first.num_teachers, "temperatures": json.dumps(list(first.temperatures)),
                  "fingerprint": corpus_fingerprint(arrays["tokens"], arrays["sequences"]),
@@ -521,6 +525,12 @@ def format_token_summary(info: dict[str, Any]) -> str:
                      f"logits' true tail beyond its bound by at most {c['mean_logits_outside_bound']:.2e}; the "
                      f"bucketed KL below the dense one by {gap:.4f} nats on average ({gap / max(dense, 1e-12):.1%} of "
                      f"the dense KL; at most {c['kl_gap_max']:.4f})")
+        for t in info["temperatures"]:
+            n = c.get(f"kl_count@T{t:g}")
+            if n:
+                g, d = c[f"kl_gap_sum@T{t:g}"] / n, c[f"kl_dense_sum@T{t:g}"] / n
+                lines.append(f"  at T = {t:g}: dense KL {d:.4f} nats, the bucketed one {d - g:.4f} "
+                             f"({(d - g) / max(d, 1e-12):.1%} of it)")
     lines += [f"fingerprint  {info['fingerprint']}", f"seal         {info['seal_sha256']} (every checksum verified)"]
     return "\n".join(lines)
 

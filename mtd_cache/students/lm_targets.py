@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..core.errors import MtdError
-from ..core.sparse import SPARSE_RULES, SparseBatch, bucket_kd, subset_target
+from ..core.sparse import DIVERGENCES, SPARSE_RULES, SparseBatch, bucket_kd, subset_target
 from ..store.tokens import TokenStore
 from ..tasks.lm_data import pad
 
@@ -47,8 +47,9 @@ class SparseTargets:
 
 class TokenTargets:
     """``KDTargets`` on a token store (module docstring). ``rule``: "mean_probs", "mean_losses" or "mean_logits";
-    ``divergence``: "kl", "reverse_kl" or "jsd"; ``temperature``: one of the store's; ``weights``: one per
-    teacher of ``teachers``, in that order (None: equal)."""
+    ``divergence``: "kl", "reverse_kl", "jsd", "skew_kl" or "skew_rkl" (GKD's beta 0.5, DistiLLM's alpha 0.1);
+    ``temperature``: one of the store's; ``weights``: one per teacher of ``teachers``, in that order (None:
+    equal)."""
 
     def __init__(self, store: TokenStore | str | os.PathLike, teachers: Sequence[int], rule: str = "mean_probs",
                  weights: Sequence[float] | None = None, temperature: float = 1.0, divergence: str = "kl",
@@ -62,8 +63,9 @@ class TokenTargets:
                            f"0..{self.store.num_teachers - 1}")
         if rule not in SPARSE_RULES:
             raise MtdError(f"unknown rule {rule!r}; valid on a token store: {', '.join(SPARSE_RULES)}")
-        if divergence not in ("kl", "reverse_kl", "jsd"):
-            raise MtdError(f"unknown divergence {divergence!r}; valid: kl, reverse_kl, jsd")
+        if divergence not in DIVERGENCES or divergence == "ce":
+            valid = ", ".join(d for d in DIVERGENCES if d != "ce")
+            raise MtdError(f"unknown divergence {divergence!r}; valid: {valid}")
         if float(temperature) not in self.store.temperatures:
             raise MtdError(f"temperature {temperature:g}: the store's tails were computed at "
                            f"{', '.join(f'{t:g}' for t in self.store.temperatures)} only")

@@ -11,7 +11,8 @@ mean_logits with the report's intervals. The pairing is exact: the two rules' ru
 their teachers, seeds (so initial weights and data order) and evaluation examples, and one bootstrap
 (``resampling.bootstrap``) resamples the examples, and the seeds when every repeat was run, for both at once:
 the comparison's "multi" mode is the rule's runs of the combination and its "single" mode mean_logits' runs of
-the same combination.
+the same combination. For a lower-is-better metric (perplexity) the values are in its units (worst: the
+highest) and the differences are reductions (mean_logits minus the rule: positive, the rule is better).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from ..tasks.chance import sign
 from . import resampling
-from .records import load_predictions
 from .tables import markdown
+from .uncertainty import run_counts
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,12 @@ def _compare(rule: str, exp: str, runs: pd.DataFrame, base: pd.DataFrame, n_resa
     both = pd.concat([runs, base], ignore_index=True)
     if not len(runs) or not len(base):
         return []
-    loaded = [load_predictions(p) if isinstance(p, str) else None for p in both["predictions"]]
-    if any(x is None for x in loaded) or any(not np.array_equal(lab, loaded[0][1]) for _, lab in loaded):
-        log.warning("rule %s: runs without predictions, or scored on other examples: no paired comparison", rule)
+    metric = str(both["metric_name"].iloc[0])
+    got = run_counts(list(both["predictions"]), metric)
+    if isinstance(got, str):
+        log.warning("rule %s: no paired comparison (%s)", rule, got)
         return []
-    counts = resampling.counts_for(np.stack([p for p, _ in loaded]), loaded[0][1], str(both["metric_name"].iloc[0]))
+    counts, direction = got[0], sign(metric)  # scores: higher is better; values back in the metric's units
     pool = tuple(sorted({t for ts in both["teachers"] for t in ts}))
     d = paired_design(both, len(runs), pool)
     if not any(d.combos):
@@ -123,9 +126,11 @@ def _compare(rule: str, exp: str, runs: pd.DataFrame, base: pd.DataFrame, n_resa
             base_curve = curve.replace("multi", "single")
             diff = j * width + index[stat]
             at, base_at = j * width + index[curve], j * width + index[base_curve]
+            low, high = sorted((direction * got.low[at], direction * got.high[at]))
             out.append({"task": first["task"], "student": first["student"], "rule": rule, "experiment": exp, "k": k,
-                        "statistic": stat, "value": got.estimate[at], "ci_low": got.low[at], "ci_high": got.high[at],
-                        "base": got.estimate[base_at], "difference": got.estimate[diff], "diff_low": got.low[diff],
+                        "statistic": stat, "value": direction * got.estimate[at], "ci_low": low, "ci_high": high,
+                        "base": direction * got.estimate[base_at], "difference": got.estimate[diff],
+                        "diff_low": got.low[diff],
                         "diff_high": got.high[diff], "p_positive": got.p_positive[diff], "covers": got.covers,
                         "method": got.method[diff]})
     return out

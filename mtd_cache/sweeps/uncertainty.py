@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,32 +46,38 @@ def experiment_intervals(runs: pd.DataFrame, metric: str, pool: tuple[int, ...],
 
     ``r``: the runs drawn for the equal-effort values; ``exclude`` (bool per run): combinations holding any of
     these runs are left out in both modes (the dead-excluded variant)."""
-    if lower_is_better(metric):  # a language model's: NLL sums and token counts per evaluation sequence
-        scores = [load_sequence_scores(p) for p in runs["predictions"]]
+    got = run_counts(runs["predictions"], metric)
+    if isinstance(got, str):
+        return got
+    counts, m = got
+    primaries = [None if pd.isna(p) else int(p) for p in runs["primary"]]
+    d = resampling.design(list(runs["teachers"]), primaries, list(runs["seed"]), pool, draws=r, exclude=exclude)
+    got = resampling.bootstrap(counts, d, n_resamples, seed=seed)
+    return _tables(d, got, m)
+
+
+def run_counts(predictions: Any, metric: str) -> tuple[resampling.Counts, int] | str:
+    """The bootstrap's counts of runs (their predictions' files, in order) and the evaluation set's size, or why
+    there are none: class ids against labels, or a language model's NLL sums and token counts per sequence
+    (scores: minus the perplexity, so that higher is better)."""
+    if lower_is_better(metric):
+        scores = [load_sequence_scores(p) if isinstance(p, str) else None for p in predictions]
         if any(x is None for x in scores):
             return f"{sum(x is None for x in scores)} of {len(scores)} runs kept no sequence scores"
         tokens = scores[0][1]
         if any(len(t) != len(tokens) or not np.array_equal(t, tokens) for _, t in scores):
             return "the runs were scored on different evaluation sequences"
-        counts = resampling.perplexity_counts(np.stack([nll for nll, _ in scores]), tokens)
-        m = len(tokens)
-    else:
-        loaded = [load_predictions(p) for p in runs["predictions"]]
-        if any(x is None for x in loaded):
-            return f"{sum(x is None for x in loaded)} of {len(loaded)} runs kept no predictions"
-        labels = loaded[0][1]
-        if any(len(lab) != len(labels) or not np.array_equal(lab, labels) for _, lab in loaded):
-            return "the runs were scored on different evaluation sets"
-        pred = np.stack([p for p, _ in loaded])
-        try:
-            counts = resampling.counts_for(pred, labels, metric)
-        except ValueError as exc:
-            return str(exc)
-        m = len(labels)
-    primaries = [None if pd.isna(p) else int(p) for p in runs["primary"]]
-    d = resampling.design(list(runs["teachers"]), primaries, list(runs["seed"]), pool, draws=r, exclude=exclude)
-    got = resampling.bootstrap(counts, d, n_resamples, seed=seed)
-    return _tables(d, got, m)
+        return resampling.perplexity_counts(np.stack([nll for nll, _ in scores]), tokens), len(tokens)
+    loaded = [load_predictions(p) if isinstance(p, str) else None for p in predictions]
+    if any(x is None for x in loaded):
+        return f"{sum(x is None for x in loaded)} of {len(loaded)} runs kept no predictions"
+    labels = loaded[0][1]
+    if any(len(lab) != len(labels) or not np.array_equal(lab, labels) for _, lab in loaded):
+        return "the runs were scored on different evaluation sets"
+    try:
+        return resampling.counts_for(np.stack([p for p, _ in loaded]), labels, metric), len(labels)
+    except ValueError as exc:
+        return str(exc)
 
 
 def _tables(d: resampling.Design, got: resampling.Result, m: int) -> Intervals:

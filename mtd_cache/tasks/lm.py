@@ -69,6 +69,12 @@ class Sequences:
     def rows(self, a: int, b: int) -> list[np.ndarray]:
         return [self[i] for i in range(a, b)]
 
+    def sha256(self) -> str:
+        """sha256 of the token ids and sequence starts: the same split, tokenised alike."""
+        h = hashlib.sha256(np.ascontiguousarray(self.ids, np.int32).tobytes())
+        h.update(np.ascontiguousarray(self.starts, np.int64).tobytes())
+        return h.hexdigest()
+
 
 @dataclass(frozen=True)
 class LmTask:

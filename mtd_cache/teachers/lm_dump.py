@@ -103,7 +103,8 @@ def plan(task: Any, teachers: list[Teacher], options: dict[str, Any], device: st
             "block_size": task.block_size, "packing": task.packing, "settings": s.as_dict(), "precision": precision,
             "teachers": [{"seed": t.seed, "path": str(t.path.resolve()), "sha256": t.sha256,
                           "model": t.info.get("model"), "dev_perplexity": t.info.get("metric")} for t in teachers],
-            "dev_sequences": len(dev), "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+            "dev_sequences": len(dev), "dev_sha256": dev.sha256(),
+            "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
             **task_file_extra(task)}
     return TokenPlan(s, [train[i] for i in range(len(train))], meta, key, vocabs.pop(), dev_dtype, dtype,
                      list(teachers))

@@ -8,8 +8,9 @@ Loss per batch of sequences, over every predicted position (position i of a sequ
   support U plus one tail bucket: ``mean_probs`` (the mean of their probabilities) and ``mean_losses`` (the
   mean of each teacher's own divergence) are exact for the |U| + 1 buckets; ``mean_logits`` (the paper's eq.
   9) is exact on U, its tail bucket Hölder's bound of the true tail;
-* ``D`` is ``divergence``: forward KL, reverse KL or Jensen-Shannon, each exact for the buckets and a lower
-  bound of the dense divergence (the student's own tail bucket is exact: logsumexp of its logits off U);
+* ``D`` is ``divergence``: forward KL, reverse KL, generalised Jensen-Shannon (``jsd_beta``), skew KL or skew
+  reverse KL (``skew_alpha``), each an f-divergence, so exact for the buckets and a lower bound of the dense
+  divergence (the student's own tail bucket is exact: logsumexp of its logits off U);
   never negative, and equal to the dense loss when U is the vocabulary;
 * ``--online`` runs the chosen teachers in the loop instead and takes the same loss on the whole vocabulary
   (``core.sparse.dense_kd``): the baseline the store is measured against;
@@ -27,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ from ..context import StudentContext
 log = logging.getLogger(__name__)
 MODALITY = "lm"
 NEEDS_PRIMARY = False
-LM_DIVERGENCES = ("kl", "reverse_kl", "jsd")
+LM_DIVERGENCES = ("kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,11 @@ class Settings(BaseSettings):
     kd_rule: str = setting("mean_probs", "mean of the teachers' probabilities: exact from the store (mean_losses "
                                          "too; mean_logits, the paper's eq. 9: exact on U, its tail bounded)",
                            choices=SPARSE_RULES)
-    divergence: str = setting("kl", "forward KL (Hinton); reverse_kl, jsd: exact on the buckets, lower bounds of "
-                                    "the dense ones", choices=LM_DIVERGENCES)
+    divergence: str = setting("kl", "forward KL (Hinton); every one is exact on the buckets and a lower bound of "
+                                    "the dense one (f-divergences); TAID is not offered here", choices=LM_DIVERGENCES)
+    jsd_beta: float = setting(0.5, "divergence=jsd: GKD's beta (0: forward KL, 1: reverse KL)", low=0, high=1)
+    skew_alpha: float = setting(0.1, "divergence=skew_kl/skew_rkl: DistiLLM's alpha (its default 0.1)", low=0,
+                                high=1)
     teacher_weights: list[float] | None = setting(None, "None: equal; else one weight >= 0 per store teacher")
     temperature: float = setting(1.0, "one of the store's temperatures (its tails were computed at those)", above=0)
     alpha_ce: float = setting(0.5, "next-token CE weight: (1 - alpha) CE + alpha KD, alpha = 0.5", low=0)
@@ -108,14 +111,20 @@ def build(ctx: StudentContext) -> Fit:
     net = net.to(dev)
     task = task_of_store(store, ctx.data_dir)
     dev_set = task.sequences(tok, "dev", ctx.data_dir or (store.meta.get("data_dir")))
+    want = store.meta.get("dev_sha256")
+    if want is not None and dev_set.sha256() != want:
+        raise MtdError(f"the dev split of task {task.name} is not the one the store's dump read ({len(dev_set)} "
+                       f"sequences, sha256 {dev_set.sha256()[:12]}, the dump's {want[:12]}): the data changed "
+                       "since; give --data-dir where the dumped data is, or dump again")
     n = store.num_examples
     steps_per_epoch = math.ceil(n / (s.batch_size * s.grad_accum))
     optimizer, scheduler = optimizer_and_schedule(net, s.lr, s.weight_decay, s.warmup, s.epochs * steps_per_epoch,
                                                   schedule="cosine")
     chosen = list(ctx.selection.teachers)
     weights = ctx.selection.weights
-    online = [causal_lm.load(str(t.path)).to(dev) for t in (ctx.online or [])]
-    teachers_online = [online[t] for t in chosen] if online else []
+    # --online: the chosen teachers alone, frozen (each checked against the store's hash when the run was planned)
+    teachers_online = [causal_lm.load(str(ctx.online[t].path)).to(dev).requires_grad_(False) for t in chosen] \
+        if ctx.online else []
     alpha_ce = s.alpha_ce
 
     def batches(epoch: int) -> list[Accumulated]:
@@ -137,12 +146,14 @@ def build(ctx: StudentContext) -> Fit:
             if teachers_online:
                 with torch.no_grad():
                     dense = torch.stack([t(input_ids=ids).logits[:, :-1][valid].float() for t in teachers_online], 1)
-                kd = dense_kd(flat, dense, s.kd_rule, s.temperature, weights, s.divergence)
+                kd = dense_kd(flat, dense, s.kd_rule, s.temperature, weights, s.divergence, beta=s.jsd_beta,
+                              alpha=s.skew_alpha)
             else:
                 positions = np.concatenate(store.positions_of(int(r) for r in rows))
                 batch = _to(store.batch(positions), dev)
                 target = subset_target(batch, chosen, s.kd_rule, s.temperature, weights)
-                kd = bucket_kd(flat, batch, target, s.temperature, s.divergence)
+                kd = bucket_kd(flat, batch, target, s.temperature, s.divergence, beta=s.jsd_beta,
+                               alpha=s.skew_alpha)
             out["kd"] = kd
             loss = loss + s.alpha_kd * kd
         return {"loss": loss, **out}
@@ -150,6 +161,7 @@ def build(ctx: StudentContext) -> Fit:
     def evaluate() -> dict[str, Any]:
         scores = score(net, dev_set, s.eval_batch_size, dev, dtype)
         m = scores.metrics()
+        ctx.extra["next_token_accuracy"] = m["accuracy"]  # the record's second metric
         return {"metric": m["perplexity"], **m,
                 "predictions": np.stack([scores.nll, scores.tokens.astype(np.float64),
                                          scores.correct.astype(np.float64)])}
@@ -203,6 +215,10 @@ def cut_layers(model: torch.nn.Module, n: int) -> None:
         raise MtdError(f"student_layers {n}: the model has {total} layers")
     keep = sorted({round(i * (total - 1) / max(n - 1, 1)) for i in range(n)}) if n > 1 else [total - 1]
     setattr(owner, attr, torch.nn.ModuleList([layers[i] for i in keep]))
+    for j, layer in enumerate(getattr(owner, attr)):  # each attention's index into the key-value cache
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = j
     for key in ("num_hidden_layers", "n_layer"):
         if hasattr(model.config, key):
             setattr(model.config, key, len(keep))
@@ -218,7 +234,3 @@ def _decoder_layers(model: torch.nn.Module) -> tuple[torch.nn.ModuleList, torch.
             return found, base, attr
     raise MtdError(f"student_layers: cannot find the decoder layers of a {type(model).__name__}")
 
-
-def student_folder(name: str) -> Path | None:
-    ref = causal_lm.ref_of(name)
-    return Path(ref) if Path(ref).is_dir() else None

@@ -125,6 +125,8 @@ def test_dump_shards_merge_into_the_one_dump_and_the_store_is_sealed(tmp_path, l
     for i in (0, 2):  # two of three shards as separate jobs; the plain dump computes the third and merges
         r = run_cli("mtd-cache", *common, "--out", tmp_path / "merged.h5", "--shard", f"{i}/3")
         assert r.returncode == 0 and f"wrote shard {i}/3" in r.stdout, r.stderr
+    again = run_cli("mtd-cache", *common, "--out", tmp_path / "merged.h5", "--shard", "2/3")
+    assert again.returncode == 0 and "shard 2/3: dumped already" in again.stderr
     assert sorted(p.name for p in (tmp_path / "merged.h5.partial").glob("*.h5")) == [
         "shard-00000-of-00003.h5", "shard-00002-of-00003.h5"]
     r = run_cli("mtd-cache", *common, "--out", tmp_path / "merged.h5")

@@ -27,6 +27,7 @@ from ..core.errors import MtdError
 from ..core.sparse import DIVERGENCES, SPARSE_RULES, SparseBatch, bucket_kd, subset_target
 from ..store.tokens import TokenStore
 from ..tasks.lm_data import pad
+from .selection import chosen_teachers
 
 
 @dataclass
@@ -55,12 +56,7 @@ class TokenTargets:
                  weights: Sequence[float] | None = None, temperature: float = 1.0, divergence: str = "kl",
                  device: torch.device | str | None = None):
         self.store = store if isinstance(store, TokenStore) else TokenStore.open(store)
-        pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
-                           strict=True))
-        chosen = [t for t, _ in pairs]
-        if not chosen or len(set(chosen)) != len(chosen) or chosen[0] < 0 or chosen[-1] >= self.store.num_teachers:
-            raise MtdError(f"teachers {list(teachers)}: distinct indices of the store's teachers "
-                           f"0..{self.store.num_teachers - 1}")
+        self.teachers, self.weights = chosen_teachers(teachers, weights, self.store.num_teachers)
         if rule not in SPARSE_RULES:
             raise MtdError(f"unknown rule {rule!r}; valid on a token store: {', '.join(SPARSE_RULES)}")
         if divergence not in DIVERGENCES or divergence == "ce":
@@ -69,8 +65,7 @@ class TokenTargets:
         if float(temperature) not in self.store.temperatures:
             raise MtdError(f"temperature {temperature:g}: the store's tails were computed at "
                            f"{', '.join(f'{t:g}' for t in self.store.temperatures)} only")
-        self.teachers, self.rule, self.divergence = chosen, rule, divergence
-        self.weights = None if weights is None else [float(w) for _, w in pairs]
+        self.rule, self.divergence = rule, divergence
         self.temperature = float(temperature)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 

@@ -125,3 +125,15 @@ def _check_primary(teachers: tuple[int, ...], primary: int | None, required: boo
                        "teachers' logits only)")
     if primary is not None and primary not in teachers:
         raise MtdError(f"--primary {primary} is not in --teachers {','.join(map(str, sorted(teachers)))}")
+
+
+def chosen_teachers(teachers: Sequence[int], weights: Sequence[float] | None,
+                    num_teachers: int) -> tuple[list[int], list[float] | None]:
+    """A loop's chosen teachers in ascending order, with their weights (given in the order of ``teachers``)
+    reordered alike; refused unless they are distinct indices of the store's ``num_teachers``."""
+    pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
+                       strict=True))
+    chosen = [t for t, _ in pairs]
+    if not chosen or len(set(chosen)) != len(chosen) or chosen[0] < 0 or chosen[-1] >= num_teachers:
+        raise MtdError(f"teachers {list(teachers)}: distinct indices of the store's teachers 0..{num_teachers - 1}")
+    return chosen, None if weights is None else [float(w) for _, w in pairs]

@@ -34,7 +34,7 @@ from ..store import TeacherStore
 from ..teachers import Teacher, find_teachers
 from .context import StudentContext
 from .objective import Objective, StudentOut
-from .selection import TeacherSelection, step_key
+from .selection import TeacherSelection, chosen_teachers, step_key
 
 
 @dataclass
@@ -203,19 +203,14 @@ class KDTargets:
         from ..core.losses import BASE_RULES, KD_DIVERGENCES, KD_SCALES
 
         self.store = store if isinstance(store, TeacherStore) else TeacherStore.open(store)
-        pairs = sorted(zip([int(t) for t in teachers], weights if weights is not None else [1.0] * len(teachers),
-                           strict=True))
-        chosen = [t for t, _ in pairs]
-        if not chosen or len(set(chosen)) != len(chosen) or chosen[0] < 0 or chosen[-1] >= self.store.num_teachers:
-            raise MtdError(f"teachers {list(teachers)}: distinct indices of the store's teachers "
-                           f"0..{self.store.num_teachers - 1}")
+        chosen, chosen_weights = chosen_teachers(teachers, weights, self.store.num_teachers)
         for name, value, valid in (("rule", rule, BASE_RULES), ("scale", scale, KD_SCALES),
                                    ("divergence", divergence, tuple(d for d in KD_DIVERGENCES if d != "taid"))):
             if value not in valid:
                 raise MtdError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
         if not temperature > 0:
             raise MtdError(f"temperature {temperature}: expected > 0")
-        self.teachers, self.weights = chosen, None if weights is None else [float(w) for _, w in pairs]
+        self.teachers, self.weights = chosen, chosen_weights
         self.rule, self.temperature, self.scale, self.divergence = rule, float(temperature), scale, divergence
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.selection = TeacherSelection(tuple(chosen), None, rule, None if weights is None else tuple(self.weights))

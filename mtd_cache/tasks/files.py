@@ -36,7 +36,8 @@ from ..core.safe_files import not_utf8
 from .glue import GLUE_TASKS, GlueSplit
 from .image_folders import ImageFolderTask, _given_labels, _need
 from .images import IMAGE_TASKS
-from .rows import read_rows
+from .lm import LM_KEYS, LmTask
+from .rows import hf_split, read_rows
 
 TEXT_KEYS = {"name", "kind", "description", "train", "dev", "text_column", "text_pair_column", "label_column",
              "labels", "metric", "format", "header", "columns", "hf_dataset", "hf_config", "hf_splits"}
@@ -83,8 +84,6 @@ def _build(source: dict[str, Any], base: Path, resolved: dict[str, Any] | None) 
         raise MtdError(f"{where}: name {name!r}: expected a short name (no '/'), e.g. \"reviews\"")
     if name.lower() in GLUE_TASKS or name in IMAGE_TASKS:
         raise MtdError(f"{where}: name {name!r} is a built-in task's: choose another name")
-    from .lm import LM_KEYS, LmTask
-
     valid = {"text": TEXT_KEYS, "image": IMAGE_KEYS, "lm": LM_KEYS}[kind]
     unknown = sorted(set(content) - valid)
     if unknown:
@@ -217,21 +216,7 @@ def _sorted_labels(values: list[str]) -> tuple[str, ...]:
 
 def _read_hf(task: TextFileTask, split: str) -> tuple:
     c = task.source["content"]
-    splits = {"train": "train", "dev": "validation", **(c.get("hf_splits") or {})}
-    try:
-        import datasets
-    except ImportError:
-        raise MtdError(f"task {task.name} reads the Hugging Face dataset {c['hf_dataset']!r}: "
-                       "pip install 'mtd-cache[datasets]'") from None
-    where = f"hf:{c['hf_dataset']}/{c.get('hf_config')}[{splits[split]}]"
-    try:
-        ds = datasets.load_dataset(c["hf_dataset"], c.get("hf_config"), split=splits[split])
-    except Exception as exc:  # network, hub, cache: one line
-        raise MtdError(f"could not load {where}: {' '.join(str(exc).split())[:160]}") from None
-    cols = ds.column_names
-    for col in (c["text_column"], c.get("text_pair_column"), c["label_column"]):
-        if col is not None and col not in cols:
-            raise MtdError(f"{where}: no column {col!r}; columns: {', '.join(cols)}")
+    ds, where = hf_split(task.name, c, split, (c["text_column"], c.get("text_pair_column"), c["label_column"]))
     label = ds[c["label_column"]]
     names = getattr(ds.features[c["label_column"]], "names", None)
     raw = [names[v] if names else _label_text(v) for v in label]

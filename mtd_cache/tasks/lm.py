@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.errors import MtdError
 from ..core.safe_files import not_utf8
-from .rows import read_rows
+from .rows import hf_split, read_rows
 
 LM_KEYS = {"name", "kind", "description", "train", "dev", "format", "text_column", "separator", "block_size",
            "packing", "add_eos", "header", "hf_dataset", "hf_config", "hf_splits"}
@@ -216,20 +216,8 @@ def _split_documents(text: str, separator: str | None) -> list[str]:
 
 def _hf_documents(task: LmTask, split: str) -> list[str]:
     c = task.source["content"]
-    splits = {"train": "train", "dev": "validation", **(c.get("hf_splits") or {})}
-    try:
-        import datasets
-    except ImportError:
-        raise MtdError(f"task {task.name} reads the Hugging Face dataset {c['hf_dataset']!r}: "
-                       "pip install 'mtd-cache[datasets]'") from None
-    where = f"hf:{c['hf_dataset']}/{c.get('hf_config')}[{splits[split]}]"
-    try:
-        ds = datasets.load_dataset(c["hf_dataset"], c.get("hf_config"), split=splits[split])
-    except Exception as exc:  # network, hub, cache: one line
-        raise MtdError(f"could not load {where}: {' '.join(str(exc).split())[:160]}") from None
     col = c.get("text_column", "text")
-    if col not in ds.column_names:
-        raise MtdError(f"{where}: no column {col!r}; columns: {', '.join(ds.column_names)}")
+    ds, _ = hf_split(task.name, c, split, (col,))
     return [x for x in ("" if v is None else str(v) for v in ds[col]) if x.strip()]
 
 

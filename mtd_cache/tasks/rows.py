@@ -1,5 +1,6 @@
-"""Rows of a task file's tabular splits: CSV (quoted fields), TSV (tab-separated, unquoted, as GLUE's) or JSONL
-(one object per line), each row with its line number, every problem one line naming the file and the line."""
+"""Rows of a task file's splits: CSV (quoted fields), TSV (tab-separated, unquoted, as GLUE's) or JSONL (one
+object per line), each row with its line number, every problem one line naming the file and the line; or a
+Hugging Face dataset's split (``hf_split``)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def _csv_rows(path: Path, f: Any, fmt: str, header: bool, columns: list | None) 
     except csv.Error as exc:  # a field over csv's limit (131,072 characters), a NUL byte, an open quote
         raise MtdError(f"{path}:{reader.line_num}: {exc}") from None
     return out
+
+
+def hf_split(task_name: str, content: dict[str, Any], split: str, columns: tuple[Any, ...]) -> tuple[Any, str]:
+    """A task file's Hugging Face dataset split (``hf_dataset``, ``hf_config``, ``hf_splits``; dev is
+    "validation" unless renamed) and how messages name it, its ``columns`` checked; one line on any failure."""
+    splits = {"train": "train", "dev": "validation", **(content.get("hf_splits") or {})}
+    try:
+        import datasets
+    except ImportError:
+        raise MtdError(f"task {task_name} reads the Hugging Face dataset {content['hf_dataset']!r}: "
+                       "pip install 'mtd-cache[datasets]'") from None
+    where = f"hf:{content['hf_dataset']}/{content.get('hf_config')}[{splits[split]}]"
+    try:
+        ds = datasets.load_dataset(content["hf_dataset"], content.get("hf_config"), split=splits[split])
+    except Exception as exc:  # network, hub, cache: one line
+        raise MtdError(f"could not load {where}: {' '.join(str(exc).split())[:160]}") from None
+    for col in (c for c in columns if c is not None):
+        if col not in ds.column_names:
+            raise MtdError(f"{where}: no column {col!r}; columns: {', '.join(ds.column_names)}")
+    return ds, where

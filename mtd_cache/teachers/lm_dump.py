@@ -132,7 +132,9 @@ def run(task: Any, teachers: list[Teacher], out: Path, options: dict[str, Any], 
     pdir = partial_dir(out)
     n = _shard_count(pdir, p, shard)
     bounds = np.linspace(0, len(p.sequences), n + 1).round().astype(int)
-    todo = [shard[0]] if shard is not None else [i for i in range(n) if not _done(_shard_path(pdir, i, n), p.key)]
+    todo = [i for i in ([shard[0]] if shard is not None else range(n)) if not _done(_shard_path(pdir, i, n), p.key)]
+    if shard is not None and not todo:
+        log.info("shard %d/%d: dumped already with these teachers, data and settings", *shard)
     size = _estimate_bytes(p)
     if size > p.settings.size_budget_gb * 1e9:
         raise MtdError(f"the token store would take about {human_bytes(size)}, over the {p.settings.size_budget_gb:g} "

@@ -174,3 +174,24 @@ def test_token_dump_refusals(tmp_path, lm):
         r = run_cli("mtd-cache", *base, *args)
         assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], (args, r.stderr)
         assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_model_that_cannot_read_the_blocks_or_sees_the_future_is_refused(tmp_path, lm):
+    from transformers import BertConfig
+
+    from mtd_cache.teachers import train_teachers
+
+    _, task, model = lm
+    long = task.with_name("long.json")
+    long.write_text(json.dumps({**json.loads(task.read_text()), "name": "long", "block_size": 100}))
+    with pytest.raises(MtdError, match=f"block_size 100 is longer than hf:{model}'s 64 positions"):
+        train_teachers(str(long), [0], tmp_path / "a", f"hf:{model}", None, {"epochs": 1}, device="cpu")
+    bert = tmp_path / "bert"
+    BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(bert)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model / name, bert / name)
+    with pytest.raises(MtdError, match="is not a causal language model: its logits at a position change with a "
+                                       "later token"):
+        train_teachers(str(task), [0], tmp_path / "b", f"hf:{bert}", None, {"epochs": 1}, device="cpu")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

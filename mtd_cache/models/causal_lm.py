@@ -86,6 +86,33 @@ def load(name_or_folder: str | Path, hint: str = LOCAL_HINT) -> torch.nn.Module:
     return model.eval()
 
 
+def check_fits(model: torch.nn.Module, block_size: int, name: str) -> None:
+    """A model that can read sequences of ``block_size`` tokens and predicts each from the ones before it alone:
+    one line otherwise (a block longer than its positions, an encoder whose logits see the future)."""
+    c = model.config
+    most = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    if most is not None and block_size > int(most):
+        raise MtdError(f"block_size {block_size} is longer than {name}'s {most} positions: lower the task's "
+                       "block_size, or give a model with more positions")
+    g = torch.Generator().manual_seed(0)
+    vocab = vocab_size(model)
+    ids = torch.randint(0, vocab, (1, 4), generator=g)
+    other = ids.clone()
+    other[0, -1] = (ids[0, -1] + 1) % vocab
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            a = model(input_ids=ids.to(device)).logits[0, :-1]
+            b = model(input_ids=other.to(device)).logits[0, :-1]
+    finally:
+        model.train(was)
+    if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        raise MtdError(f"{name} is not a causal language model: its logits at a position change with a later "
+                       "token (an encoder such as BERT); give a decoder (GPT-2, Llama, SmolLM...)")
+
+
 def vocab_size(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 

@@ -82,6 +82,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
     tok = causal_lm.load_tokenizer(model, hint=MODEL_HINT)
     train, dev_set = task_data(task, tok, data_dir, s.train_subset)
     net, start = causal_lm.build(model, seed, hint=MODEL_HINT)
+    causal_lm.check_fits(net, task.block_size, str(model))
     vocab = causal_lm.vocab_size(net)
     top = int(max(train.ids.max(), dev_set.ids.max()))
     if top >= vocab:

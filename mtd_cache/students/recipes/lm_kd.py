@@ -104,6 +104,7 @@ def build(ctx: StudentContext) -> Fit:
     net, start = causal_lm.build(ctx.student, ctx.seed)
     if s.student_layers is not None:
         cut_layers(net, s.student_layers)
+    causal_lm.check_fits(net, int(max(np.diff(store.sequences), default=2)), ctx.student)
     if causal_lm.vocab_size(net) != store.vocab_size:
         raise MtdError(f"{ctx.student} has {causal_lm.vocab_size(net)} output logits; the store's teachers "
                        f"{store.vocab_size}: a student shares its teachers' tokenizer")

@@ -84,7 +84,8 @@ def main() -> int:
     ap.add_argument("--teachers", type=int, default=6)
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mtd_cache.store.tokens import TokenStore, write_token_store
+    from mtd_cache.store.token_writer import write_token_store
+    from mtd_cache.store.tokens import TokenStore
 
     text, source = corpus()
     tok = tokenizer(text)

@@ -145,7 +145,8 @@ def _teachers(v: int, n: int, seed: int = 0):
 
 
 def test_a_token_store_round_trips_and_checks_its_targets_against_the_dense_ones(tmp_path):
-    from mtd_cache.store.tokens import TokenStore, write_token_store
+    from mtd_cache.store.token_writer import write_token_store
+    from mtd_cache.store.tokens import TokenStore
 
     teachers = _teachers(60, 3)
     seqs = [[1, 5, 9, 2, 7], [3], [4, 4, 8, 0, 59, 1, 2]]  # the one-token sequence predicts nothing
@@ -177,7 +178,8 @@ def test_a_flipped_byte_or_a_damaged_offset_is_refused(tmp_path):
     import h5py
 
     from mtd_cache.core.errors import StoreError
-    from mtd_cache.store.tokens import TokenStore, write_token_store
+    from mtd_cache.store.token_writer import write_token_store
+    from mtd_cache.store.tokens import TokenStore
 
     path = write_token_store(tmp_path / "t.h5", [[1, 2, 3, 4]], _teachers(30, 2), k=3).path
     with h5py.File(path, "r+") as f:
@@ -195,7 +197,8 @@ def test_a_flipped_byte_or_a_damaged_offset_is_refused(tmp_path):
 
 
 def test_a_vocabulary_inside_the_support_stores_empty_tails(tmp_path):
-    from mtd_cache.store.tokens import TokenStore, write_token_store
+    from mtd_cache.store.token_writer import write_token_store
+    from mtd_cache.store.tokens import TokenStore
 
     dump = write_token_store(tmp_path / "t.h5", [[0, 1, 2, 3, 4, 5, 6, 7]], _teachers(8, 2), k=8)
     with TokenStore.open(dump.path) as store:

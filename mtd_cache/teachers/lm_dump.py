@@ -34,7 +34,8 @@ from ..core.settings import Settings, setting
 from ..models import causal_lm
 from ..models.bert import tokenizer_identity
 from ..store.format import partial_dir
-from ..store.tokens import TokenStore, merge_token_stores, write_token_store
+from ..store.token_writer import merge_token_stores, write_token_store
+from ..store.tokens import TokenStore
 from .adapter import task_file_extra
 from .folders import Teacher
 from .lm import task_data

@@ -176,8 +176,11 @@ def test_a_sweep_of_a_three_teacher_pool_and_its_report_in_perplexity(lm, stores
 
     _, _, model = lm
     sparse, _ = stores
-    r = run_cli("mtd-sweep", "--store", sparse, "--student", f"lm:{model}", "--pool", "0-2", "--repeats", "2",
-                "--out", tmp_path / "runs", "--set", "epochs=2", "--set", "lr=1e-2")
+    sweep = ["mtd-sweep", "--store", sparse, "--student", f"lm:{model}", "--pool", "0-2", "--repeats", "2",
+             "--out", tmp_path / "runs", "--set", "epochs=2", "--set", "lr=1e-2"]
+    dry = run_cli(*sweep, "--dry-run")  # the estimate times a few real steps (gradient accumulation's batches)
+    assert dry.returncode == 0 and "14 students x" in dry.stderr and "(calibrated: 3 steps" in dry.stderr, dry.stderr
+    r = run_cli(*sweep)
     assert r.returncode == 0, r.stderr
     runs = load_records(tmp_path / "runs")
     # every k-subset of the pool twice, and the CE-only baseline twice: 3 + 3 + 1 subsets, 2 repeats, + 2

@@ -140,6 +140,7 @@ def _calibrated(req: Any, examples: int, epochs: int) -> tuple[float, str, int]:
     """A few timed steps of the job as it will run: seconds per run = per step x steps per epoch x epochs."""
     import torch
 
+    from ..core.fit import Accumulated
     from ..students.run import plan_run
 
     planned = plan_run(req)
@@ -156,11 +157,13 @@ def _calibrated(req: Any, examples: int, epochs: int) -> tuple[float, str, int]:
         except StopIteration:
             break
         t0 = time.perf_counter()
-        with torch.autocast(ctx.device.type, dtype=fit.autocast_dtype or torch.float32,
-                            enabled=fit.autocast_dtype is not None):  # as train.fit runs it (bf16 on a GPU)
-            loss = fit.step(batch)["loss"]
         fit.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = batch.parts if isinstance(batch, Accumulated) else (batch,)  # gradient accumulation, as fit runs it
+        for part in parts:
+            with torch.autocast(ctx.device.type, dtype=fit.autocast_dtype or torch.float32,
+                                enabled=fit.autocast_dtype is not None):  # as train.fit runs it (bf16 on a GPU)
+                loss = fit.step(part)["loss"]
+            (loss / len(parts)).backward()
         fit.optimizer.step()
         if i:
             times.append(time.perf_counter() - t0)

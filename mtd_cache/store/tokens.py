@@ -66,17 +66,17 @@ class TokenStore:
     """A token store, opened read-only and verified: every dataset against its checksum, the corpus against the
     fingerprint. ``batch(positions)`` gives those positions' ``core.sparse.SparseBatch``."""
 
-    def __init__(self, path: Path, f: h5py.File):
+    def __init__(self, path: Path, f: h5py.File, arrays: dict[str, np.ndarray]):
         self.path, self._f = path, f
         a = f.attrs
         self.vocab_size, self.k, self.num_teachers = int(a["vocab_size"]), int(a["k"]), int(a["teachers"])
         self.temperatures = tuple(json.loads(a["temperatures"]))
         self.fingerprint = str(a["fingerprint"])
         self.meta = json.loads(a.get("meta", "{}"))
-        self.tokens, self.sequences = f["tokens"][...], f["sequences"][...]
-        self.offsets, self.ids = f["support/offsets"][...], f["support/ids"][...]
-        self.logits, self.tails = f["support/logits"][...], f["tails"][...]
-        self.gold, self.entropy = f["gold"][...], f["entropy"][...]
+        self.tokens, self.sequences = arrays["tokens"], arrays["sequences"]
+        self.offsets, self.ids = arrays["support/offsets"], arrays["support/ids"]
+        self.logits, self.tails = arrays["support/logits"], arrays["tails"]
+        self.gold, self.entropy = arrays["gold"], arrays["entropy"]
         self.predicted = np.maximum(np.diff(self.sequences) - 1, 0)  # positions per sequence: its tokens but the first
         self.dense_check = json.loads(a.get("dense_check", "null"))  # the dump's worst errors, if it checked
         self.seal = str(a[SEAL])
@@ -164,27 +164,29 @@ class TokenStore:
             f = h5py.File(path, "r")
         except OSError as exc:
             raise StoreError(f"{path} is not an HDF5 file ({' '.join(str(exc).split())[:100]})") from None
-        if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION or SEAL not in f.attrs:
+        try:
+            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION or SEAL not in f.attrs:
+                raise StoreError(f"{path} is not a token store of format {FORMAT} v{VERSION}")
+            arrays, sums = {}, {}
+            for name in datasets(f):  # each read once: hashed, then kept (the dense logits are read on demand)
+                values, want = f[name][...], f[name].attrs.get(CHECKSUM)
+                if want is None or checksum_of(values) != want:
+                    raise StoreError(f"{path}: the dataset {name} does not match its checksum (changed since the "
+                                     "dump)")
+                sums[name] = str(want)
+                if name != "dense":
+                    arrays[name] = values
+            if f.attrs.get(SEAL) != seal_of(dict(f.attrs), sums):
+                raise StoreError(f"{path}: its attributes do not match its seal (changed since the dump)")
+            store = cls(path, f, arrays)
+            if corpus_fingerprint(store.tokens, store.sequences) != store.fingerprint:
+                raise StoreError(f"{path}: its corpus does not match its fingerprint")
+            if len(store.offsets) != int(store.predicted.sum()) + 1 or store.offsets[-1] != len(store.ids) or \
+                    len(store.ids) != len(store.logits) or not (np.diff(store.offsets) > 0).all():
+                raise StoreError(f"{path}: its support offsets do not fit its positions")
+        except BaseException:
             f.close()
-            raise StoreError(f"{path} is not a token store of format {FORMAT} v{VERSION}")
-        sums = {}
-        for name in datasets(f):
-            want = f[name].attrs.get(CHECKSUM)
-            if want is None or checksum_of(f[name][...]) != want:
-                f.close()
-                raise StoreError(f"{path}: the dataset {name} does not match its checksum (changed since the dump)")
-            sums[name] = str(want)
-        if f.attrs.get(SEAL) != seal_of(dict(f.attrs), sums):
-            f.close()
-            raise StoreError(f"{path}: its attributes do not match its seal (changed since the dump)")
-        store = cls(path, f)
-        if corpus_fingerprint(store.tokens, store.sequences) != store.fingerprint:
-            f.close()
-            raise StoreError(f"{path}: its corpus does not match its fingerprint")
-        if len(store.offsets) != int(store.predicted.sum()) + 1 or store.offsets[-1] != len(store.ids) or \
-                len(store.ids) != len(store.logits) or not (np.diff(store.offsets) > 0).all():
-            f.close()
-            raise StoreError(f"{path}: its support offsets do not fit its positions")
+            raise
         return store
 
     def close(self) -> None:

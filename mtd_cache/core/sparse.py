@@ -58,6 +58,11 @@ class SparseBatch:
         """|U| of each token, (B,)."""
         return self.mask.sum(-1)
 
+    def to(self, device: torch.device | str) -> SparseBatch:
+        """The same batch on ``device``."""
+        return SparseBatch(self.ids.to(device), self.mask.to(device), self.logits.to(device), self.tails.to(device),
+                           self.temperatures)
+
     def members(self, vocab: int) -> torch.Tensor:
         """(B, V) bool: which ids of a ``vocab``-id vocabulary each token's support holds (padding holds none)."""
         out = torch.zeros((len(self.ids), vocab), dtype=torch.bool, device=self.ids.device)

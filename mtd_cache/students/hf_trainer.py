@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from ..tasks.lm_data import next_token_pairs
 from .objective import Objective, StudentOut
 from .targets import KDTargets, TeacherOutputs
 
@@ -107,9 +108,8 @@ class CausalLMDistillationTrainer(Trainer):
         mask = (labels != -100) if mask is None and labels is not None else \
             torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         outputs = model(input_ids=ids, attention_mask=mask.long())
-        valid = mask[:, 1:] & mask[:, :-1]
-        flat = outputs.logits[:, :-1][valid]
-        ce = torch.nn.functional.cross_entropy(flat.float(), ids[:, 1:][valid])
+        flat, gold = next_token_pairs(outputs.logits, ids, mask)
+        ce = torch.nn.functional.cross_entropy(flat.float(), gold)
         terms = {"ce": ce}
         loss = ce if index is None else self.alpha_ce * ce
         if index is not None and self.alpha_kd:

@@ -26,7 +26,7 @@ import torch
 from ..core.errors import MtdError
 from ..core.sparse import DIVERGENCES, SPARSE_RULES, SparseBatch, bucket_kd, subset_target
 from ..store.tokens import TokenStore
-from ..tasks.lm_data import pad
+from ..tasks.lm_data import pad, predicted
 from .selection import chosen_teachers
 
 
@@ -85,9 +85,7 @@ class TokenTargets:
                 "labels": ids.masked_fill(~mask, -100).to(self.device)}
 
     def sparse(self, sequences: Iterable[int]) -> SparseBatch:
-        b = self.store.batch(self.positions(sequences))
-        d = self.device
-        return SparseBatch(b.ids.to(d), b.mask.to(d), b.logits.to(d), b.tails.to(d), b.temperatures)
+        return self.store.batch(self.positions(sequences)).to(self.device)
 
     def targets(self, sequences: Iterable[int]) -> SparseTargets:
         batch = self.sparse(sequences)
@@ -108,8 +106,7 @@ class TokenTargets:
                 lengths = [len(self.store.sequence(s)) for s in seqs]
                 attention_mask = torch.arange(student_logits.shape[1], device=student_logits.device)[None, :] < \
                     torch.as_tensor(lengths, device=student_logits.device)[:, None]
-            m = attention_mask.bool()
-            student_logits = student_logits[:, :-1][m[:, 1:] & m[:, :-1]]
+            student_logits = student_logits[:, :-1][predicted(attention_mask.bool())]
         batch = self.sparse(seqs)
         if len(student_logits) != len(batch.ids):
             raise MtdError(f"{len(student_logits)} student positions for the {len(batch.ids)} predicted positions of "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.fit import Accumulated
 from ..core.runtime import epoch_generator
 from .lm import Sequences
 
@@ -30,15 +31,25 @@ def pad(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The sequences' order in one epoch, from (seed, epoch) alone (a resumed run draws the same)."""
-    return torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()
+def epoch_batches(n: int, batch_size: int, grad_accum: int, seed: int, epoch: int) -> list[Accumulated]:
+    """One epoch's optimizer steps over ``n`` sequences: ``grad_accum`` micro-batches of ``batch_size`` sequence
+    indices each, in an order drawn from (seed, epoch) alone (a resumed run draws the same)."""
+    order = torch.randperm(n, generator=epoch_generator(seed, epoch)).numpy()
+    micro = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [Accumulated(tuple(micro[i:i + grad_accum])) for i in range(0, len(micro), grad_accum)]
 
 
-def batch_indices(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = False) -> list[np.ndarray]:
-    order = epoch_order(n, seed, epoch)
-    stop = (n // batch_size) * batch_size if drop_last and n >= batch_size else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+def predicted(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L - 1) bool of right-padded sequences' ``mask`` (B, L): the positions that predict a real token from a
+    real one (position i predicts token i + 1)."""
+    return mask[:, 1:] & mask[:, :-1]
+
+
+def next_token_pairs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (P, V), gold ids (P,)) of every predicted position of a right-padded batch, sequence after
+    sequence: the order of a token store's positions of those sequences."""
+    valid = predicted(mask)
+    return logits[:, :-1][valid], ids[:, 1:][valid]
 
 
 @dataclass
@@ -69,7 +80,7 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tu
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     gold = ids[:, 1:]
     nll = -logp.gather(-1, gold[..., None])[..., 0]
-    valid = mask[:, 1:] & mask[:, :-1]
+    valid = predicted(mask)
     correct = (logp.argmax(-1) == gold) & valid
     return nll * valid, valid, correct
 

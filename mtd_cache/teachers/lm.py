@@ -30,7 +30,7 @@ from ..models import causal_lm, hub
 from ..models.bert import tokenizer_identity
 from ..tasks.chance import unigram_reason
 from ..tasks.lm import Sequences, unigram_perplexity
-from ..tasks.lm_data import batch_indices, pad, score
+from ..tasks.lm_data import epoch_batches, pad, score
 from .adapter import TeacherJob
 
 MODEL_HINT = "give a local folder or .gguf file: --model hf:PATH (a folder with config.json alone is a random config)"
@@ -95,8 +95,7 @@ def teacher_job(task: Any, seed: int, model: str | None, data_dir: str | None, o
                                                   schedule="cosine")
 
     def batches(epoch: int) -> list[Accumulated]:
-        idx = batch_indices(len(train), s.batch_size, seed, epoch)
-        return [Accumulated(tuple(idx[i:i + s.grad_accum])) for i in range(0, len(idx), s.grad_accum)]
+        return epoch_batches(len(train), s.batch_size, s.grad_accum, seed, epoch)
 
     def step(rows: np.ndarray) -> dict[str, torch.Tensor]:
         ids, mask = pad([train[int(i)] for i in rows])

@@ -42,7 +42,7 @@ from ...core.settings import setting
 from ...core.sparse import SPARSE_RULES, bucket_kd, dense_kd, subset_target
 from ...models import causal_lm
 from ...models.bert import tokenizer_identity
-from ...tasks.lm_data import batch_indices, pad, score
+from ...tasks.lm_data import epoch_batches, next_token_pairs, pad, score
 from ...tasks.registry import task_of_store
 from ..context import StudentContext
 
@@ -129,29 +129,27 @@ def build(ctx: StudentContext) -> Fit:
     alpha_ce = s.alpha_ce
 
     def batches(epoch: int) -> list[Accumulated]:
-        idx = batch_indices(n, s.batch_size, ctx.seed, epoch)
-        return [Accumulated(tuple(idx[i:i + s.grad_accum])) for i in range(0, len(idx), s.grad_accum)]
+        return epoch_batches(n, s.batch_size, s.grad_accum, ctx.seed, epoch)
 
     def step(rows: np.ndarray) -> dict[str, torch.Tensor]:
         seqs = [store.sequence(int(r)) for r in rows]
         ids, mask = pad(seqs)
         ids, mask = ids.to(dev), mask.to(dev)
         logits = net(input_ids=ids).logits
-        valid = mask[:, 1:] & mask[:, :-1]
-        flat = logits[:, :-1][valid]  # (P, V): positions in store order, sequence after sequence
-        gold = ids[:, 1:][valid]
+        flat, gold = next_token_pairs(logits, ids, mask)  # (P, V), (P,): positions in the store's order
         ce = torch.nn.functional.cross_entropy(flat.float(), gold)
         out = {"ce": ce}
         loss = alpha_ce * ce
         if chosen:
             if teachers_online:
                 with torch.no_grad():
-                    dense = torch.stack([t(input_ids=ids).logits[:, :-1][valid].float() for t in teachers_online], 1)
+                    dense = torch.stack([next_token_pairs(t(input_ids=ids).logits, ids, mask)[0].float()
+                                         for t in teachers_online], 1)
                 kd = dense_kd(flat, dense, s.kd_rule, s.temperature, weights, s.divergence, beta=s.jsd_beta,
                               alpha=s.skew_alpha)
             else:
                 positions = np.concatenate(store.positions_of(int(r) for r in rows))
-                batch = _to(store.batch(positions), dev)
+                batch = store.batch(positions).to(dev)
                 target = subset_target(batch, chosen, s.kd_rule, s.temperature, weights)
                 kd = bucket_kd(flat, batch, target, s.temperature, s.divergence, beta=s.jsd_beta,
                                alpha=s.skew_alpha)
@@ -174,13 +172,6 @@ def build(ctx: StudentContext) -> Fit:
                evaluate=evaluate, checkpoint=ctx.checkpoint, metrics_csv=ctx.metrics_csv,
                desc=f"{store.task} {ctx.student} k={len(chosen)} seed {ctx.seed}", autocast_dtype=dtype,
                grad_clip=s.grad_clip or None)
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    from ...core.sparse import SparseBatch
-
-    return SparseBatch(batch.ids.to(device), batch.mask.to(device), batch.logits.to(device), batch.tails.to(device),
-                       batch.temperatures)
 
 
 def _unigram(store: Any, dev_set: Any) -> float:

@@ -180,25 +180,24 @@ def _settings_of(student: Any) -> Any:
 
 def load_predictions(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(predicted class ids, gold labels) of a run's evaluation set, or None (not kept, or gone)."""
-    if not isinstance(path, str) or not path:  # None, or pandas' NaN for a run that kept none
-        return None
-    try:  # a regular file only (a FIFO would block the report), arrays only (no pickle)
-        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
-            return z["pred"].astype(np.int64), z["label"].astype(np.int64)
-    except (OSError, KeyError, ValueError, EOFError, AttributeError) as exc:
-        log.warning("%s: predictions not readable (%s): no intervals from this run", path, exc)
-        return None
+    return _kept_arrays(path, {"pred": np.int64, "label": np.int64}, "predictions")
 
 
 def load_sequence_scores(path: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(NLL summed per evaluation sequence, predicted tokens per sequence) of a language-model run, or None."""
-    if not isinstance(path, str) or not path:
+    return _kept_arrays(path, {"nll": np.float64, "tokens": np.int64}, "sequence scores")
+
+
+def _kept_arrays(path: Any, arrays: dict[str, Any], what: str) -> tuple[np.ndarray, ...] | None:
+    """The named arrays of a run's ``.predictions.npz``, each as its dtype, or None (not kept, gone, unreadable:
+    said in a warning)."""
+    if not isinstance(path, str) or not path:  # None, or pandas' NaN for a run that kept none
         return None
-    try:
+    try:  # a regular file only (a FIFO would block the report), arrays only (no pickle)
         with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
-            return z["nll"].astype(np.float64), z["tokens"].astype(np.int64)
+            return tuple(z[name].astype(dtype) for name, dtype in arrays.items())
     except (OSError, KeyError, ValueError, EOFError, AttributeError) as exc:
-        log.warning("%s: sequence scores not readable (%s): no intervals from this run", path, exc)
+        log.warning("%s: %s not readable (%s): no intervals from this run", path, what, exc)
         return None
 
 

@@ -359,3 +359,15 @@ def test_check_finite_names_the_step():
         check_finite(torch.tensor(float("nan")), step=17)
     with pytest.raises(MtdError, match=r"kd is inf at step 5"):
         check_finite(torch.tensor(float("inf")), step=5, name="kd")
+
+
+def test_the_skew_divergences_at_their_ends_are_the_plain_kls():
+    """alpha 0 and 1, which the settings accept, mix nothing in (math.log(0) raised here before)."""
+    from mtd_cache.core.losses import per_class
+
+    g = torch.Generator().manual_seed(0)
+    lp, lq = (torch.log_softmax(torch.randn(3, 5, generator=g, dtype=torch.float64), -1) for _ in range(2))
+    torch.testing.assert_close(per_class(lq, lp, "skew_kl", alpha=0.0), per_class(lq, lp, "kl"))
+    torch.testing.assert_close(per_class(lq, lp, "skew_rkl", alpha=0.0), per_class(lq, lp, "reverse_kl"))
+    assert per_class(lq, lp, "skew_kl", alpha=1.0).abs().max() == 0
+    assert per_class(lq, lp, "skew_rkl", alpha=1.0).abs().max() == 0

@@ -68,6 +68,7 @@ BASE_RULES: tuple[str, ...] = ("mean_logits", "mean_probs", "mean_losses", "ca_m
 KD_RULES: tuple[str, ...] = (*BASE_RULES, "random_subset")
 # TinyBERT adds -10000 to masked attention scores; anything at or below this is "masked".
 ATTENTION_THRESHOLD: float = -100.0
+NEG_INF = float("-inf")
 
 
 class NonFiniteLossError(MtdError):
@@ -181,11 +182,11 @@ def _soft_target_loss(log_q: torch.Tensor, log_p: torch.Tensor, scale: str, dive
                       interpolation: float | torch.Tensor | None = None) -> torch.Tensor:
     """The divergence of the student's softened distribution q from the target p, per class, then reduced by
     ``scale`` (t^2 under "sum_t2" for every divergence, as Hinton's gradient argument asks)."""
-    return _reduce_kd(_per_class(log_q, log_p, divergence, beta, alpha, interpolation), scale, temperature)
+    return _reduce_kd(per_class(log_q, log_p, divergence, beta, alpha, interpolation), scale, temperature)
 
 
-def _per_class(log_q: torch.Tensor, log_p: torch.Tensor, divergence: str, beta: float = 0.5, alpha: float = 0.1,
-               interpolation: float | torch.Tensor | None = None) -> torch.Tensor:
+def per_class(log_q: torch.Tensor, log_p: torch.Tensor, divergence: str, beta: float = 0.5, alpha: float = 0.1,
+              interpolation: float | torch.Tensor | None = None) -> torch.Tensor:
     """Each divergence as a sum over classes of these terms (p the target, q the student, both softened by t):
 
     * "ce":  -p log q;  "kl": p (log p - log q)  (the same gradients: they differ by H(p));
@@ -194,33 +195,39 @@ def _per_class(log_q: torch.Tensor, log_p: torch.Tensor, divergence: str, beta: 
       beta p (log p - log m) + (1 - beta) q (log q - log m); beta = 0 is forward KL(p || q) and beta = 1
       reverse KL(q || p) exactly (the mixture formula would vanish there: the limits GKD's gradients approach);
     * "skew_kl": KL(p || alpha p + (1 - alpha) q); "skew_rkl": KL(q || (1 - alpha) p + alpha q) (DistiLLM, Ko et
-      al. 2024; the student's q inside the mixture carries its gradient);
+      al. 2024; the student's q inside the mixture carries its gradient); alpha 0 and 1 are the plain KLs;
     * "taid": -p_t log q with p_t = softmax((1 - i) log q' + i log p), q' the student detached and i the
       interpolation (TAID, Shing et al. 2025: the target moves from the student to the teachers as i grows).
+
+    A term whose weighing distribution (p for "ce", "kl" and p's halves; q for the reverse ones) has no mass
+    there, log -inf (a token store's padding or empty tail bucket), is 0 with no gradient, not 0 x inf.
     """
     p = log_p.exp()
+    p_live = log_p > NEG_INF
     if divergence == "ce":
-        return -p * log_q
-    if divergence == "kl":
-        return p * (log_p - log_q)
-    q = log_q.exp()
-    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
-        return q * (log_q - log_p)
-    if divergence == "jsd":
-        if beta == 0.0:
-            return p * (log_p - log_q)
-        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1.0 - beta))
-        return beta * p * (log_p - log_m) + (1.0 - beta) * q * (log_q - log_m)
-    if divergence == "skew_kl":
-        log_m = torch.logaddexp(log_p + math.log(alpha), log_q + math.log(1.0 - alpha)) if alpha < 1 else log_p
-        return p * (log_p - log_m)
-    if divergence == "skew_rkl":
-        log_m = torch.logaddexp(log_p + math.log(1.0 - alpha), log_q + math.log(alpha)) if alpha > 0 else log_p
-        return q * (log_q - log_m)
+        return -p * torch.where(p_live, log_q, 0.0)
+    if divergence == "kl" or (divergence == "jsd" and beta == 0.0):
+        return p * torch.where(p_live, log_p - log_q, 0.0)
     if divergence == "taid":
         i = 1.0 if interpolation is None else interpolation
         target = F.softmax((1 - i) * log_q.detach() + i * log_p, dim=-1)
         return -target * log_q
+    q = log_q.exp()
+    q_live = log_q > NEG_INF
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return q * torch.where(q_live, log_q - log_p, 0.0)
+    if divergence == "jsd":
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1.0 - beta))
+        return beta * p * torch.where(p_live, log_p - log_m, 0.0) + \
+            (1.0 - beta) * q * torch.where(q_live, log_q - log_m, 0.0)
+    if divergence == "skew_kl":
+        log_m = torch.logaddexp(log_p + math.log(alpha), log_q + math.log(1.0 - alpha)) if 0 < alpha < 1 else \
+            (log_p if alpha >= 1 else log_q)
+        return p * torch.where(p_live, log_p - log_m, 0.0)
+    if divergence == "skew_rkl":
+        log_m = torch.logaddexp(log_p + math.log(1.0 - alpha), log_q + math.log(alpha)) if 0 < alpha < 1 else \
+            (log_q if alpha >= 1 else log_p)
+        return q * torch.where(q_live, log_q - log_m, 0.0)
     raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(KD_DIVERGENCES)}")
 
 
@@ -260,7 +267,7 @@ def multi_teacher_kd(
     interpolation: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KD^k from k teachers by a target ``rule`` (module docstring; ``BASE_RULES``), teachers weighted by
-    ``weights`` (a static prior), under ``divergence`` (``_per_class``; ``beta`` for "jsd", ``alpha`` for the skew
+    ``weights`` (a static prior), under ``divergence`` (``per_class``; ``beta`` for "jsd", ``alpha`` for the skew
     divergences, ``interpolation`` for "taid").
 
     The rules that weigh each example's teachers by what they output mix the teachers' softened distributions,

@@ -31,11 +31,12 @@ can only lose divergence).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .losses import per_class
 
 SPARSE_RULES = ("mean_probs", "mean_losses", "mean_logits")
 NEG = float("-inf")
@@ -166,35 +167,15 @@ def divergence(lp: torch.Tensor, lq: torch.Tensor, kind: str = "kl", beta: float
     """Per row, the divergence of q from p given their log-probabilities over the same buckets (B, m): "kl"
     (forward, KL(p || q)), "reverse_kl" (KL(q || p)), "jsd" (generalised Jensen-Shannon with ``beta``, GKD:
     beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q), "skew_kl" (KL(p || alpha p + (1 - alpha)
-    q)), "skew_rkl" (KL(q || (1 - alpha) p + alpha q), DistiLLM) or "ce" (soft cross-entropy). Buckets where the
-    weighing distribution has no mass (padding, an empty tail) add nothing, no gradient either. Each divergence
+    q)), "skew_rkl" (KL(q || (1 - alpha) p + alpha q), DistiLLM) or "ce" (soft cross-entropy): the sum over the
+    buckets of ``losses.per_class``, the classification KD's terms. Buckets where the weighing distribution has no
+    mass (padding, an empty tail) add nothing, no gradient either. Each divergence
     here is an f-divergence: on buckets that merge ids (the tail) it is exact for the bucketed distributions and
     a lower bound of the dense one (the data-processing inequality); "ce" is not a divergence and merges without
     bound."""
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; valid: {', '.join(DIVERGENCES)}")
-    lp = lp.to(lq.dtype)
-    zero = torch.zeros_like(lq)
-
-    def weighed(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # sum exp(w) (a - b), w > -inf
-        return (w.exp() * torch.where(w > NEG, a - b, zero)).sum(-1)
-
-    if kind == "ce":
-        return (lp.exp() * torch.where(lp > NEG, -lq, zero)).sum(-1)
-    if kind == "kl" or (kind == "jsd" and beta == 0.0):
-        return weighed(lp, lp, lq)
-    if kind == "reverse_kl" or (kind == "jsd" and beta == 1.0):
-        return weighed(lq, lq, lp)
-    if kind == "jsd":
-        lm = torch.logaddexp(lp + math.log(beta), lq + math.log(1.0 - beta))
-        return beta * weighed(lp, lp, lm) + (1.0 - beta) * weighed(lq, lq, lm)
-    if kind == "skew_kl":
-        lm = torch.logaddexp(lp + math.log(alpha), lq + math.log(1.0 - alpha)) if 0 < alpha < 1 else \
-            (lp if alpha >= 1 else lq)
-        return weighed(lp, lp, lm)
-    lm = torch.logaddexp(lp + math.log(1.0 - alpha), lq + math.log(alpha)) if 0 < alpha < 1 else \
-        (lq if alpha >= 1 else lp)
-    return weighed(lq, lq, lm)
+    return per_class(lq, lp.to(lq.dtype), kind, beta, alpha).sum(-1)
 
 
 def bucket_kd(student_logits: torch.Tensor, batch: SparseBatch, target: SparseTarget, temperature: float = 1.0,

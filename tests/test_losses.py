@@ -8,17 +8,12 @@ import pytest
 import torch
 
 from mtd_cache.core.errors import MtdError
-from mtd_cache.core.losses import (
-    KD_SCALES,
-    NonFiniteLossError,
+from mtd_cache.core.losses import KD_SCALES, NonFiniteLossError, check_finite, hard_ce, kd_loss, mean_teacher_logits
+from mtd_cache.core.state_losses import (
     attention_layer_map,
     attention_mse,
-    check_finite,
     cosine_hidden_loss,
-    hard_ce,
     hidden_mse,
-    kd_loss,
-    mean_teacher_logits,
     tinybert_layer_map,
 )
 

@@ -15,8 +15,8 @@ import torch
 from factories import make_bert, reviews_task, teacher_at, write_image_folders
 
 from mtd_cache.core.errors import MtdError
-from mtd_cache.core.losses import hidden_mse
 from mtd_cache.core.runtime import seed_everything
+from mtd_cache.core.state_losses import hidden_mse
 from mtd_cache.models import bert, factory
 from mtd_cache.models.families import known
 from mtd_cache.store import TeacherStore

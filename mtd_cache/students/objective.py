@@ -5,7 +5,7 @@ recipe has them, hidden states, attention scores and a projection) and what the 
 (``targets.TeacherOutputs``); the objective returns ``{"loss": sum of weight * term, <term>: value, ...}``,
 the dict the training loop logs, and names the terms that were on (``loss_terms``, in every record).
 
-Every term is a pure function of those (``losses.py`` holds the formulas), registered with the
+Every term is a pure function of those (``losses.py`` and ``state_losses.py`` hold the formulas), registered with the
 setting that weighs it. A recipe's settings get one weight per term the recipe can compute
 (``weights``): the weights a recipe always had keep their names, defaults and run ids (declared
 without ``since``); every other term arrives with its weight at 0 and ``since`` set, so it enters a
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..core import losses, weighing
+from ..core import losses, state_losses, weighing
 from ..core.settings import Settings, setting
 
 ADDED_SINCE = "0.3"  # what a term's weight declares in a recipe that did not have it: off, and out of old run ids
@@ -111,26 +111,26 @@ def _kd(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
 def _hidden(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """The student's last hidden state, through a learnable map W where the widths differ, against the primary
     teacher's last one on real tokens: TinyBERT's MSE (``hidden_loss`` "mse") or DistilBERT's 1 - cosine."""
-    term = losses.hidden_mse if cfg.hidden_loss == "mse" else losses.cosine_hidden_loss
+    term = state_losses.hidden_mse if cfg.hidden_loss == "mse" else state_losses.cosine_hidden_loss
     return term(s.project(s.hidden), t.hidden[:, 0], s.mask)
 
 
 def _cos(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """DistilBERT's L_cos (Sanh et al. 2019, distiller.py ``CosineEmbeddingLoss``): mean over real tokens of
-    1 - cos(h_S, h_P) on the last hidden states, equal widths (``losses.cosine_hidden_loss``)."""
-    return losses.cosine_hidden_loss(s.hidden, t.hidden[:, 0], s.mask)
+    1 - cos(h_S, h_P) on the last hidden states, equal widths (``state_losses.cosine_hidden_loss``)."""
+    return state_losses.cosine_hidden_loss(s.hidden, t.hidden[:, 0], s.mask)
 
 
 def _rep(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """TinyBERT's stage-1 hidden-state loss: sum over k = 0..L_S of MSE(fit_dense(h_S^k), h_P^{g(k)})
-    (``losses.hidden_mse``; task_distill.py ``rep_loss``)."""
-    return sum(losses.hidden_mse(s.project(h), t.hidden[:, k], s.mask) for k, h in enumerate(s.hidden_states))
+    (``state_losses.hidden_mse``; task_distill.py ``rep_loss``)."""
+    return sum(state_losses.hidden_mse(s.project(h), t.hidden[:, k], s.mask) for k, h in enumerate(s.hidden_states))
 
 
 def _att(s: StudentOut, t: Any, cfg: Any) -> torch.Tensor:
     """TinyBERT's stage-1 attention loss: sum over m = 1..L_S of the MSE of pre-softmax scores A_S^m, A_P^{g(m)}
-    (``losses.attention_mse``; task_distill.py ``att_loss``)."""
-    return sum(losses.attention_mse(a, t.scores[:, m], s.mask) for m, a in enumerate(s.scores))
+    (``state_losses.attention_mse``; task_distill.py ``att_loss``)."""
+    return sum(state_losses.attention_mse(a, t.scores[:, m], s.mask) for m, a in enumerate(s.scores))
 
 
 register(Term("ce", "alpha_ce", _ce, frozenset({LOGITS}), teacher=False, default=1.0,

@@ -18,11 +18,12 @@ import torch
 
 from ..core.errors import MtdError
 from ..core.fit import Fit
-from ..core.losses import hard_ce, tinybert_layer_map
+from ..core.losses import hard_ce
 from ..core.optim import optimizer_and_schedule
 from ..core.runtime import PRECISIONS, autocast_dtype, resolve_device, seed_everything
 from ..core.safe_files import save_into
 from ..core.settings import LayerList, Settings, setting
+from ..core.state_losses import tinybert_layer_map
 from ..models import bert, factory, hub
 from ..models.inference import evaluate_split, run_model
 from ..store import PrimarySpec, StoreSpec

@@ -7,7 +7,7 @@ Loss per batch (``students/objective.py``; Sanh et al. 2019, task-specific varia
 * ``L_KD^k``: ``losses.kd_loss`` with divergence "kl" and scale "sum_t2", as HF
   distiller.py: ``KLDivLoss(batchmean)(log_softmax(s/T), softmax(t/T)) * T**2``
   (batchmean there is over tokens of the MLM; here over examples).
-* ``L_cos``: ``losses.cosine_hidden_loss``: mean over non-padding tokens of
+* ``L_cos``: ``state_losses.cosine_hidden_loss``: mean over non-padding tokens of
   1 - cos(student last hidden state, primary teacher's last hidden state) —
   distiller.py's ``CosineEmbeddingLoss`` on ``masked_select``-ed states. The
   primary's states come from the store (fp16, unpadded, padded on the device by

@@ -8,7 +8,7 @@ Stage 1, intermediate-layer distillation (ILD) from the primary teacher alone:
 
 with one shared projection ``fit_dense`` (student width -> teacher width), the
 embedding output as layer 0, pre-softmax attention scores with entries <= -100
-zeroed in both models, and g(k) = k * L_T / L_S (``losses.tinybert_layer_map``).
+zeroed in both models, and g(k) = k * L_T / L_S (``state_losses.tinybert_layer_map``).
 AdamW at a constant lr 5e-5 (BertAdam's schedule "none"), 10 epochs, batch 32.
 
 Stage 2, prediction-layer distillation (PLD): soft cross-entropy between

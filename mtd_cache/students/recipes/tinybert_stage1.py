@@ -29,10 +29,10 @@ import torch
 from ...core.errors import MtdError
 from ...core.fit import Fit, remove_checkpoint
 from ...core.hashing import canonical_json, sha256_text
-from ...core.losses import tinybert_layer_map
 from ...core.optim import optimizer_and_schedule
 from ...core.runtime import autocast_dtype
 from ...core.safe_files import atomic_write_json, read_text
+from ...core.state_losses import tinybert_layer_map
 from ...models import bert
 from ...models.tinybert import TinyBertStudent, from_general, from_teacher
 from ...tasks.registry import task_of_store
